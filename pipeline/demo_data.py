@@ -1,0 +1,417 @@
+"""Seeded synthetic "source system" that writes landing files for the nightly-recs demo.
+
+Files under ``landing_dir`` (existing files of the same name are overwritten, others kept):
+  events/YYYY-MM-DD.jsonl  one drop per data day: user interactions, time ordered
+  items/YYYY-MM-DD.jsonl   catalog drops: day 1 = full initial catalog, later = releases + updates
+
+Learnable structure:
+- Catalog: ``n_topics`` topics with ~20-word vocabularies. Items form series ("Name: Vol. k",
+  1-10 volumes) inside one topic. Titles, descriptions (topic words + shared filler), genres
+  (topic names) and tags (topic words) let a text encoder separate topics and place new items.
+- Zipf-like popularity: topic weight ~ rank^-0.6, series weight within its topic ~ rank^-1,
+  decaying 0.8x per volume.
+- Users: 1-3 latent topics with Dirichlet weights; each day a user's mix shifts with prob. 1.5%
+  (one topic replaced). Heterogeneous daily activity; ~20% of users join after day 1.
+- Sequences: the next item depends on the previous one: next volume of the same series
+  (p=0.5 within a session), another item of the same topic (0.25), an item from one of the
+  user's topics (0.15) or a globally popular item (0.1, noise). A day's session resumes from the
+  user's last item. Items the user already consumed are avoided (resampled).
+- ~15% of items are released after day 1 (mostly later volumes of existing series, some whole
+  new series) over a fixed 60-day horizon; they get interactions from the day after release.
+- Noise: ~1% of sessions arrive late (timestamps on D-1, in D's file), malformed lines of
+  several kinds (~malformed_rate), verbatim duplicate lines (~duplicate_rate).
+
+Determinism and prefix stability: the universe (catalog, series, release days, users) comes
+from an RNG seeded by (seed, n_users, n_items, n_topics) only; the simulation consumes one
+RNG stream day by day, so ``days=N+1`` reproduces the files of the first N days byte for byte.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+import pathlib
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+HORIZON_DAYS = 60  # item releases and user joins are spread over this fixed horizon (not `days`)
+LATE_ITEM_FRACTION = 0.15
+LATE_USER_FRACTION = 0.2
+DRIFT_RATE = 0.015  # per user and day
+LATE_SESSION_RATE = 0.01
+UPDATE_RATE = 0.005 / 7  # per released item and day
+MAX_SESSION = 60
+MODES_IN_SESSION = (0.50, 0.25, 0.15, 0.10)  # next volume, same topic, user topic, popular
+MODES_AT_START = (0.30, 0.10, 0.45, 0.15)
+EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating")
+EVENT_PROBS = (0.58, 0.26, 0.07, 0.04, 0.05)
+MALFORMED_KINDS = ("not_a_date", "impossible_date", "missing_user", "missing_item", "truncated",
+                   "future", "ancient", "unknown_type", "bad_value")
+TOPIC_VOCAB = {
+    "space": "galaxy orbit rocket comet nebula planet astronaut lunar cosmic star gravity asteroid "
+             "telescope solar eclipse station quasar meteor satellite void",
+    "cooking": "recipe kitchen spice bread pasta oven flavor sauce garlic baking soup grill dessert "
+               "herb butter noodle roast chef pantry salad",
+    "mystery": "detective murder clue suspect alibi secret shadow crime witness puzzle motive "
+               "inspector poison mansion vanish cipher riddle verdict fog midnight",
+    "fantasy": "dragon wizard sword kingdom elf quest magic spell castle rune prophecy sorcerer "
+               "throne enchanted goblin realm amulet knight fairy legend",
+    "history": "empire war ancient dynasty revolution medieval pharaoh battle treaty colonial rome "
+               "viking monarchy archive century crusade republic chronicle senate pioneer",
+    "finance": "money invest stock market budget wealth dividend portfolio bank credit economy "
+               "trading bond tax savings retirement capital fund inflation profit",
+    "fitness": "workout muscle running yoga strength cardio training diet stretch endurance "
+               "marathon core protein athlete squat gym pilates sprint recovery health",
+    "music": "guitar melody rhythm jazz piano song album concert chord band vinyl drum symphony "
+             "lyric tempo blues orchestra harmony opera bass",
+    "travel": "journey island passport voyage beach mountain road map backpack hotel coast desert "
+              "safari cruise village border compass harbor trail lagoon",
+    "gardening": "garden flower seed soil bloom orchard compost rose tulip greenhouse herbal harvest "
+                 "vine fern blossom pruning meadow moss orchid hedge",
+    "technology": "robot code software algorithm data network cyber circuit startup silicon cloud "
+                  "gadget digital machine quantum chip server app laser pixel",
+    "romance": "love heart kiss wedding passion desire romance bride summer letter promise affair "
+               "dance moonlight sweetheart vow longing flame embrace darling",
+}
+FILLER = ("the of and a new with in story guide complete edition collection life world secrets "
+          "art tales notes classic essential ultimate beyond hidden little great").split()
+BRAND_SUFFIXES = ("Press", "Studios", "Works", "House", "Media", "Books")
+TITLE_STYLES = ("{name}: Vol. {k}", "{name}, Part {k}", "{name} - Episode {k}", "{name} #{k}")
+SYLLABLES = "ka lo mi ren tu vas qi zor el an dra pel sun tor ix mo ve ul".split()
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoConfig:
+    n_users: int = 3000  # users in the universe (some join after day 1)
+    n_items: int = 1500  # total items over the whole period (some released on later days)
+    n_topics: int = 12  # latent topics (genres); the first 12 have real-word vocabularies
+    start_date: datetime.date = datetime.date(2026, 10, 1)  # data date of the first drop
+    days: int = 60  # number of daily drops to write
+    events_per_user_day: float = 1.1  # mean events per joined user per day (incl. idle days)
+    malformed_rate: float = 0.005  # malformed lines per well-formed event line
+    duplicate_rate: float = 0.003  # verbatim duplicate lines per well-formed event line
+    seed: int = 7  # seed for the universe and the daily simulation
+
+
+@dataclasses.dataclass
+class _Universe:
+    topic_names: list[str]
+    vocab: list[list[str]]
+    item_topic: np.ndarray  # topic per item
+    next_item: np.ndarray  # next volume of the same series, -1 if none
+    popularity: np.ndarray  # unnormalised popularity weight
+    quality: np.ndarray  # shifts ratings
+    release_day: np.ndarray  # day offset of the item's first catalog drop
+    records: list[dict]  # catalog record per item (without updated_at)
+    user_join: np.ndarray
+    user_p_active: np.ndarray
+    user_intensity: np.ndarray  # mean-1 multiplier of events per day
+    user_topics: np.ndarray  # (n_users, 3) topic ids
+    user_weights: np.ndarray  # (n_users, 3) weights, 0 for unused slots
+
+
+def _topics(n_topics: int, rng: np.random.Generator) -> tuple[list[str], list[list[str]]]:
+    names = list(TOPIC_VOCAB)[:n_topics]
+    vocab = [TOPIC_VOCAB[n].split() for n in names]
+    while len(names) < n_topics:  # beyond the built-in list: pseudo-word vocabularies
+        words = ["".join(rng.choice(SYLLABLES, int(rng.integers(2, 4)))) for _ in range(20)]
+        names.append(f"{words[0]}-{len(names)}")
+        vocab.append(words)
+    return names, vocab
+
+
+def _description(rng: np.random.Generator, words: list[str], lead: str) -> str:
+    n = int(rng.integers(10, 16))
+    picks = [str(rng.choice(words)) if rng.random() < 0.6 else str(rng.choice(FILLER)) for _ in range(n)]
+    return f"{lead} " + " ".join(picks).capitalize() + "."
+
+
+def _series_lengths(rng: np.random.Generator, n_items: int) -> list[int]:
+    lengths: list[int] = []
+    while sum(lengths) < n_items:
+        lengths.append(min(int(rng.geometric(0.3)), 10, n_items - sum(lengths)))
+    return lengths
+
+
+def _release_days(rng: np.random.Generator, lengths: list[int], series_topic: np.ndarray,
+                  n_topics: int) -> list[np.ndarray]:
+    days = [np.zeros(n, dtype=np.int64) for n in lengths]
+    initial = np.bincount(series_topic, weights=lengths, minlength=n_topics)
+    late, target = 0, round(LATE_ITEM_FRACTION * sum(lengths))
+    for s in rng.permutation(len(lengths)):
+        if late >= target:
+            break
+        cut = int(rng.integers(0, lengths[s]))  # volumes cut.. are released later
+        n_late = lengths[s] - cut
+        if initial[series_topic[s]] - n_late < 1:
+            continue
+        days[s][cut:] = np.sort(rng.integers(1, HORIZON_DAYS, n_late))
+        initial[series_topic[s]] -= n_late
+        late += n_late
+    return days
+
+
+def _build_universe(cfg: DemoConfig) -> _Universe:
+    rng = np.random.default_rng([cfg.seed, cfg.n_users, cfg.n_items, cfg.n_topics, 1])
+    names, vocab = _topics(cfg.n_topics, rng)
+    lengths = _series_lengths(rng, cfg.n_items)
+    n_series = len(lengths)
+    series_topic = rng.permutation(np.arange(n_series) % cfg.n_topics)
+    topic_w = (rng.permutation(cfg.n_topics) + 1.0) ** -0.6
+    series_w = np.empty(n_series)
+    for t in range(cfg.n_topics):
+        idx = np.flatnonzero(series_topic == t)
+        w = (rng.permutation(len(idx)) + 1.0) ** -1.0
+        series_w[idx] = topic_w[t] * w / w.sum()
+    release = _release_days(rng, lengths, series_topic, cfg.n_topics)
+    # ids increase with release day (new items get new ids), random order within a day
+    flat = [(int(release[s][k]), s, k) for s in range(n_series) for k in range(lengths[s])]
+    keys = rng.random(len(flat))
+    order = sorted(range(len(flat)), key=lambda j: (flat[j][0], keys[j]))
+    item_of = {flat[j][1:]: i for i, j in enumerate(order)}
+    width = max(5, len(str(cfg.n_items)))
+    records, topic, nxt, pop, rel = [], [], [], [], []
+    series_meta = []
+    for s in range(n_series):
+        t, words = int(series_topic[s]), vocab[int(series_topic[s])]
+        a, b = rng.choice(len(words), 2, replace=False)
+        genres = [names[t]] + ([names[int(rng.integers(cfg.n_topics))]] if rng.random() < 0.1 else [])
+        series_meta.append((f"{words[a].capitalize()} {words[b].capitalize()}", list(dict.fromkeys(genres)),
+                            f"{str(rng.choice(words)).capitalize()} {rng.choice(BRAND_SUFFIXES)}",
+                            TITLE_STYLES[int(rng.integers(len(TITLE_STYLES)))]))
+    for j in order:
+        day, s, k = flat[j]
+        name, genres, brand, style = series_meta[s]
+        t, words = int(series_topic[s]), vocab[int(series_topic[s])]
+        single = lengths[s] == 1
+        title = name if single else style.format(name=name, k=k + 1)
+        lead = f"A standalone {names[t]} title." if single else f"Volume {k + 1} of the {name} series."
+        records.append({"item_id": f"i{item_of[(s, k)]:0{width}d}", "title": title,
+                        "description": _description(rng, words, lead), "genres": genres,
+                        "tags": sorted({str(w) for w in rng.choice(words, 3)}), "brand": brand})
+        topic.append(t)
+        nxt.append(item_of[(s, k + 1)] if k + 1 < lengths[s] else -1)
+        pop.append(series_w[s] * 0.8**k)
+        rel.append(day)
+    n_u = cfg.n_users
+    late_join = rng.random(n_u) < LATE_USER_FRACTION
+    join = np.where(late_join, rng.integers(1, HORIZON_DAYS, n_u), 0)
+    intensity = rng.lognormal(0.0, 0.5, n_u) / np.exp(0.125)
+    gumbel = np.log(topic_w / topic_w.sum()) + rng.gumbel(size=(n_u, cfg.n_topics))
+    user_topics = np.argsort(-gumbel, axis=1)[:, :3]
+    if cfg.n_topics < 3:
+        user_topics = np.resize(user_topics, (n_u, 3))
+    weights = rng.dirichlet(np.ones(3), n_u) * (np.arange(3) < rng.integers(1, 4, n_u)[:, None])
+    return _Universe(names, vocab, np.array(topic), np.array(nxt), np.array(pop),
+                     rng.normal(0.0, 0.5, cfg.n_items), np.array(rel), records, join,
+                     np.clip(rng.beta(1.5, 3.5, n_u), 0.04, 0.9), intensity, user_topics,
+                     weights / weights.sum(axis=1, keepdims=True))
+
+
+class _Sampler:
+    """Popularity-weighted sampling among available items, globally or within given topics."""
+
+    def __init__(self, uni: _Universe, avail: np.ndarray) -> None:
+        w = uni.popularity * avail
+        self.avail = avail
+        self.order = np.argsort(uni.item_topic, kind="stable")
+        t_sorted, w_sorted = uni.item_topic[self.order], w[self.order]
+        cum = np.cumsum(w_sorted)
+        total = np.bincount(t_sorted, w_sorted, minlength=len(uni.topic_names))
+        before = (cum - w_sorted)[np.searchsorted(t_sorted, np.arange(len(total)))
+                                  .clip(max=len(cum) - 1)]
+        within = cum - before[t_sorted]
+        share = np.where(within >= total[t_sorted] * (1 - 1e-12), 1.0,
+                         within / np.maximum(total[t_sorted], 1e-300))
+        self.topic_cum = t_sorted + share
+        self.global_cum = np.cumsum(w)
+
+    def in_topic(self, rng: np.random.Generator, topics: np.ndarray) -> np.ndarray:
+        idx = np.searchsorted(self.topic_cum, topics + rng.random(len(topics)), side="right")
+        return self.order[idx.clip(max=len(self.order) - 1)]
+
+    def popular(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        x = rng.random(n) * self.global_cum[-1]
+        return np.searchsorted(self.global_cum, x, side="right").clip(max=len(self.global_cum) - 1)
+
+
+@dataclasses.dataclass
+class _State:
+    last_item: np.ndarray
+    last_ts: np.ndarray
+    seen: np.ndarray  # (n_users, n_items) bool
+    user_topics: np.ndarray
+
+
+def _draw_user_topic(rng: np.random.Generator, st: _State, uni: _Universe, users: np.ndarray) -> np.ndarray:
+    cw = np.cumsum(uni.user_weights[users], axis=1)
+    slot = (rng.random(len(users))[:, None] > cw[:, :2]).sum(axis=1)
+    return st.user_topics[users, slot]
+
+
+def _next_items(rng: np.random.Generator, st: _State, uni: _Universe, smp: _Sampler,
+                users: np.ndarray, start: bool) -> np.ndarray:
+    prev = st.last_item[users]
+    mode = np.searchsorted(np.cumsum(MODES_AT_START if start else MODES_IN_SESSION),
+                           rng.random(len(users)), side="right")
+    nxt = np.where(prev >= 0, uni.next_item[prev], -1)
+    nxt_ok = (nxt >= 0) & smp.avail[nxt]
+    user_t = _draw_user_topic(rng, st, uni, users)
+    prev_t = np.where(prev >= 0, uni.item_topic[prev], user_t)
+    cand = np.select([(mode == 0) & nxt_ok, mode <= 1, mode == 2],
+                     [nxt, smp.in_topic(rng, prev_t), smp.in_topic(rng, user_t)],
+                     smp.popular(rng, len(users)))
+    for attempt in range(6):  # avoid unavailable and already consumed items
+        bad = np.flatnonzero(~smp.avail[cand] | st.seen[users[:], cand])
+        if len(bad) == 0:
+            break
+        if attempt < 4:
+            topics = np.where(rng.random(len(bad)) < 0.5, prev_t[bad], user_t[bad])
+            cand[bad] = smp.in_topic(rng, topics)
+        else:
+            cand[bad] = smp.popular(rng, len(bad))
+    st.seen[users, cand] = True
+    st.last_item[users] = cand
+    return cand
+
+
+def _day_events(rng: np.random.Generator, st: _State, uni: _Universe, cfg: DemoConfig, day: int,
+                day_start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Simulate one day; returns (users, items, unix seconds) sorted by time."""
+    n_u = cfg.n_users
+    k = (uni.user_weights > 0).sum(axis=1)
+    movers = np.flatnonzero(rng.random(n_u) < DRIFT_RATE)
+    slots = (rng.random(n_u) * k).astype(np.int64)
+    new_topics = rng.integers(0, cfg.n_topics, n_u)
+    st.user_topics[movers, slots[movers]] = new_topics[movers]
+    active = (uni.user_join <= day) & ((uni.user_join == day) | (rng.random(n_u) < uni.user_p_active))
+    lam = cfg.events_per_user_day * uni.user_intensity / uni.user_p_active - 1.0
+    lengths = np.minimum(1 + rng.poisson(np.maximum(lam, 0.0)), MAX_SESSION)
+    users, lengths = np.flatnonzero(active), lengths[active]
+    smp = _Sampler(uni, (uni.release_day == 0) | (uni.release_day < day))
+    ev_u, ev_i, ev_s = [], [], []
+    for step in range(int(lengths.max(initial=0))):
+        live = users[lengths > step]
+        ev_u.append(live)
+        ev_i.append(_next_items(rng, st, uni, smp, live, start=step == 0))
+        ev_s.append(np.full(len(live), step))
+    if not ev_u:
+        return (np.empty(0, np.int64),) * 3
+    u, i, s = (np.concatenate(a) for a in (ev_u, ev_i, ev_s))
+    by_user = np.lexsort((s, u))
+    u, i, s = u[by_user], i[by_user], s[by_user]
+    gaps = np.where(s == 0, 0, 1 + np.minimum(rng.exponential(40.0, len(u)), 900).astype(np.int64))
+    offsets = np.cumsum(gaps)
+    offsets -= np.repeat(offsets[s == 0], lengths)
+    duration = offsets[np.cumsum(lengths) - 1]
+    r = rng.random(len(users))
+    start = day_start + (r * (86400 - duration)).astype(np.int64)
+    lo = np.maximum(st.last_ts[users] + 1, day_start - 86400)
+    hi = day_start - duration
+    late = (rng.random(len(users)) < LATE_SESSION_RATE) & (hi - 1 >= lo) & (day > 0)
+    start = np.where(late, lo + (r * (hi - lo)).astype(np.int64), start)
+    ts = np.repeat(start, lengths) + offsets
+    st.last_ts[users] = ts[np.cumsum(lengths) - 1]
+    by_time = np.lexsort((u, ts))
+    return u[by_time], i[by_time], ts[by_time]
+
+
+def _event_lines(rng: np.random.Generator, uni: _Universe, users: np.ndarray, items: np.ndarray,
+                 ts: np.ndarray, user_ids: list[str]) -> list[str]:
+    kind = rng.choice(len(EVENT_TYPES), len(users), p=EVENT_PROBS)
+    rating = np.clip(np.round(2 * rng.normal(3.6 + uni.quality[items], 0.8)) / 2, 0.5, 5.0)
+    qty = rng.choice([1, 2, 3], len(users), p=[0.8, 0.15, 0.05])
+    values = [f"{r:.1f}" if k == 4 else str(q) if k == 3 else "null"
+              for k, r, q in zip(kind.tolist(), rating.tolist(), qty.tolist())]
+    stamps = np.datetime_as_string(ts.astype("datetime64[s]")).tolist()
+    return [f'{{"user_id": "{user_ids[u]}", "item_id": "{uni.records[i]["item_id"]}", '
+            f'"event_type": "{EVENT_TYPES[k]}", "value": {v}, "timestamp": "{t}Z"}}'
+            for u, i, k, v, t in zip(users.tolist(), items.tolist(), kind.tolist(), values, stamps)]
+
+
+def _corrupt(rng: np.random.Generator, line: str, kind: str) -> str:
+    if kind == "truncated":
+        return line[: int(rng.integers(5, len(line) - 1))]
+    rec = json.loads(line)
+    if kind in ("missing_user", "missing_item"):
+        key = "user_id" if kind == "missing_user" else "item_id"
+        if rng.random() < 0.5:
+            del rec[key]
+        else:
+            rec[key] = ""
+    elif kind in ("future", "ancient"):
+        year = int(rng.integers(2090, 2200) if kind == "future" else rng.integers(1970, 1995))
+        rec["timestamp"] = f"{year}{rec['timestamp'][4:]}"
+    else:
+        field, bad = {"not_a_date": ("timestamp", "not-a-date"),
+                      "impossible_date": ("timestamp", "2026-13-45T99:00:00Z"),
+                      "unknown_type": ("event_type", "hover"), "bad_value": ("value", "abc")}[kind]
+        rec[field] = bad
+    return json.dumps(rec)
+
+
+def _inject_noise(rng: np.random.Generator, lines: list[str], cfg: DemoConfig) -> tuple[list[str], int, int]:
+    n = len(lines)
+    if n < 2:
+        return lines, 0, 0
+    extras: list[list[str]] = [[] for _ in range(n)]
+    n_dup, n_bad = int(rng.binomial(n, cfg.duplicate_rate)), int(rng.binomial(n, cfg.malformed_rate))
+    for src, off in zip(rng.integers(0, n, n_dup).tolist(), rng.integers(0, 4, n_dup).tolist()):
+        extras[min(src + off, n - 1)].append(lines[src])
+    kinds = rng.integers(0, len(MALFORMED_KINDS), n_bad).tolist()
+    for src, pos, k in zip(rng.integers(0, n, n_bad).tolist(), rng.integers(0, n, n_bad).tolist(), kinds):
+        extras[pos].append(_corrupt(rng, lines[src], MALFORMED_KINDS[k]))
+    out = [x for line, extra in zip(lines, extras) for x in (line, *extra)]
+    return out, n_dup, n_bad
+
+
+def _catalog_lines(rng: np.random.Generator, uni: _Universe, day: int, date: datetime.date) -> list[str]:
+    stamp = f"{date.isoformat()}T00:00:00Z"
+    lines = [json.dumps({**uni.records[i], "updated_at": stamp})
+             for i in np.flatnonzero(uni.release_day == day).tolist()]
+    updated = np.flatnonzero((uni.release_day < day) & (rng.random(len(uni.records)) < UPDATE_RATE))
+    for i in updated.tolist():
+        t = int(uni.item_topic[i])
+        desc = _description(rng, uni.vocab[t], f"Revised edition of {uni.records[i]['title']}.")
+        lines.append(json.dumps({**uni.records[i], "description": desc, "updated_at": stamp}))
+    return lines
+
+
+def _write(path: pathlib.Path, lines: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+
+
+def generate(landing_dir: pathlib.Path, config: DemoConfig) -> dict[str, int]:
+    """Write landing files; return counts: {"days":..., "events":..., "malformed":..., "duplicates":..., "items":...}.
+
+    ``events`` counts well-formed distinct events, ``malformed`` / ``duplicates`` the extra
+    broken and verbatim-repeated lines, ``items`` the distinct items released in the period.
+    """
+    landing_dir = pathlib.Path(landing_dir)
+    uni = _build_universe(config)
+    rng = np.random.default_rng([config.seed, 2])
+    st = _State(np.full(config.n_users, -1), np.full(config.n_users, -(2**40)),
+                np.zeros((config.n_users, config.n_items), dtype=bool), uni.user_topics.copy())
+    user_ids = [f"u{u:0{max(5, len(str(config.n_users)))}d}" for u in range(config.n_users)]
+    epoch_day = (config.start_date - datetime.date(1970, 1, 1)).days
+    counts = {"days": config.days, "events": 0, "malformed": 0, "duplicates": 0, "items": 0}
+    for day in range(config.days):
+        date = config.start_date + datetime.timedelta(days=day)
+        users, items, ts = _day_events(rng, st, uni, config, day, (epoch_day + day) * 86400)
+        lines = _event_lines(rng, uni, users, items, ts, user_ids)
+        noisy, n_dup, n_bad = _inject_noise(rng, lines, config)
+        _write(landing_dir / "events" / f"{date.isoformat()}.jsonl", noisy)
+        catalog = _catalog_lines(rng, uni, day, date)
+        if catalog:
+            _write(landing_dir / "items" / f"{date.isoformat()}.jsonl", catalog)
+        counts["events"] += len(lines)
+        counts["duplicates"] += n_dup
+        counts["malformed"] += n_bad
+        counts["items"] += int((uni.release_day == day).sum())
+        logger.debug("demo day %s: %d events, %d catalog lines", date, len(lines), len(catalog))
+    logger.info("demo data written to %s: %s", landing_dir, counts)
+    return counts

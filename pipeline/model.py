@@ -1,0 +1,291 @@
+"""Sequential recommender: SASRec-style causal self-attention over a user's last items.
+
+One file, no I/O (nanoGPT / gSASRec style). Training lives in `pipeline/train.py`.
+
+Index convention: items are dense ints 1..n_items, 0 is padding. Sequences are left-padded with 0.
+
+Item representation (`item_repr`):
+- "id":      a learned ID embedding per item.
+- "text":    an adapter (MLP) over a frozen text embedding; items never seen in training still get a vector.
+- "id+text": text adapter + ID embedding. The ID part is switched off for items without training
+             interactions (their ID rows would only ever receive negative gradient under the full softmax and
+             would drown the text part) and randomly dropped for warm items during training (`id_dropout`),
+             so the text path alone must rank well and cold items stay recommendable.
+
+Scoring: cosine similarity between the last hidden state and every item vector, divided by a temperature
+(`normalize=True`), or a plain dot product. Training: cross-entropy over the full catalog at every prefix
+position (Klenitskiy & Vasilev 2023), or sampled softmax with log-Q correction for very large catalogs.
+The contract the rest of the package relies on: `score = user_states(seqs) @ item_representations().T`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+ITEM_REPRS = ("id", "text", "id+text")
+
+
+@dataclass
+class ModelConfig:
+    n_items: int                            # real items, indices 1..n_items (0 = padding)
+    max_len: int = 50                       # history length the model attends over (last items kept)
+    d_model: int = 64                       # width of item vectors and hidden states
+    n_heads: int = 1                        # attention heads per block
+    n_layers: int = 2                       # transformer blocks
+    dropout: float = 0.2                    # dropout on embeddings, attention and MLP outputs
+    ffn_mult: int = 4                       # MLP hidden width = ffn_mult * d_model
+    item_repr: str = "id+text"              # "id" | "text" | "id+text"
+    text_dim: int = 0                       # width of the frozen text embeddings; 0 = no text embeddings
+    text_hidden: int = 256                  # hidden width of the text adapter MLP; 0 = a single Linear
+    id_dropout: float = 0.25                # id+text: prob. of dropping a warm item's ID part per training step
+    normalize: bool = True                  # cosine scores (L2-normalised user and item vectors) / temperature
+    temperature: float = 0.05               # softmax temperature for cosine scores (ignored if not normalize)
+    label_smoothing: float = 0.0            # cross-entropy label smoothing
+    sampled_softmax_above: int = 200_000    # sampled softmax with log-Q correction when n_items exceeds this
+    n_negatives: int = 1024                 # negatives per batch for the sampled softmax
+
+    def __post_init__(self) -> None:
+        assert self.n_items >= 1, f"n_items must be >= 1, got {self.n_items}"
+        assert self.item_repr in ITEM_REPRS, f"item_repr must be one of {ITEM_REPRS}, got {self.item_repr!r}"
+        assert self.item_repr == "id" or self.text_dim > 0, f"item_repr={self.item_repr!r} needs text_dim > 0"
+        assert self.d_model % self.n_heads == 0, f"d_model {self.d_model} not divisible by n_heads {self.n_heads}"
+        assert 0.0 <= self.id_dropout < 1.0, f"id_dropout must be in [0, 1), got {self.id_dropout}"
+        assert self.temperature > 0, f"temperature must be > 0, got {self.temperature}"
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model)
+        self.proj = nn.Linear(config.d_model, config.d_model)
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor, attn_mask: Tensor) -> Tensor:
+        B, L, D = x.shape
+        q, k, v = self.qkv(x).split(D, dim=2)  # 3 x (B, L, D)
+        q, k, v = (t.view(B, L, self.n_heads, D // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (B, H, L, Dh)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, H, L, Dh)
+        y = y.transpose(1, 2).contiguous().view(B, L, D)  # (B, L, D)
+        return self.resid_dropout(self.proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.fc = nn.Linear(config.d_model, config.ffn_mult * config.d_model)
+        self.proj = nn.Linear(config.ffn_mult * config.d_model, config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.d_model)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.d_model)
+        self.mlp = MLP(config)
+
+    def forward(self, x: Tensor, attn_mask: Tensor) -> Tensor:
+        x = x + self.attn(self.ln_1(x), attn_mask)
+        return x + self.mlp(self.ln_2(x))
+
+
+class TextAdapter(nn.Module):
+    """Frozen text embedding -> model space (UniSRec / LLM-ESR style MLP adapter)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        if config.text_hidden > 0:
+            self.net = nn.Sequential(
+                nn.Linear(config.text_dim, config.text_hidden),
+                nn.GELU(),
+                nn.Dropout(config.dropout),
+                nn.Linear(config.text_hidden, config.d_model),
+            )
+        else:
+            self.net = nn.Linear(config.text_dim, config.d_model)
+
+    def forward(self, text: Tensor) -> Tensor:
+        return self.net(text)
+
+
+class SeqRecModel(nn.Module):
+    def __init__(
+        self, config: ModelConfig, text_emb: Tensor | None = None, item_counts: Tensor | None = None
+    ) -> None:
+        super().__init__()
+        self.config = config
+        n_rows = config.n_items + 1
+        uses_text = config.item_repr in ("text", "id+text")
+        if uses_text:
+            if text_emb is None:  # placeholder, filled by load_state_dict when rebuilding from a checkpoint
+                text_emb = torch.zeros(n_rows, config.text_dim)
+            assert text_emb.shape == (n_rows, config.text_dim), (
+                f"text_emb must be (n_items+1, text_dim) = {(n_rows, config.text_dim)}, got {tuple(text_emb.shape)}"
+            )
+            text_emb = text_emb.detach().float().clone()
+            text_emb[0] = 0.0
+            self.register_buffer("text_emb", text_emb)  # (N+1, T) frozen
+            self.text_adapter = TextAdapter(config)
+        if config.item_repr in ("id", "id+text"):
+            self.id_emb = nn.Embedding(n_rows, config.d_model, padding_idx=0)
+        if item_counts is None:
+            item_counts = torch.ones(n_rows)
+        assert item_counts.shape == (n_rows,), f"item_counts must be (n_items+1,), got {tuple(item_counts.shape)}"
+        item_counts = item_counts.detach().float().clone()
+        item_counts[0] = 0.0
+        self.register_buffer("item_counts", item_counts)  # (N+1,) training interactions per item
+        self.pos_emb = nn.Embedding(config.max_len, config.d_model)
+        self.emb_dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layers)])
+        self.ln_f = nn.LayerNorm(config.d_model)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.padding_idx is not None:
+                module.weight.data[module.padding_idx].zero_()
+
+    # ---- item side -------------------------------------------------------------------------------------------
+
+    def _raw_item_vectors(self, ids: Tensor | None = None) -> Tensor:
+        """Unnormalised item vectors for `ids` (any shape) or for all rows 0..n_items."""
+        cfg = self.config
+        parts = []
+        if cfg.item_repr in ("text", "id+text"):
+            text = self.text_emb if ids is None else self.text_emb[ids]
+            parts.append(self.text_adapter(text))  # (..., D)
+        if cfg.item_repr in ("id", "id+text"):
+            id_vec = self.id_emb.weight if ids is None else self.id_emb(ids)  # (..., D)
+            if cfg.item_repr == "id+text":
+                counts = self.item_counts if ids is None else self.item_counts[ids]
+                keep = (counts > 0).to(id_vec.dtype)  # cold items: text only
+                if self.training and cfg.id_dropout > 0:
+                    keep = keep * (torch.rand_like(keep) >= cfg.id_dropout).to(id_vec.dtype)
+                id_vec = id_vec * keep.unsqueeze(-1)
+            parts.append(id_vec)
+        vec = parts[0] if len(parts) == 1 else parts[0] + parts[1]
+        if ids is None:
+            vec = vec * (torch.arange(vec.shape[0], device=vec.device) > 0).unsqueeze(-1).to(vec.dtype)
+        else:
+            vec = vec * (ids > 0).unsqueeze(-1).to(vec.dtype)
+        return vec
+
+    def _output_vectors(self, vec: Tensor) -> Tensor:
+        return F.normalize(vec, dim=-1) if self.config.normalize else vec
+
+    def item_representations(self) -> Tensor:
+        """(n_items+1, D) item vectors used for scoring; row 0 (padding) is zero."""
+        return self._output_vectors(self._raw_item_vectors())
+
+    # ---- user side -------------------------------------------------------------------------------------------
+
+    def _hidden(self, seq: Tensor) -> Tensor:
+        """(B, L) left-padded item ids -> (B, L, D) hidden states (causal, padding ignored)."""
+        B, L = seq.shape
+        assert L <= self.config.max_len, f"sequence length {L} exceeds max_len {self.config.max_len}"
+        # positions counted from the end, so extra left padding changes nothing
+        pos = torch.arange(L - 1, -1, -1, device=seq.device)  # (L,)
+        x = self._raw_item_vectors(seq) * math.sqrt(self.config.d_model) + self.pos_emb(pos)  # (B, L, D)
+        x = self.emb_dropout(x)
+        causal = torch.ones(L, L, dtype=torch.bool, device=seq.device).tril()  # (L, L)
+        key_ok = (seq > 0).unsqueeze(1)  # (B, 1, L)
+        eye = torch.eye(L, dtype=torch.bool, device=seq.device)  # a padding query attends to itself only
+        attn_mask = ((causal & key_ok) | eye).unsqueeze(1)  # (B, 1, L, L)
+        for block in self.blocks:
+            x = block(x, attn_mask)
+        return self.ln_f(x)  # (B, L, D)
+
+    def _scale(self) -> float:
+        return 1.0 / self.config.temperature if self.config.normalize else 1.0
+
+    def user_states(self, seqs: Tensor) -> Tensor:
+        """(B, L) -> (B, D) query vectors such that scores = user_states @ item_representations().T."""
+        h = self._hidden(seqs[:, -self.config.max_len :])[:, -1, :]  # (B, D)
+        return self._output_vectors(h) * self._scale()
+
+    # ---- training contract -----------------------------------------------------------------------------------
+
+    def forward(self, seq: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """seq (B, L) left-padded; targets (B, L) next item at each position, 0 = ignore.
+
+        With targets: (logits at the N target positions (N, n_items+1), loss). Computing the softmax only
+        where there is a target keeps memory at N x n_items instead of B x L x n_items.
+        Without targets: (logits of the last position (B, n_items+1), None).
+        """
+        h = self._hidden(seq)  # (B, L, D)
+        if targets is None:
+            q = self._output_vectors(h[:, -1, :]) * self._scale()  # (B, D)
+            logits = q @ self.item_representations().T  # (B, N+1)
+            logits[:, 0] = float("-inf")
+            return logits, None
+        assert targets.shape == seq.shape, f"targets {tuple(targets.shape)} must match seq {tuple(seq.shape)}"
+        where = targets > 0  # (B, L)
+        q = self._output_vectors(h[where]) * self._scale()  # (N, D)
+        y = targets[where]  # (N,)
+        if self.config.n_items > self.config.sampled_softmax_above:
+            return self._sampled_softmax(q, y)
+        logits = q @ self.item_representations().T  # (N, N_items+1)
+        logits[:, 0] = float("-inf")
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.config.label_smoothing)
+        return logits, loss
+
+    def _sampled_softmax(self, q: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Shared negatives drawn from popularity^0.75, scores corrected by log Q (Yi et al. 2019)."""
+        probs = (self.item_counts + 1.0).pow(0.75)
+        probs[0] = 0.0
+        probs = probs / probs.sum()  # (N+1,)
+        neg = torch.multinomial(probs, self.config.n_negatives, replacement=True)  # (K,)
+        cand = torch.cat([y, neg])  # (N + K,) in-batch positives double as negatives
+        cand_vec = self._output_vectors(self._raw_item_vectors(cand))  # (N + K, D)
+        logits = q @ cand_vec.T - torch.log(probs[cand] * cand.numel()).unsqueeze(0)  # (N, N + K)
+        accidental = cand.unsqueeze(0) == y.unsqueeze(1)  # (N, N + K)
+        own = torch.zeros_like(accidental)
+        own[torch.arange(len(y)), torch.arange(len(y))] = True
+        logits = logits.masked_fill(accidental & ~own, float("-inf"))
+        labels = torch.arange(len(y), device=y.device)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.config.label_smoothing)
+        return logits, loss
+
+    # ---- inference -------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def recommend(
+        self, seqs: Tensor, k: int, exclude_seen: bool = True, exclude: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Top-k (ids (B, k) long, scores (B, k) float); never padding, seen items excluded when asked.
+
+        `exclude`: optional bool mask (B, n_items+1) or (n_items+1,) of further items to drop.
+        """
+        n_rows = self.config.n_items + 1
+        assert 1 <= k <= self.config.n_items, f"k must be in [1, n_items={self.config.n_items}], got {k}"
+        scores = self.user_states(seqs) @ self.item_representations().T  # (B, N+1)
+        scores[:, 0] = float("-inf")
+        if exclude_seen:
+            scores.scatter_(1, seqs.long(), float("-inf"))  # padding column 0 is already -inf
+        if exclude is not None:
+            assert exclude.shape[-1] == n_rows, f"exclude must end in n_items+1={n_rows}, got {tuple(exclude.shape)}"
+            scores = scores.masked_fill(exclude.to(torch.bool), float("-inf"))
+        top_scores, top_ids = scores.topk(k, dim=1)  # (B, k)
+        return top_ids, top_scores

@@ -1,0 +1,109 @@
+"""The warehouse: one DuckDB file with the published tables and the ledgers.
+
+Tables: ``ingest_ledger`` (one row per landing file per ingest), ``runs`` (one row per stage run),
+``recommendations`` (one row per dt, user, rank) and the view ``recommendations_latest``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+log = logging.getLogger(__name__)
+
+SCHEMA = [
+    """create table if not exists ingest_ledger (
+        dt date not null,
+        kind varchar not null,
+        source_file varchar not null,
+        checksum varchar not null,
+        rows_read bigint not null,
+        accepted bigint not null,
+        quarantined bigint not null,
+        duplicates bigint not null,
+        status varchar not null,
+        top_reasons varchar,
+        ingested_at timestamptz not null
+    )""",
+    """create table if not exists runs (
+        dt date not null,
+        stage varchar not null,
+        status varchar not null,
+        run_id varchar,
+        started_at timestamptz not null,
+        finished_at timestamptz not null,
+        details varchar
+    )""",
+    """create table if not exists recommendations (
+        dt date not null,
+        user_id varchar not null,
+        rank integer not null,
+        item_id varchar not null,
+        score double not null,
+        source varchar not null,
+        model_name varchar,
+        model_version varchar,
+        generated_at timestamptz not null
+    )""",
+    """create or replace view recommendations_latest as
+        select * from recommendations where dt = (select max(dt) from recommendations)""",
+]
+
+
+@contextlib.contextmanager
+def connect(path: Path, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Open the warehouse, creating its schema on first use."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(path), read_only=read_only)
+    try:
+        con.execute("set TimeZone = 'UTC'")
+        if not read_only:
+            for ddl in SCHEMA:
+                con.execute(ddl)
+        yield con
+    finally:
+        con.close()
+
+
+def record_run(
+    path: Path,
+    day: dt.date,
+    stage: str,
+    status: str,
+    started_at: dt.datetime,
+    details: dict[str, Any],
+    run_id: str | None = None,
+) -> None:
+    """Append one stage run to the `runs` ledger."""
+    with connect(path) as con:
+        con.execute(
+            "insert into runs values ($dt, $stage, $status, $run_id, $started, $finished, $details)",
+            {
+                "dt": day,
+                "stage": stage,
+                "status": status,
+                "run_id": run_id,
+                "started": started_at,
+                "finished": dt.datetime.now(dt.UTC),
+                "details": json.dumps(details, default=str, sort_keys=True),
+            },
+        )
+
+
+def last_ingested(con: duckdb.DuckDBPyConnection, day: dt.date, kind: str) -> dict[str, str]:
+    """{source_file: checksum} of the latest successful ingest of a date, or {} if none."""
+    rows = con.execute(
+        """select source_file, checksum from ingest_ledger
+           where dt = $dt and kind = $kind and status in ('ok', 'noop')
+             and ingested_at = (select max(ingested_at) from ingest_ledger
+                                where dt = $dt and kind = $kind and status in ('ok', 'noop'))""",
+        {"dt": day, "kind": kind},
+    ).fetchall()
+    return dict(rows)
