@@ -58,6 +58,9 @@ class Settings:
     # orchestration
     gpu_pool: str = "default_pool"               # Airflow pool for embed/train (e.g. "gpu")
     gpu_queue: str = "default"                   # Airflow queue for embed/train (e.g. "gpu")
+    task_retries: int = 2                        # Airflow retries per task (exponential backoff)
+    retry_delay_seconds: int = 300               # first retry delay; doubles each retry
+    task_timeout_minutes: int = 120              # execution_timeout of every task
     fail_training: bool = False                  # fault injection: make training raise (degraded-mode drills)
 
     @property

@@ -125,14 +125,16 @@ def _topics(n_topics: int, rng: np.random.Generator) -> tuple[list[str], list[li
 
 def _description(rng: np.random.Generator, words: list[str], lead: str) -> str:
     n = int(rng.integers(10, 16))
-    picks = [str(rng.choice(words)) if rng.random() < 0.6 else str(rng.choice(FILLER)) for _ in range(n)]
-    return f"{lead} " + " ".join(picks).capitalize() + "."
+    picks = np.where(rng.random(n) < 0.6, rng.choice(words, n), rng.choice(FILLER, n))
+    return f"{lead} " + " ".join(picks.tolist()).capitalize() + "."
 
 
 def _series_lengths(rng: np.random.Generator, n_items: int) -> list[int]:
     lengths: list[int] = []
-    while sum(lengths) < n_items:
-        lengths.append(min(int(rng.geometric(0.3)), 10, n_items - sum(lengths)))
+    total = 0
+    while total < n_items:
+        lengths.append(min(int(rng.geometric(0.3)), 10, n_items - total))
+        total += lengths[-1]
     return lengths
 
 
@@ -154,60 +156,60 @@ def _release_days(rng: np.random.Generator, lengths: list[int], series_topic: np
     return days
 
 
-def _build_universe(cfg: DemoConfig) -> _Universe:
-    rng = np.random.default_rng([cfg.seed, cfg.n_users, cfg.n_items, cfg.n_topics, 1])
-    names, vocab = _topics(cfg.n_topics, rng)
+def _series_meta(rng: np.random.Generator, names: list[str], words: list[str], t: int) -> tuple:
+    a, b = rng.choice(len(words), 2, replace=False)
+    genres = [names[t]] + ([names[int(rng.integers(len(names)))]] if rng.random() < 0.1 else [])
+    return (f"{words[a].capitalize()} {words[b].capitalize()}", list(dict.fromkeys(genres)),
+            f"{str(rng.choice(words)).capitalize()} {rng.choice(BRAND_SUFFIXES)}",
+            TITLE_STYLES[int(rng.integers(len(TITLE_STYLES)))])
+
+
+def _build_catalog(rng: np.random.Generator, cfg: DemoConfig, names: list[str], vocab: list[list[str]],
+                   topic_w: np.ndarray) -> tuple[list[dict], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Series of items per topic; returns (records, topic, next volume, popularity, release day)."""
     lengths = _series_lengths(rng, cfg.n_items)
-    n_series = len(lengths)
-    series_topic = rng.permutation(np.arange(n_series) % cfg.n_topics)
-    topic_w = (rng.permutation(cfg.n_topics) + 1.0) ** -0.6
-    series_w = np.empty(n_series)
+    series_topic = rng.permutation(np.arange(len(lengths)) % cfg.n_topics)
+    series_w = np.empty(len(lengths))
     for t in range(cfg.n_topics):
         idx = np.flatnonzero(series_topic == t)
         w = (rng.permutation(len(idx)) + 1.0) ** -1.0
         series_w[idx] = topic_w[t] * w / w.sum()
     release = _release_days(rng, lengths, series_topic, cfg.n_topics)
     # ids increase with release day (new items get new ids), random order within a day
-    flat = [(int(release[s][k]), s, k) for s in range(n_series) for k in range(lengths[s])]
+    flat = [(int(release[s][k]), s, k) for s in range(len(lengths)) for k in range(lengths[s])]
     keys = rng.random(len(flat))
     order = sorted(range(len(flat)), key=lambda j: (flat[j][0], keys[j]))
     item_of = {flat[j][1:]: i for i, j in enumerate(order)}
+    meta = [_series_meta(rng, names, vocab[t], t) for t in series_topic.tolist()]
     width = max(5, len(str(cfg.n_items)))
-    records, topic, nxt, pop, rel = [], [], [], [], []
-    series_meta = []
-    for s in range(n_series):
-        t, words = int(series_topic[s]), vocab[int(series_topic[s])]
-        a, b = rng.choice(len(words), 2, replace=False)
-        genres = [names[t]] + ([names[int(rng.integers(cfg.n_topics))]] if rng.random() < 0.1 else [])
-        series_meta.append((f"{words[a].capitalize()} {words[b].capitalize()}", list(dict.fromkeys(genres)),
-                            f"{str(rng.choice(words)).capitalize()} {rng.choice(BRAND_SUFFIXES)}",
-                            TITLE_STYLES[int(rng.integers(len(TITLE_STYLES)))]))
+    records, rows = [], []
     for j in order:
         day, s, k = flat[j]
-        name, genres, brand, style = series_meta[s]
-        t, words = int(series_topic[s]), vocab[int(series_topic[s])]
+        (name, genres, brand, style), t = meta[s], int(series_topic[s])
         single = lengths[s] == 1
-        title = name if single else style.format(name=name, k=k + 1)
         lead = f"A standalone {names[t]} title." if single else f"Volume {k + 1} of the {name} series."
-        records.append({"item_id": f"i{item_of[(s, k)]:0{width}d}", "title": title,
-                        "description": _description(rng, words, lead), "genres": genres,
-                        "tags": sorted({str(w) for w in rng.choice(words, 3)}), "brand": brand})
-        topic.append(t)
-        nxt.append(item_of[(s, k + 1)] if k + 1 < lengths[s] else -1)
-        pop.append(series_w[s] * 0.8**k)
-        rel.append(day)
+        records.append({"item_id": f"i{item_of[(s, k)]:0{width}d}",
+                        "title": name if single else style.format(name=name, k=k + 1),
+                        "description": _description(rng, vocab[t], lead), "genres": genres,
+                        "tags": sorted({str(w) for w in rng.choice(vocab[t], 3)}), "brand": brand})
+        rows.append((t, item_of[(s, k + 1)] if k + 1 < lengths[s] else -1, series_w[s] * 0.8**k, day))
+    topic, nxt, pop, rel = (np.array(col) for col in zip(*rows, strict=True))
+    return records, topic, nxt, pop, rel
+
+
+def _build_universe(cfg: DemoConfig) -> _Universe:
+    rng = np.random.default_rng([cfg.seed, cfg.n_users, cfg.n_items, cfg.n_topics, 1])
+    names, vocab = _topics(cfg.n_topics, rng)
+    topic_w = (rng.permutation(cfg.n_topics) + 1.0) ** -0.6
+    records, topic, nxt, pop, rel = _build_catalog(rng, cfg, names, vocab, topic_w)
     n_u = cfg.n_users
-    late_join = rng.random(n_u) < LATE_USER_FRACTION
-    join = np.where(late_join, rng.integers(1, HORIZON_DAYS, n_u), 0)
+    join = np.where(rng.random(n_u) < LATE_USER_FRACTION, rng.integers(1, HORIZON_DAYS, n_u), 0)
     intensity = rng.lognormal(0.0, 0.5, n_u) / np.exp(0.125)
     gumbel = np.log(topic_w / topic_w.sum()) + rng.gumbel(size=(n_u, cfg.n_topics))
-    user_topics = np.argsort(-gumbel, axis=1)[:, :3]
-    if cfg.n_topics < 3:
-        user_topics = np.resize(user_topics, (n_u, 3))
+    user_topics = np.argsort(-gumbel, axis=1)[:, np.arange(3) % cfg.n_topics]  # 3 distinct if possible
     weights = rng.dirichlet(np.ones(3), n_u) * (np.arange(3) < rng.integers(1, 4, n_u)[:, None])
-    return _Universe(names, vocab, np.array(topic), np.array(nxt), np.array(pop),
-                     rng.normal(0.0, 0.5, cfg.n_items), np.array(rel), records, join,
-                     np.clip(rng.beta(1.5, 3.5, n_u), 0.04, 0.9), intensity, user_topics,
+    return _Universe(names, vocab, topic, nxt, pop, rng.normal(0.0, 0.5, cfg.n_items), rel, records,
+                     join, np.clip(rng.beta(1.5, 3.5, n_u), 0.04, 0.9), intensity, user_topics,
                      weights / weights.sum(axis=1, keepdims=True))
 
 
@@ -265,7 +267,7 @@ def _next_items(rng: np.random.Generator, st: _State, uni: _Universe, smp: _Samp
                      [nxt, smp.in_topic(rng, prev_t), smp.in_topic(rng, user_t)],
                      smp.popular(rng, len(users)))
     for attempt in range(6):  # avoid unavailable and already consumed items
-        bad = np.flatnonzero(~smp.avail[cand] | st.seen[users[:], cand])
+        bad = np.flatnonzero(~smp.avail[cand] | st.seen[users, cand])
         if len(bad) == 0:
             break
         if attempt < 4:
@@ -325,11 +327,12 @@ def _event_lines(rng: np.random.Generator, uni: _Universe, users: np.ndarray, it
     rating = np.clip(np.round(2 * rng.normal(3.6 + uni.quality[items], 0.8)) / 2, 0.5, 5.0)
     qty = rng.choice([1, 2, 3], len(users), p=[0.8, 0.15, 0.05])
     values = [f"{r:.1f}" if k == 4 else str(q) if k == 3 else "null"
-              for k, r, q in zip(kind.tolist(), rating.tolist(), qty.tolist())]
+              for k, r, q in zip(kind.tolist(), rating.tolist(), qty.tolist(), strict=True)]
     stamps = np.datetime_as_string(ts.astype("datetime64[s]")).tolist()
     return [f'{{"user_id": "{user_ids[u]}", "item_id": "{uni.records[i]["item_id"]}", '
             f'"event_type": "{EVENT_TYPES[k]}", "value": {v}, "timestamp": "{t}Z"}}'
-            for u, i, k, v, t in zip(users.tolist(), items.tolist(), kind.tolist(), values, stamps)]
+            for u, i, k, v, t in zip(users.tolist(), items.tolist(), kind.tolist(), values, stamps,
+                                     strict=True)]
 
 
 def _corrupt(rng: np.random.Generator, line: str, kind: str) -> str:
@@ -359,12 +362,13 @@ def _inject_noise(rng: np.random.Generator, lines: list[str], cfg: DemoConfig) -
         return lines, 0, 0
     extras: list[list[str]] = [[] for _ in range(n)]
     n_dup, n_bad = int(rng.binomial(n, cfg.duplicate_rate)), int(rng.binomial(n, cfg.malformed_rate))
-    for src, off in zip(rng.integers(0, n, n_dup).tolist(), rng.integers(0, 4, n_dup).tolist()):
+    for src, off in zip(rng.integers(0, n, n_dup).tolist(), rng.integers(0, 4, n_dup).tolist(), strict=True):
         extras[min(src + off, n - 1)].append(lines[src])
+    srcs, positions = rng.integers(0, n, n_bad).tolist(), rng.integers(0, n, n_bad).tolist()
     kinds = rng.integers(0, len(MALFORMED_KINDS), n_bad).tolist()
-    for src, pos, k in zip(rng.integers(0, n, n_bad).tolist(), rng.integers(0, n, n_bad).tolist(), kinds):
+    for src, pos, k in zip(srcs, positions, kinds, strict=True):
         extras[pos].append(_corrupt(rng, lines[src], MALFORMED_KINDS[k]))
-    out = [x for line, extra in zip(lines, extras) for x in (line, *extra)]
+    out = [x for line, extra in zip(lines, extras, strict=True) for x in (line, *extra)]
     return out, n_dup, n_bad
 
 
@@ -386,7 +390,7 @@ def _write(path: pathlib.Path, lines: list[str]) -> None:
 
 
 def generate(landing_dir: pathlib.Path, config: DemoConfig) -> dict[str, int]:
-    """Write landing files; return counts: {"days":..., "events":..., "malformed":..., "duplicates":..., "items":...}.
+    """Write landing files; return counts: {"days", "events", "malformed", "duplicates", "items"}.
 
     ``events`` counts well-formed distinct events, ``malformed`` / ``duplicates`` the extra
     broken and verbatim-repeated lines, ``items`` the distinct items released in the period.

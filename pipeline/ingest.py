@@ -233,8 +233,8 @@ def _file_counts(con: duckdb.DuckDBPyConnection, files: list[Path], rows_read: d
             "select count(*) filter (where reason is not null), count(*) filter (where reason is null)"
             " from staged where source_file = $f",
             {"f": name},
-        ).fetchone()
-        (kept,) = con.execute("select count(*) from kept where source_file = $f", {"f": name}).fetchone()
+        ).fetchall()[0]
+        (kept,) = con.execute("select count(*) from kept where source_file = $f", {"f": name}).fetchall()[0]
         reasons = dict(con.execute(
             "select reason, count(*) from staged where source_file = $f and reason is not null group by reason",
             {"f": name},

@@ -200,7 +200,10 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
         )
         model, train_metrics, _ = train_model(
-            model_cfg, train_cfg, train_seqs, split["valid_inputs"], split["valid_targets"], text_emb=text_emb
+            model_cfg, train_cfg, train_seqs, split["valid_inputs"], split["valid_targets"], text_emb=text_emb,
+            on_epoch=lambda epoch, rec, name=repr_name: log.info(
+                "%s epoch %d: loss %.4f, valid ndcg@10 %.4f, %.1f s", name, epoch, rec["loss"],
+                rec.get("valid_ndcg@10", float("nan")), rec["seconds"]),
         )
         test = evaluate_model(model, split["test_inputs"], split["test_targets"], cold_items=cold)
         keep = ("train_seconds", "seconds_per_epoch", "best_epoch", "epochs", "valid_ndcg@10")

@@ -50,7 +50,7 @@ def create_table(con: Any, table: str, name: str, params: dict[str, Any] | None 
     """
     con.execute(f"drop table if exists {_ident(table)}")
     relation(con, name, params).create(table)
-    (count,) = con.execute(f"select count(*) from {_ident(table)}").fetchone()
+    (count,) = con.execute(f"select count(*) from {_ident(table)}").fetchall()[0]
     return int(count)
 
 
@@ -63,13 +63,14 @@ def check_grain(con: Any, table: str, keys: list[str], not_null: list[str] | Non
     """Fail loudly unless `table` is non-empty, unique on `keys`, and has no nulls in keys + not_null."""
     ident = _ident(table)
     cols = ", ".join(_ident(k) for k in keys)
-    (rows,) = con.execute(f"select count(*) from {ident}").fetchone()
+    (rows,) = con.execute(f"select count(*) from {ident}").fetchall()[0]
     if rows == 0:
         raise GrainCheckError(f"{table}: no rows")
-    dup = con.execute(f"select {cols}, count(*) from {ident} group by all having count(*) > 1 limit 1").fetchone()
-    if dup:
+    dups = con.execute(f"select {cols}, count(*) from {ident} group by all having count(*) > 1 limit 1").fetchall()
+    if dups:
+        dup = dups[0]
         raise GrainCheckError(f"{table}: key {keys} not unique, e.g. {dup[:-1]} appears {dup[-1]} times")
     for col in keys + (not_null or []):
-        (nulls,) = con.execute(f"select count(*) from {ident} where {_ident(col)} is null").fetchone()
+        (nulls,) = con.execute(f"select count(*) from {ident} where {_ident(col)} is null").fetchall()[0]
         if nulls:
             raise GrainCheckError(f"{table}: column {col!r} has {nulls} null values")

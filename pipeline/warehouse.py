@@ -107,3 +107,18 @@ def last_ingested(con: duckdb.DuckDBPyConnection, day: dt.date, kind: str) -> di
         {"dt": day, "kind": kind},
     ).fetchall()
     return dict(rows)
+
+
+def night_results(path: Path, day: dt.date) -> dict[str, Any]:
+    """The latest recorded result of every stage for a date: its details, plus status for failures."""
+    with connect(path) as con:
+        rows = con.execute(
+            """select stage, status, details from runs where dt = $dt
+               qualify row_number() over (partition by stage order by finished_at desc) = 1""",
+            {"dt": day},
+        ).fetchall()
+    out: dict[str, Any] = {}
+    for stage, status, details in rows:
+        parsed = json.loads(details) if details else {}
+        out[stage] = parsed if status == "ok" else {"status": status, **parsed}
+    return out

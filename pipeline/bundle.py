@@ -1,0 +1,50 @@
+"""A trained model as files: weights, config and the item id mapping, enough to rebuild and score.
+
+Layout of a bundle folder: ``model.pt`` (state_dict, incl. the frozen text embeddings), ``config.json``
+(ModelConfig), ``item_ids.json`` (item index i+1 -> item_id string; index 0 is padding).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.model import ModelConfig, SeqRecModel
+
+
+@dataclass
+class ModelBundle:
+    model: SeqRecModel
+    item_ids: list[str]  # item_ids[i] is the item at index i + 1
+
+    @property
+    def index(self) -> dict[str, int]:
+        return {item: i + 1 for i, item in enumerate(self.item_ids)}
+
+    def encode(self, items: list[str], max_len: int | None = None) -> np.ndarray:
+        """Item ids -> model indices, unknown items dropped, the last max_len kept."""
+        index = self.index
+        idx = np.array([index[i] for i in items if i in index], dtype=np.int64)
+        return idx[-(max_len or self.model.config.max_len):]
+
+    def save(self, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(self.model.state_dict(), folder / "model.pt")
+        (folder / "config.json").write_text(json.dumps(dataclasses.asdict(self.model.config), indent=2))
+        (folder / "item_ids.json").write_text(json.dumps(self.item_ids))
+        return folder
+
+    @classmethod
+    def load(cls, folder: Path) -> ModelBundle:
+        config = ModelConfig(**json.loads((folder / "config.json").read_text()))
+        model = SeqRecModel(config)
+        state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+        model.eval()
+        item_ids = json.loads((folder / "item_ids.json").read_text())
+        return cls(model=model, item_ids=item_ids)

@@ -1,0 +1,336 @@
+"""The night's stages as plain functions: (settings, data date, small values) -> small dict.
+
+Each stage reads and writes only under the settings' folders, keyed by the data date, so rerunning a date
+replaces what that date wrote. The Airflow DAG and the CLI (`nightly-recs night`) call these; they return
+small JSON-able dicts (paths, counts, versions) that travel between tasks as XCom.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from pipeline import warehouse
+from pipeline.config import Settings
+from pipeline.features import mart_path
+
+log = logging.getLogger(__name__)
+
+
+class TrainingFailed(RuntimeError):
+    """Training could not produce a model (including an injected fault)."""
+
+
+def _ledger(stage: str) -> Callable[[Callable[..., dict[str, Any]]], Callable[..., dict[str, Any]]]:
+    """Record every run of a stage (status, timings, returned counts or the error) in the `runs` ledger."""
+
+    def wrap(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+        def run(settings: Settings, data_date: dt.date, *args: Any, **kwargs: Any) -> dict[str, Any]:
+            started = dt.datetime.now(dt.UTC)
+            try:
+                result = fn(settings, data_date, *args, **kwargs)
+            except Exception as err:
+                warehouse.record_run(settings.warehouse_path, data_date, stage, "failed", started,
+                                     {"error": f"{type(err).__name__}: {err}"[:2000]})
+                raise
+            warehouse.record_run(settings.warehouse_path, data_date, stage, "ok", started, result,
+                                 run_id=result.get("run_id"))
+            return result
+
+        run.__name__ = fn.__name__
+        run.__doc__ = fn.__doc__
+        return run
+
+    return wrap
+
+
+@_ledger("ingest")
+def stage_ingest(settings: Settings, data_date: dt.date) -> dict[str, Any]:
+    """Landing files -> validated lake partitions (see pipeline.ingest)."""
+    from pipeline.ingest import ingest
+
+    return ingest(settings, data_date)
+
+
+@_ledger("features")
+def stage_features(settings: Settings, data_date: dt.date) -> dict[str, Any]:
+    """Lake -> feature marts for the night (see sql/)."""
+    from pipeline.features import run_features
+
+    return run_features(settings, data_date)
+
+
+def item_text(row: dict[str, Any], template: str) -> str:
+    """The string embedded for an item: the template filled from its fields, empty parts dropped."""
+    fields = {
+        "title": row.get("title") or "",
+        "description": row.get("description") or "",
+        "brand": row.get("brand") or "",
+        "genres": ", ".join(row.get("genres") or []),
+        "categories": ", ".join(row.get("categories") or []),
+        "tags": ", ".join(row.get("tags") or []),
+    }
+    rendered = template.format(**fields)
+    return ". ".join(part.strip() for part in rendered.split(". ") if part.strip(" .")).strip()
+
+
+@_ledger("embed")
+def stage_embed(settings: Settings, data_date: dt.date) -> dict[str, Any]:
+    """Embed the current catalog's texts, encoding only texts not in the cache."""
+    import pyarrow as pa
+
+    from pipeline.dataset import EMBEDDINGS_FILE
+    from pipeline.embed import TextEncoder, embed_items, encoder_id
+
+    catalog = pq.read_table(mart_path(settings.lake_dir, data_date, "item_catalog")).to_pylist()
+    texts = [item_text(row, settings.text_template) for row in catalog]
+    ids = [row["item_id"] for row in catalog]
+    encoder = TextEncoder.load(settings.encoder_path or None)
+    vectors, counts = embed_items(ids, texts, settings.lake_dir, encoder, settings.embed_batch_size)
+    out = mart_path(settings.lake_dir, data_date, "item_catalog").parent / EMBEDDINGS_FILE
+    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex}.tmp"
+    dim = vectors.shape[1]
+    table = pa.table({
+        "item_id": pa.array(ids, pa.string()),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim),
+    })
+    pq.write_table(table, tmp)
+    tmp.replace(out)
+    return {**counts, "encoder": encoder_id(encoder.model_path), "device": encoder.device}
+
+
+def _night_dir(settings: Settings, data_date: dt.date) -> Path:
+    return settings.home / "models" / f"dt={data_date.isoformat()}"
+
+
+@_ledger("train")
+def stage_train(settings: Settings, data_date: dt.date, max_epochs: int | None = None) -> dict[str, Any]:
+    """Train a candidate on the night's leave-one-out split; evaluate it and the baselines on the test items."""
+    from pipeline.bundle import ModelBundle
+    from pipeline.dataset import load_night
+    from pipeline.evaluate import evaluate_baselines, evaluate_model
+    from pipeline.model import ModelConfig
+    from pipeline.report import plot_history
+    from pipeline.train import TrainConfig, train_model
+
+    if settings.fail_training:
+        raise TrainingFailed("training failed: fault injected by setting fail_training")
+    night = load_night(settings.lake_dir, data_date)
+    text_dim = 0 if night.text_emb is None else night.text_emb.shape[1]
+    item_repr = settings.item_repr if text_dim else "id"
+    model_config = ModelConfig(n_items=night.n_items, max_len=settings.max_len, item_repr=item_repr,
+                               text_dim=text_dim)
+    train_config = TrainConfig(max_epochs=max_epochs or settings.max_epochs, seed=settings.seed,
+                               time_budget_s=settings.time_budget_minutes * 60)
+    train_seqs = night.train_sequences()
+    model, train_metrics, history = train_model(model_config, train_config, train_seqs, night.loo_train,
+                                                night.loo_valid, text_emb=night.text_emb)
+    test_inputs = night.test_inputs()
+    metrics = {"model": evaluate_model(model, test_inputs, night.loo_test)}
+    metrics.update(evaluate_baselines(train_seqs, test_inputs, night.loo_test, night.n_items))
+    out = _night_dir(settings, data_date) / uuid.uuid4().hex[:12]
+    bundle_dir = ModelBundle(model, night.item_ids).save(out / "bundle")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out / "train.json").write_text(json.dumps({
+        "model_config": dataclasses.asdict(model_config),
+        "train_config": dataclasses.asdict(train_config),
+        "train_metrics": train_metrics,
+        "history": history,
+        "n_users": len(night.user_ids),
+        "n_train_sequences": len(train_seqs),
+    }, indent=2, default=str))
+    plot_history(history, out / "training_curves.png")
+    log.info("candidate ndcg@10 %.4f vs most-popular %.4f", metrics["model"]["ndcg@10"],
+             metrics["most_popular"]["ndcg@10"])
+    return {
+        "candidate_dir": str(out),
+        "bundle_dir": str(bundle_dir),
+        "ndcg@10": metrics["model"]["ndcg@10"],
+        "hr@10": metrics["model"]["hr@10"],
+        "popular_ndcg@10": metrics["most_popular"]["ndcg@10"],
+        "epochs": train_metrics.get("epochs"),
+        "seconds_per_epoch": train_metrics.get("seconds_per_epoch"),
+    }
+
+
+def evaluate_bundle(bundle: Any, night: Any) -> dict[str, float]:
+    """A model bundle on the night's leave-one-out test items, mapped through the bundle's own item index
+    (items it does not know are dropped from inputs and count as misses as targets)."""
+    from pipeline.evaluate import evaluate_model
+
+    index = bundle.index
+    inputs = [bundle.encode([night.item_ids[i - 1] for i in seq]) for seq in night.test_inputs()]
+    targets = np.array([index.get(night.item_ids[t - 1], 0) for t in night.loo_test], np.int64)
+    return evaluate_model(bundle.model, inputs, targets)
+
+
+@_ledger("register")
+def stage_register(
+    settings: Settings, data_date: dt.date, candidate_dir: str, force_promote: bool = False, dag_run_id: str = ""
+) -> dict[str, Any]:
+    """Log the candidate to MLflow as a new version (`challenger`), re-evaluate the champion on the same split,
+    and promote the challenger to `champion` only if it wins (or an operator forces it, recorded as such)."""
+    from pipeline import registry
+    from pipeline.bundle import ModelBundle
+    from pipeline.dataset import load_night
+
+    folder = Path(candidate_dir)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    train_info = json.loads((folder / "train.json").read_text())
+    params = {**{f"model.{k}": v for k, v in train_info["model_config"].items()},
+              **{f"train.{k}": v for k, v in train_info["train_config"].items()},
+              "data_date": data_date.isoformat(), "n_users": train_info["n_users"]}
+    flat = {f"test_{name}_{k}": v for name, m in metrics.items() for k, v in m.items()}
+    flat.update({f"train_{k}": v for k, v in train_info["train_metrics"].items()})
+    history = train_info["history"]
+    artifacts = {name: folder / name for name in ("metrics.json", "train.json", "training_curves.png")
+                 if (folder / name).is_file()}
+    tags = {"data_date": data_date.isoformat(), "dag_run_id": dag_run_id}
+    run_id, version = registry.log_training(settings, folder / "bundle", params, flat, history, artifacts, tags)
+    champion = registry.champion_version(settings)
+    champion_metrics = None
+    if champion is not None:
+        bundle, _ = registry.load_bundle(settings, champion)
+        champion_metrics = evaluate_bundle(bundle, load_night(settings.lake_dir, data_date))
+    challenger_metrics = evaluate_bundle(ModelBundle.load(folder / "bundle"), load_night(settings.lake_dir, data_date))
+    decision = registry.decide(
+        challenger_metrics["ndcg@10"],
+        None if champion_metrics is None else champion_metrics["ndcg@10"],
+        metrics["most_popular"]["ndcg@10"],
+        settings.gate_tolerance,
+        force=force_promote,
+    )
+    evidence = {"challenger_ndcg@10": challenger_metrics["ndcg@10"], "champion_version": champion,
+                "champion_ndcg@10": None if champion_metrics is None else champion_metrics["ndcg@10"],
+                "most_popular_ndcg@10": metrics["most_popular"]["ndcg@10"], "tolerance": settings.gate_tolerance}
+    registry.apply_gate(settings, version, decision, evidence)
+    (folder / "gate.json").write_text(json.dumps({**evidence, "version": version, "promoted": decision.promote,
+                                                  "reason": decision.reason, "forced": decision.forced}, indent=2))
+    return {"run_id": run_id, "version": version, "promoted": decision.promote, "reason": decision.reason,
+            "forced": decision.forced, "previous_champion": champion, "candidate_dir": candidate_dir}
+
+
+@_ledger("select_model")
+def stage_select_model(settings: Settings, data_date: dt.date, retrain: bool = True) -> dict[str, Any]:
+    """Which model serves tonight: the champion. Degraded when tonight's training was expected but no version
+    for this date was registered (training or registration failed)."""
+    from pipeline import registry
+
+    champion = registry.champion_version(settings)
+    if champion is None:
+        raise RuntimeError(f"no '{registry.CHAMPION}' model in the registry {settings.model_name!r}; "
+                           "the first night must train a model that beats most-popular")
+    trained_tonight = registry.versions_for_date(settings, data_date.isoformat())
+    degraded = retrain and not trained_tonight
+    if degraded:
+        log.error("DEGRADED: no model was trained for %s; serving champion version %s", data_date, champion)
+    return {"version": champion, "degraded": degraded, "retrain": retrain, "trained_versions": trained_tonight}
+
+
+@_ledger("recommend")
+def stage_recommend(settings: Settings, data_date: dt.date, top_n: int | None = None) -> dict[str, Any]:
+    """Score every active user with `models:/<name>@champion`; stage the table for publishing."""
+    import pyarrow as pa
+
+    from pipeline import registry
+    from pipeline.embed import resolve_device
+    from pipeline.recommend import ScoringInput, score_users
+
+    k = top_n or settings.top_n
+    bundle, version = registry.load_bundle(settings, registry.CHAMPION)
+    data = _scoring_input(settings, data_date)
+    table = score_users(bundle, data, k, settings.score_chunk_users, resolve_device())
+    staged = settings.home / "staging" / f"dt={data_date.isoformat()}" / f"recommendations-{uuid.uuid4().hex}.parquet"
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, staged)
+    sources = pa.table(table).column("source").to_pylist()
+    return {"staged": str(staged), "model_version": version, "top_n": k, "users": len(data.user_ids),
+            "rows": table.num_rows, "popular_fallback_rows": sources.count("popular")}
+
+
+def _scoring_input(settings: Settings, data_date: dt.date) -> Any:
+    from pipeline.recommend import ScoringInput
+
+    activity = pq.read_table(mart_path(settings.lake_dir, data_date, "user_activity")).to_pydict()
+    active = {u for u, a in zip(activity["user_id"], activity["is_active"], strict=True) if a}
+    seqs = pq.read_table(mart_path(settings.lake_dir, data_date, "user_sequences")).to_pydict()
+    seen_t = pq.read_table(mart_path(settings.lake_dir, data_date, "user_seen_items")).to_pydict()
+    seen: dict[str, list[str]] = {}
+    for u, i in zip(seen_t["user_id"], seen_t["item_id"], strict=True):
+        seen.setdefault(u, []).append(i)
+    catalog = set(pq.read_table(mart_path(settings.lake_dir, data_date, "item_catalog"),
+                                columns=["item_id"]).column("item_id").to_pylist())
+    pop = pq.read_table(mart_path(settings.lake_dir, data_date, "item_popularity")).to_pydict()
+    popular = sorted(zip(pop["item_id"], pop["events_30d"], pop["events_all"], strict=True),
+                     key=lambda r: (-r[1], -r[2], r[0]))
+    users = [u for u in seqs["user_id"] if u in active]
+    hist = dict(zip(seqs["user_id"], seqs["item_ids"], strict=True))
+    return ScoringInput(user_ids=users, histories=[hist[u] for u in users], seen=[seen.get(u, []) for u in users],
+                        catalog_ids=catalog, popular=[(i, float(a)) for i, a, _ in popular])
+
+
+@_ledger("publish")
+def stage_publish(
+    settings: Settings, data_date: dt.date, staged: str, top_n: int, model_version: str | None
+) -> dict[str, Any]:
+    """Validate the staged table against the publishing rules, then publish it atomically."""
+    from pipeline.publish import publish, validate
+
+    data = _scoring_input(settings, data_date)
+    table = pq.read_table(staged)
+    seen = pq.read_table(mart_path(settings.lake_dir, data_date, "user_seen_items"))
+    validate(table, data.user_ids, seen, sorted(data.catalog_ids), top_n)
+    return publish(settings.warehouse_path, settings.lake_dir, data_date, table, settings.model_name, model_version)
+
+
+@_ledger("report")
+def stage_report(settings: Settings, data_date: dt.date) -> dict[str, Any]:
+    """Write the nightly report (Markdown + JSON) from the stages' ledger entries for the date, and attach it
+    to the MLflow run when tonight registered one."""
+    from pipeline.report import write_report
+
+    results = {"data_date": data_date.isoformat(), **warehouse.night_results(settings.warehouse_path, data_date)}
+    if results.get("train", {}).get("status") == "failed":
+        results.pop("register", None)
+    paths = write_report(settings, data_date, results)
+    run_id = (results.get("register") or {}).get("run_id")
+    if run_id:
+        from pipeline import registry
+
+        registry.log_report(settings, run_id, Path(paths["markdown"]))
+    return paths
+
+
+def run_night(settings: Settings, data_date: dt.date, top_n: int | None = None, retrain: bool = True,
+              max_epochs: int | None = None, force_promote: bool = False) -> dict[str, Any]:
+    """The whole night without Airflow, in the DAG's order and with its degraded mode."""
+    t0 = time.perf_counter()
+    results: dict[str, Any] = {"data_date": data_date.isoformat()}
+    results["ingest"] = stage_ingest(settings, data_date)
+    results["features"] = stage_features(settings, data_date)
+    results["embed"] = stage_embed(settings, data_date)
+    if retrain:
+        try:
+            results["train"] = stage_train(settings, data_date, max_epochs)
+            results["register"] = stage_register(settings, data_date, results["train"]["candidate_dir"],
+                                                 force_promote)
+        except TrainingFailed as err:
+            log.error("training failed, serving the current champion: %s", err)
+    results["select_model"] = stage_select_model(settings, data_date, retrain)
+    k = top_n or settings.top_n
+    results["recommend"] = stage_recommend(settings, data_date, k)
+    results["publish"] = stage_publish(settings, data_date, results["recommend"]["staged"], k,
+                                       results["recommend"]["model_version"])
+    results["report"] = stage_report(settings, data_date)
+    log.info("night %s done in %.1f s", data_date, time.perf_counter() - t0)
+    return results

@@ -1,0 +1,23 @@
+-- stg_lake_items: every catalog version dropped up to the run date, from the lake.
+-- grain: one row per (item_id, dt).
+-- parameters: $items_glob (Parquet files of lake/items), $run_date (date, inclusive).
+with source as (
+    select * from read_parquet($items_glob, hive_partitioning = true, union_by_name = true)
+),
+
+final as (
+    select
+        cast(item_id as varchar) as item_id,
+        cast(title as varchar) as title,
+        cast(description as varchar) as description,
+        cast(brand as varchar) as brand,
+        cast(genres as varchar[]) as genres,
+        cast(categories as varchar[]) as categories,
+        cast(tags as varchar[]) as tags,
+        cast(updated_at as timestamptz) as updated_at,
+        cast(dt as date) as dt
+    from source
+    where cast(dt as date) <= cast($run_date as date)
+)
+
+select * from final

@@ -1,0 +1,108 @@
+"""Ranking metrics on hand-computed cases, baselines on a toy sequence set, the full-ranking protocol."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.evaluate import (
+    evaluate_baselines,
+    evaluate_model,
+    popularity_scores,
+    rank_metrics,
+    recent_popularity_scores,
+    transition_matrix,
+)
+from pipeline.model import ModelConfig
+
+
+def test_rank_metrics_hand_computed() -> None:
+    ranks = np.array([0, 4, 12, -1])  # first place, fifth place, 13th place, not ranked
+    m = rank_metrics(ranks, ks=(10, 20))
+    assert m["hr@10"] == pytest.approx(2 / 4)
+    assert m["hr@20"] == pytest.approx(3 / 4)
+    assert m["ndcg@10"] == pytest.approx((1.0 + 1 / math.log2(6)) / 4)
+    assert m["ndcg@20"] == pytest.approx((1.0 + 1 / math.log2(6) + 1 / math.log2(14)) / 4)  # 0-based rank r -> 1 / log2(r + 2)
+    assert m["mrr"] == pytest.approx((1 + 1 / 5 + 1 / 13) / 4)
+
+
+def test_rank_metrics_large_rank_is_a_miss() -> None:
+    m = rank_metrics(np.array([10**9, 9]), ks=(10,))
+    assert m["hr@10"] == pytest.approx(0.5)
+    assert m["ndcg@10"] == pytest.approx(0.5 / math.log2(11))
+
+
+TOY = [np.array([1, 2, 3]), np.array([1, 2, 4]), np.array([2, 3, 1]), np.array([5, 2, 3])]
+
+
+def test_popularity_and_transitions_on_toy_sequences() -> None:
+    pop = popularity_scores(TOY, n_items=6)
+    np.testing.assert_array_equal(pop, [0, 3, 4, 3, 1, 1, 0])
+    trans = transition_matrix(TOY, n_items=6).toarray()
+    assert trans[2, 3] == 3 and trans[1, 2] == 2 and trans[2, 4] == 1 and trans[3, 1] == 1 and trans[5, 2] == 1
+    assert trans.sum() == 8
+    recent = recent_popularity_scores(TOY, n_items=6)  # last event of each user: 3, 4, 1, 3
+    assert recent[3] > recent[1] > recent[2]  # recency beats overall popularity; ties broken by popularity
+    assert recent[4] > recent[5]
+
+
+def test_baselines_on_toy_protocol() -> None:
+    inputs = [np.array([1, 2]), np.array([5]), np.array([6])]
+    targets = np.array([3, 2, 1])
+    res = evaluate_baselines(TOY, inputs, targets, n_items=6, ks=(1, 2))
+    # transition: after 2 comes 3 (3x) -> rank 0; after 5 comes 2 -> rank 0; item 6 never seen -> popularity
+    # order with seen 6 removed: 2 (4), then 1 and 3 tied at 3 (1 vs 3 broken pessimistically: rank 2)
+    assert res["item_transition"]["hr@1"] == pytest.approx(2 / 3)
+    assert res["item_transition"]["hr@2"] == pytest.approx(2 / 3)
+    # most popular: user 1 (1, 2 seen) ranks 3 first among {3, 4, 5, 6}; user 2 ranks 2 first; user 3: 2 first,
+    # then 1 tied with 3 -> rank 2
+    assert res["most_popular"]["hr@1"] == pytest.approx(2 / 3)
+    assert set(res) == {"most_popular", "recent_popular", "item_transition"}
+
+
+class FixedScores(torch.nn.Module):
+    """A stand-in model whose user state is ignored: every user gets the same item scores."""
+
+    def __init__(self, item_scores: list[float]) -> None:
+        super().__init__()
+        self.config = ModelConfig(n_items=len(item_scores) - 1, item_repr="id", max_len=10)
+        self.scores = torch.nn.Parameter(torch.tensor(item_scores).unsqueeze(1))
+
+    def item_representations(self) -> torch.Tensor:
+        return self.scores  # (N+1, 1)
+
+    def user_states(self, seqs: torch.Tensor) -> torch.Tensor:
+        return torch.ones(seqs.shape[0], 1)
+
+
+def test_evaluate_model_removes_seen_items_but_never_the_target() -> None:
+    model = FixedScores([0.0, 9.0, 8.0, 7.0, 6.0, 5.0])  # item 1 best, item 5 worst
+    # user 0: items 1, 2 seen -> target 3 is first; user 1: nothing seen -> target 3 is third
+    # user 2: target 1 was seen before and is still ranked (first)
+    m = evaluate_model(model, [np.array([1, 2]), np.array([], np.int64), np.array([1, 4])], np.array([3, 3, 1]), ks=(1, 3))
+    assert m["hr@1"] == pytest.approx(2 / 3)
+    assert m["hr@3"] == pytest.approx(1.0)
+    assert m["mrr"] == pytest.approx((1 + 1 / 3 + 1) / 3)
+    # coverage: top lists are {3,4,5}, {1,2,3}, {1,2,3}: every item
+    assert m["coverage@10"] == pytest.approx(1.0)
+
+
+def test_evaluate_model_unknown_target_is_a_miss() -> None:
+    model = FixedScores([0.0, 9.0, 8.0, 7.0])
+    m = evaluate_model(model, [np.array([2]), np.array([2])], np.array([0, 1]), ks=(1,))
+    assert m["hr@1"] == pytest.approx(0.5)
+
+
+def test_cold_recall_counts_cold_targets_only() -> None:
+    model = FixedScores([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0])  # 12 items
+    inputs = [np.array([12]), np.array([12]), np.array([12]), np.array([12])]
+    # ranks with 12 removed: item 11 -> 0, item 2 -> 9, item 1 -> 10, item 10 -> 1
+    targets = np.array([11, 2, 1, 10])
+    m = evaluate_model(model, inputs, targets, cold_items=np.array([1, 2, 5]))
+    assert m["n_cold_targets"] == 2
+    assert m["cold_recall@10"] == pytest.approx(0.5)  # item 2 hit, item 1 miss; warm hits do not count
+    assert m["hr@10"] == pytest.approx(3 / 4)
+    assert m["random_recall@10"] == pytest.approx(10 / 11)

@@ -1,0 +1,136 @@
+"""SeqRecModel: shapes, causal masking, padding, seen-item exclusion, cold items, checkpoint round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from pipeline.model import ModelConfig, SeqRecModel
+
+N_ITEMS = 30
+TEXT_DIM = 16
+
+
+def make_model(item_repr: str = "id+text", counts: torch.Tensor | None = None, **kw) -> SeqRecModel:
+    torch.manual_seed(0)
+    text_dim = 0 if item_repr == "id" else TEXT_DIM
+    cfg = ModelConfig(n_items=N_ITEMS, max_len=8, d_model=16, n_heads=2, item_repr=item_repr, text_dim=text_dim, **kw)
+    text = torch.randn(N_ITEMS + 1, TEXT_DIM) if text_dim else None
+    return SeqRecModel(cfg, text_emb=text, item_counts=counts).eval()
+
+
+@pytest.mark.parametrize("item_repr", ["id", "text", "id+text"])
+def test_forward_shapes_and_loss(item_repr: str) -> None:
+    model = make_model(item_repr)
+    seq = torch.tensor([[0, 0, 3, 4, 5], [1, 2, 3, 4, 5]])
+    tgt = torch.tensor([[0, 0, 4, 5, 6], [2, 3, 4, 5, 6]])
+    logits, loss = model(seq, tgt)
+    assert logits.shape == (8, N_ITEMS + 1)  # one row per non-zero target
+    assert loss is not None and torch.isfinite(loss)
+    logits, loss = model(seq)
+    assert logits.shape == (2, N_ITEMS + 1) and loss is None
+    assert torch.isinf(logits[:, 0]).all()  # padding is never a candidate
+    assert model.item_representations().shape == (N_ITEMS + 1, 16)
+    assert model.user_states(seq).shape == (2, 16)
+
+
+def test_scores_equal_user_states_dot_item_representations() -> None:
+    model = make_model()
+    seq = torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7]])
+    logits, _ = model(seq)
+    manual = model.user_states(seq) @ model.item_representations().T
+    torch.testing.assert_close(logits[:, 1:], manual[:, 1:])
+
+
+def test_no_attention_to_the_future() -> None:
+    model = make_model()
+    a = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    b = a.clone()
+    b[0, 4:] = torch.tensor([20, 21])  # change the last two items
+    ha, hb = model._hidden(a), model._hidden(b)
+    torch.testing.assert_close(ha[:, :4], hb[:, :4])
+    assert not torch.allclose(ha[:, 4:], hb[:, 4:])
+
+
+def test_extra_left_padding_changes_nothing() -> None:
+    model = make_model()
+    short = torch.tensor([[7, 8, 9]])
+    padded = torch.tensor([[0, 0, 0, 0, 7, 8, 9]])
+    torch.testing.assert_close(model.user_states(short), model.user_states(padded))
+    # and a different history really does change the state (the check above is not vacuous)
+    assert not torch.allclose(model.user_states(short), model.user_states(torch.tensor([[7, 8, 10]])))
+
+
+def test_recommend_excludes_seen_padding_and_masked_items() -> None:
+    model = make_model()
+    seqs = torch.tensor([[0, 0, 1, 2, 3], [4, 5, 6, 7, 8]])
+    ids, scores = model.recommend(seqs, k=N_ITEMS - 5)
+    assert ids.shape == scores.shape == (2, N_ITEMS - 5)
+    for row, seq in zip(ids.tolist(), seqs.tolist()):
+        assert 0 not in row
+        assert not set(row) & set(seq) - {0}
+        assert len(set(row)) == len(row)
+    assert torch.isfinite(scores).all()
+    assert (scores[:, :-1] >= scores[:, 1:]).all()  # sorted
+    exclude = torch.zeros(N_ITEMS + 1, dtype=torch.bool)
+    exclude[10:20] = True
+    ids, _ = model.recommend(seqs, k=10, exclude=exclude)
+    assert not ((ids >= 10) & (ids < 20)).any()
+    # without exclusion the best items of the first user include seen ones (the mask does real work)
+    unmasked, _ = model.recommend(seqs, k=N_ITEMS, exclude_seen=False)
+    assert set(unmasked[0].tolist()) >= {1, 2, 3}
+
+
+def test_text_repr_scores_items_never_seen_in_training() -> None:
+    counts = torch.ones(N_ITEMS + 1)
+    counts[20:] = 0  # items 20..30 have no training interactions
+    for item_repr in ("text", "id+text"):
+        model = make_model(item_repr, counts=counts)
+        reps = model.item_representations()
+        cold = reps[20:]
+        assert torch.isfinite(cold).all() and cold.norm(dim=1).gt(0).all()
+        assert torch.unique(cold, dim=0).shape[0] == cold.shape[0]  # distinct vectors
+        # the cold vectors come from the text: a different text gives a different vector
+        model.text_emb[25] = torch.randn(TEXT_DIM)
+        assert not torch.allclose(model.item_representations()[25], reps[25])
+
+
+def test_id_part_is_dropped_for_cold_items_in_id_text() -> None:
+    counts = torch.ones(N_ITEMS + 1)
+    counts[20:] = 0
+    model = make_model("id+text", counts=counts)
+    before = model.item_representations()
+    with torch.no_grad():
+        model.id_emb.weight[20:] += 100.0  # a cold ID row that drifted must not matter
+        model.id_emb.weight[5] += 100.0  # a warm one must
+    after = model.item_representations()
+    torch.testing.assert_close(before[20:], after[20:])
+    assert not torch.allclose(before[5], after[5])
+
+
+def test_state_dict_and_config_rebuild_the_model() -> None:
+    model = make_model("id+text")
+    clone = SeqRecModel(ModelConfig(**dataclasses.asdict(model.config)))
+    clone.load_state_dict(model.state_dict())
+    clone.eval()
+    seq = torch.tensor([[0, 3, 4, 5]])
+    torch.testing.assert_close(model(seq)[0], clone(seq)[0])
+
+
+def test_sampled_softmax_path() -> None:
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_items=N_ITEMS, max_len=8, d_model=16, item_repr="id", sampled_softmax_above=10, n_negatives=8)
+    model = SeqRecModel(cfg).train()
+    seq = torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7]])
+    tgt = torch.tensor([[0, 2, 3, 4], [5, 6, 7, 8]])
+    _, loss = model(seq, tgt)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert model.id_emb.weight.grad.abs().sum() > 0
+
+
+def test_config_rejects_text_repr_without_text() -> None:
+    with pytest.raises(AssertionError, match="needs text_dim"):
+        ModelConfig(n_items=5, item_repr="text")
