@@ -7,6 +7,7 @@ Layout of a bundle folder: ``model.pt`` (state_dict, incl. the frozen text embed
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,15 +23,14 @@ class ModelBundle:
     model: SeqRecModel
     item_ids: list[str]  # item_ids[i] is the item at index i + 1
 
-    @property
+    @functools.cached_property
     def index(self) -> dict[str, int]:
         return {item: i + 1 for i, item in enumerate(self.item_ids)}
 
-    def encode(self, items: list[str], max_len: int | None = None) -> np.ndarray:
-        """Item ids -> model indices, unknown items dropped, the last max_len kept."""
+    def encode(self, items: list[str]) -> np.ndarray:
+        """Item ids -> model indices, unknown items dropped (the model itself attends to the last max_len)."""
         index = self.index
-        idx = np.array([index[i] for i in items if i in index], dtype=np.int64)
-        return idx[-(max_len or self.model.config.max_len):]
+        return np.array([index[i] for i in items if i in index], dtype=np.int64)
 
     def save(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)

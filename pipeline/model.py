@@ -47,6 +47,7 @@ class ModelConfig:
     normalize: bool = True                  # cosine scores (L2-normalised user and item vectors) / temperature
     temperature: float = 0.05               # softmax temperature for cosine scores (ignored if not normalize)
     label_smoothing: float = 0.0            # cross-entropy label smoothing
+    text_similarity: bool = False           # text reprs: add learned weight * text cosine(last item, candidate)
     sampled_softmax_above: int = 200_000    # sampled softmax with log-Q correction when n_items exceeds this
     n_negatives: int = 1024                 # negatives per batch for the sampled softmax
 
@@ -57,6 +58,7 @@ class ModelConfig:
         assert self.d_model % self.n_heads == 0, f"d_model {self.d_model} not divisible by n_heads {self.n_heads}"
         assert 0.0 <= self.id_dropout < 1.0, f"id_dropout must be in [0, 1), got {self.id_dropout}"
         assert self.temperature > 0, f"temperature must be > 0, got {self.temperature}"
+        assert not self.text_similarity or self.item_repr != "id", "text_similarity needs a text item_repr"
 
 
 class CausalSelfAttention(nn.Module):
@@ -150,6 +152,8 @@ class SeqRecModel(nn.Module):
         item_counts = item_counts.detach().float().clone()
         item_counts[0] = 0.0
         self.register_buffer("item_counts", item_counts)  # (N+1,) training interactions per item
+        if config.text_similarity:  # weight of the frozen-text cosine(last item, candidate) in the score
+            self.text_sim_weight = nn.Parameter(torch.tensor(0.5 / config.temperature if config.normalize else 1.0))
         self.pos_emb = nn.Embedding(config.max_len, config.d_model)
         self.emb_dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layers)])
@@ -195,9 +199,24 @@ class SeqRecModel(nn.Module):
     def _output_vectors(self, vec: Tensor) -> Tensor:
         return F.normalize(vec, dim=-1) if self.config.normalize else vec
 
+    def _item_side(self, vec: Tensor, ids: Tensor | None = None) -> Tensor:
+        """Scoring vectors of items from their raw vectors: (..., D) or (..., D + text_dim) with text_similarity."""
+        out = self._output_vectors(vec)
+        if self.config.text_similarity:
+            out = torch.cat([out, self.text_emb if ids is None else self.text_emb[ids]], dim=-1)
+        return out
+
+    def _user_side(self, h: Tensor, last_items: Tensor) -> Tensor:
+        """Query vectors from hidden states (..., D) and the item at the same position (...)."""
+        q = self._output_vectors(h) * self._scale()
+        if self.config.text_similarity:
+            q = torch.cat([q, self.text_sim_weight * self.text_emb[last_items]], dim=-1)
+        return q
+
     def item_representations(self) -> Tensor:
-        """(n_items+1, D) item vectors used for scoring; row 0 (padding) is zero."""
-        return self._output_vectors(self._raw_item_vectors())
+        """(n_items+1, D') item vectors used for scoring (D' = d_model, + text_dim with text_similarity);
+        row 0 (padding) is zero."""
+        return self._item_side(self._raw_item_vectors())
 
     # ---- user side -------------------------------------------------------------------------------------------
 
@@ -222,8 +241,9 @@ class SeqRecModel(nn.Module):
 
     def user_states(self, seqs: Tensor) -> Tensor:
         """(B, L) -> (B, D) query vectors such that scores = user_states @ item_representations().T."""
-        h = self._hidden(seqs[:, -self.config.max_len :])[:, -1, :]  # (B, D)
-        return self._output_vectors(h) * self._scale()
+        seqs = seqs[:, -self.config.max_len :]
+        h = self._hidden(seqs)[:, -1, :]  # (B, D)
+        return self._user_side(h, seqs[:, -1])  # (B, D')
 
     # ---- training contract -----------------------------------------------------------------------------------
 
@@ -236,13 +256,13 @@ class SeqRecModel(nn.Module):
         """
         h = self._hidden(seq)  # (B, L, D)
         if targets is None:
-            q = self._output_vectors(h[:, -1, :]) * self._scale()  # (B, D)
+            q = self._user_side(h[:, -1, :], seq[:, -1])  # (B, D')
             logits = q @ self.item_representations().T  # (B, N+1)
             logits[:, 0] = float("-inf")
             return logits, None
         assert targets.shape == seq.shape, f"targets {tuple(targets.shape)} must match seq {tuple(seq.shape)}"
         where = targets > 0  # (B, L)
-        q = self._output_vectors(h[where]) * self._scale()  # (N, D)
+        q = self._user_side(h[where], seq[where])  # (N, D')
         y = targets[where]  # (N,)
         if self.config.n_items > self.config.sampled_softmax_above:
             return self._sampled_softmax(q, y)
@@ -258,7 +278,7 @@ class SeqRecModel(nn.Module):
         probs = probs / probs.sum()  # (N+1,)
         neg = torch.multinomial(probs, self.config.n_negatives, replacement=True)  # (K,)
         cand = torch.cat([y, neg])  # (N + K,) in-batch positives double as negatives
-        cand_vec = self._output_vectors(self._raw_item_vectors(cand))  # (N + K, D)
+        cand_vec = self._item_side(self._raw_item_vectors(cand), cand)  # (N + K, D')
         logits = q @ cand_vec.T - torch.log(probs[cand] * cand.numel()).unsqueeze(0)  # (N, N + K)
         accidental = cand.unsqueeze(0) == y.unsqueeze(1)  # (N, N + K)
         own = torch.zeros_like(accidental)

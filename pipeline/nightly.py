@@ -125,6 +125,9 @@ def stage_train(settings: Settings, data_date: dt.date, max_epochs: int | None =
 
     if settings.fail_training:
         raise TrainingFailed("training failed: fault injected by setting fail_training")
+    import torch
+
+    log.info("torch threads: %d (interop %d)", torch.get_num_threads(), torch.get_num_interop_threads())
     night = load_night(settings.lake_dir, data_date)
     text_dim = 0 if night.text_emb is None else night.text_emb.shape[1]
     item_repr = settings.item_repr if text_dim else "id"

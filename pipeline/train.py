@@ -41,16 +41,23 @@ class TrainConfig:
     device: str | None = None               # None = cuda if available else cpu
     bf16: bool | None = None                # bf16 autocast; None = on for cuda, off for cpu (not faster there)
     valid_max_users: int | None = 20_000    # validate on at most this many users (fixed random subset)
+    windows_per_user: int = 1               # non-overlapping max_len windows per user, newest first (0 = all)
 
 
-def _training_pairs(train_seqs: list[np.ndarray], max_len: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Per user: inputs = seq[:-1], targets = seq[1:], both the last max_len positions."""
+def _training_pairs(
+    train_seqs: list[np.ndarray], max_len: int, windows_per_user: int = 1
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per user: inputs = seq[:-1], targets = seq[1:], cut into windows of max_len positions from the end
+    (the newest window first; at most windows_per_user of them, 0 = all)."""
     inputs, targets = [], []
     for s in train_seqs:
         s = np.asarray(s, dtype=np.int64)
-        if len(s) >= 2:
-            inputs.append(s[:-1][-max_len:])
-            targets.append(s[1:][-max_len:])
+        end, n = len(s) - 1, 0
+        while end >= 1 and (windows_per_user == 0 or n < windows_per_user):
+            start = max(0, end - max_len)
+            inputs.append(s[start:end])
+            targets.append(s[start + 1 : end + 1])
+            end, n = start, n + 1
     return inputs, targets
 
 
@@ -127,7 +134,7 @@ def train_model(
         log.info("warm start: %d of %d tensors loaded from init_state", len(usable), len(own))
     model.to(device)
 
-    inputs, targets = _training_pairs(train_seqs, model_config.max_len)
+    inputs, targets = _training_pairs(train_seqs, model_config.max_len, cfg.windows_per_user)
     assert inputs, "no training sequence has at least 2 items"
     lengths = np.array([len(s) for s in inputs])
     steps_per_epoch = math.ceil(len(inputs) / cfg.batch_size)

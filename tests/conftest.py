@@ -1,0 +1,68 @@
+"""Shared fixtures. Airflow's environment is set before anything imports airflow."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATASETS = REPO.parent / "shared" / "datasets"
+
+_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="nightly-recs-airflow-"))
+os.environ.update(
+    {
+        "AIRFLOW_HOME": str(_AIRFLOW_HOME),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "True",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_AIRFLOW_HOME / 'airflow.db'}",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "MLFLOW_ENABLE_TELEMETRY": "false",
+        "DO_NOT_TRACK": "1",
+        # tasks fail fast in tests: Airflow retries are exercised by configuration, not by waiting
+        "NIGHTLY_RECS_TASK_RETRIES": "0",
+    }
+)
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """A fresh Airflow metadata DB (SQLite) for the session."""
+    from airflow.utils import db
+
+    db.initdb()
+    return _AIRFLOW_HOME
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An empty NIGHTLY_RECS_HOME for one test."""
+    root = tmp_path / "home"
+    root.mkdir()
+    monkeypatch.setenv("NIGHTLY_RECS_HOME", str(root))
+    yield root
+
+
+SMALL_DEMO = {"n_users": 300, "n_items": 200, "n_topics": 6, "days": 12, "seed": 11}
+SMALL_START = dt.date(2026, 10, 1)
+
+
+def write_small_demo(landing: Path, days: int | None = None) -> dict[str, int]:
+    from pipeline.demo_data import DemoConfig, generate
+
+    config = DemoConfig(**{**SMALL_DEMO, "days": days or SMALL_DEMO["days"]}, start_date=SMALL_START)
+    return generate(landing, config)
+
+
+def shared_dataset(name: str) -> Path:
+    """A folder of ../shared/datasets, or skip the test with the reason."""
+    path = SHARED_DATASETS / name
+    if not path.is_dir():
+        pytest.skip(f"{path} is absent (the shared datasets live beside the repository, not in it)")
+    return path
