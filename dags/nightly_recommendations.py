@@ -9,19 +9,13 @@ from __future__ import annotations
 import datetime as dt
 
 import pendulum
-from airflow.sdk import Asset, CronDataIntervalTimetable, Param, dag, get_current_context, task
+from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
 
 from pipeline.config import load_settings
-from pipeline.dag_support import data_date_from_context
+from pipeline.dag_support import SCHEDULE_CRON, data_date_from_context, nightly_assets
 
 SETTINGS = load_settings()
-
-INTERACTIONS = Asset(name="nightly_recs_interactions", uri=(SETTINGS.lake_dir / "interactions").as_uri())
-ITEM_EMBEDDINGS = Asset(name="nightly_recs_item_embeddings", uri=(SETTINGS.lake_dir / "item_embeddings").as_uri())
-MODEL = Asset(name="nightly_recs_model", uri=f"mlflow-model://{SETTINGS.model_name}")
-RECOMMENDATIONS = Asset(
-    name="nightly_recs_recommendations", uri=(SETTINGS.lake_dir / "recommendations").as_uri()
-)
+ASSETS = nightly_assets(SETTINGS)
 
 DEFAULT_ARGS = {
     "owner": "nightly-recs",
@@ -31,7 +25,27 @@ DEFAULT_ARGS = {
     "max_retry_delay": dt.timedelta(hours=1),
     "execution_timeout": dt.timedelta(minutes=SETTINGS.task_timeout_minutes),
 }
+# Where the accelerator-hungry tasks run: a pool bounds how many use the GPU at once, a queue routes them to
+# GPU workers (Celery/Kubernetes executors; LocalExecutor ignores queues).
 GPU = {"pool": SETTINGS.gpu_pool, "queue": SETTINGS.gpu_queue}
+
+DOC_MD = __doc__ + """
+### Data date
+The day of `data_interval_start`: the run at 02:00 on D+1 has the interval [D 02:00, D+1 02:00) and
+processes D.
+A run triggered without a logical date processes the last closed day; the `data_date` param overrides both.
+Rerunning a date replaces exactly what that date wrote (ingest is a no-op for unchanged landing files).
+
+### Failure modes
+* **Ingest over its quarantine threshold**: `ingest` fails without retrying and nothing downstream runs for
+  the date; earlier nights stay published. Fix the landing file, then clear `ingest`.
+* **Training fails after its retries**: *degraded mode*. `select_model` serves the current champion, the night
+  still publishes, and the report, the summary and the asset event say `degraded`.
+
+### Backfills
+`airflow backfill create --dag-id nightly_recommendations --from-date A --to-date B --dag-run-conf
+'{"retrain": false}'` republishes a range with the current champion; one run at a time, oldest first.
+"""
 
 
 def _night() -> tuple[dt.date, dict]:
@@ -41,88 +55,116 @@ def _night() -> tuple[dt.date, dict]:
 
 @dag(
     dag_id="nightly_recommendations",
-    schedule=CronDataIntervalTimetable("0 2 * * *", timezone="UTC"),
+    schedule=CronDataIntervalTimetable(SCHEDULE_CRON, timezone="UTC"),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
     tags=["recommendations", "nightly-recs"],
-    doc_md=__doc__ + "\n\nData date: the day of `data_interval_start` (the run at 02:00 on D+1 processes D), "
-    "or the `data_date` param. Rerunning a date replaces exactly what that date wrote.",
+    doc_md=DOC_MD,
     params={
-        "top_n": Param(SETTINGS.top_n, type="integer", minimum=1, maximum=1000,
-                       description="Recommendations per user."),
-        "retrain": Param(True, type="boolean",
-                         description="Train a challenger tonight. False reuses the champion: ingest, embed new "
-                                     "items, score."),
-        "max_epochs": Param(None, type=["null", "integer"], minimum=1, maximum=1000,
-                            description="Override the training epochs (empty = settings)."),
-        "force_promote": Param(False, type="boolean",
-                               description="Promote tonight's model even if it loses the gate (recorded as a "
-                                           "forced promotion in the registry)."),
-        "data_date": Param(None, type=["null", "string"], format="date",
-                           description="Process this date (YYYY-MM-DD) instead of the closed interval's day."),
+        "top_n": Param(
+            SETTINGS.top_n, type="integer", minimum=1, maximum=1000, title="Recommendations per user",
+            description="How many items to publish per active user (1..1000).",
+        ),
+        "retrain": Param(
+            True, type="boolean", title="Train tonight",
+            description="Train a challenger tonight. Off: reuse the champion (ingest, embed new items, "
+                        "score).",
+        ),
+        "max_epochs": Param(
+            None, type=["null", "integer"], minimum=1, maximum=1000, title="Max epochs",
+            description="Override the training epochs; empty uses the settings.",
+        ),
+        "force_promote": Param(
+            False, type="boolean", title="Force promotion",
+            description="Promote tonight's model even if it loses the gate. Audited: recorded on the model "
+                        "version and in the task log with the triggering user.",
+        ),
+        "data_date": Param(
+            None, type=["null", "string"], format="date", title="Data date",
+            description="Process this day (YYYY-MM-DD) instead of the day that just closed; for reruns.",
+        ),
     },
 )
 def nightly_recommendations() -> None:
-    @task(outlets=[INTERACTIONS])
+    @task(outlets=[ASSETS["interactions"]])
     def ingest() -> dict:
+        """Landing files -> validated lake partitions. Fails without retry above the quarantine threshold."""
+        from pipeline.dag_support import fail_without_retry
+        from pipeline.ingest import IngestQualityError
         from pipeline.nightly import stage_ingest
 
-        return stage_ingest(SETTINGS, _night()[0])
+        try:
+            return stage_ingest(SETTINGS, _night()[0])
+        except IngestQualityError as err:
+            raise fail_without_retry(err) from err
 
     @task
     def features() -> dict:
+        """Lake -> the night's feature marts (DuckDB SQL)."""
         from pipeline.nightly import stage_features
 
         return stage_features(SETTINGS, _night()[0])
 
-    @task(outlets=[ITEM_EMBEDDINGS], **GPU)
+    @task(outlets=[ASSETS["item_embeddings"]], **GPU)
     def embed() -> dict:
+        """Text embeddings of the catalog; only texts not in the cache are encoded."""
         from pipeline.nightly import stage_embed
 
         return stage_embed(SETTINGS, _night()[0])
 
     @task(**GPU)
     def train() -> dict:
+        """Train a challenger (skipped when retrain=false)."""
         from pipeline.dag_support import skip_unless_retrain
         from pipeline.nightly import stage_train
 
         day, params = skip_unless_retrain(*_night())
-        return stage_train(SETTINGS, day, params.get("max_epochs"))
+        return stage_train(SETTINGS, day, params["max_epochs"])
 
-    @task(outlets=[MODEL])
+    @task(outlets=[ASSETS["model"]])
     def register(candidate: dict) -> dict:
+        """Log the challenger to MLflow and run the champion/challenger gate."""
+        from pipeline.dag_support import audit_force_promote
         from pipeline.nightly import stage_register
 
-        day, params = _night()
-        return stage_register(SETTINGS, day, candidate["candidate_dir"], bool(params["force_promote"]),
-                              get_current_context()["run_id"])
+        context = get_current_context()
+        return stage_register(SETTINGS, data_date_from_context(context), candidate["candidate_dir"],
+                              audit_force_promote(context), context["run_id"])
 
     @task(trigger_rule="all_done")
     def select_model() -> dict:
+        """The model that serves tonight: the champion; degraded if tonight's training failed."""
+        from pipeline.dag_support import require_upstream_result
         from pipeline.nightly import stage_select_model
 
+        require_upstream_result(get_current_context(), "embed")
         day, params = _night()
         return stage_select_model(SETTINGS, day, bool(params["retrain"]))
 
     @task
-    def recommend(model: dict) -> dict:
+    def recommend(chosen: dict) -> dict:
+        """Score every active user with the champion; stage the table."""
         from pipeline.nightly import stage_recommend
 
         day, params = _night()
         return stage_recommend(SETTINGS, day, int(params["top_n"]))
 
-    @task(outlets=[RECOMMENDATIONS])
-    def publish(staged: dict) -> dict:
-        from pipeline.dag_support import attach_asset_extra
+    @task(outlets=[ASSETS["recommendations"]])
+    def publish(staged: dict, chosen: dict) -> dict:
+        """Validate and atomically publish; the asset event carries the date, path and serving model."""
+        from pipeline.dag_support import attach_asset_extra, publish_summary
         from pipeline.nightly import stage_publish
 
-        result = stage_publish(SETTINGS, _night()[0], staged["staged"], staged["top_n"], staged["model_version"])
-        return attach_asset_extra(get_current_context(), RECOMMENDATIONS, result)
+        day = _night()[0]
+        result = stage_publish(SETTINGS, day, staged["staged"], staged["top_n"], staged["model_version"])
+        return attach_asset_extra(get_current_context(), ASSETS["recommendations"],
+                                  publish_summary(result, chosen, day))
 
     @task
     def report() -> dict:
+        """The nightly report (Markdown + JSON), attached to tonight's MLflow run."""
         from pipeline.nightly import stage_report
 
         return stage_report(SETTINGS, _night()[0])
@@ -132,10 +174,10 @@ def nightly_recommendations() -> None:
     candidate = train()
     embedded >> candidate
     chosen = select_model()
-    register(candidate) >> chosen
+    [register(candidate), embedded] >> chosen
     staged = recommend(chosen)
     embedded >> staged
-    publish(staged) >> report()
+    publish(staged, chosen) >> report()
 
 
 nightly_recommendations()

@@ -83,6 +83,22 @@ def ensure_demo_covers(settings: Settings, day: dt.date) -> None:
     marker.write_text(json.dumps({**info, "days": days}))
 
 
+def run_dag_logged(settings: Settings, data_date: dt.date, conf: dict[str, Any]) -> str:
+    """Run the DAG in a child process whose (verbose) Airflow output goes to a log file; returns the state."""
+    log_path = settings.airflow_home / "runs" / f"{data_date.isoformat()}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    print(f"running the night of {data_date} through Airflow (log: {log_path}) ...", flush=True)
+    cmd = [sys.executable, "-m", "pipeline.cli", "dag-run", "--date", data_date.isoformat(), "--conf",
+           json.dumps(conf), "--in-process"]
+    with log_path.open("w") as fh:
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ}, check=False)
+    lines = log_path.read_text(errors="replace").splitlines()
+    state = next((ln.split(": ", 1)[1] for ln in reversed(lines) if ln.startswith("DAG run state: ")), "failed")
+    if proc.returncode != 0 or state != "success":
+        print("\n".join(lines[-40:]))
+    return state
+
+
 def run_dag(settings: Settings, data_date: dt.date, conf: dict[str, Any] | None = None) -> str:
     """Run the nightly DAG once through Airflow (dag.test, in process); returns the run's final state."""
     os.environ.update(airflow_env(settings))
@@ -165,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     dag_run = sub.add_parser("dag-run", help="run the nightly DAG through Airflow (dag.test) and summarise")
     dag_run.add_argument("--date", default="next", help="YYYY-MM-DD, or 'next' (after the last published night)")
     dag_run.add_argument("--conf", default="{}", help="JSON params, e.g. '{\"top_n\": 20}'")
+    dag_run.add_argument("--in-process", action="store_true", help="run here, with Airflow's full output")
 
     summary = sub.add_parser("summary", help="print the summary of a night")
     summary.add_argument("--date", type=_parse_date, required=True)
@@ -205,7 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "dag-run":
         day = next_data_date(settings) if args.date == "next" else _parse_date(args.date)
         ensure_demo_covers(settings, day)
-        state = run_dag(settings, day, json.loads(args.conf))
+        if args.in_process:
+            state = run_dag(settings, day, json.loads(args.conf))
+            print(f"DAG run state: {state}")
+            return 0 if state == "success" else 1
+        state = run_dag_logged(settings, day, json.loads(args.conf))
         print_summary(settings, day)
         print(f"DAG run state: {state}")
         return 0 if state == "success" else 1

@@ -32,14 +32,20 @@ class Settings:
     warehouse_path: Path                         # DuckDB file with published tables and ledgers
     mlflow_uri: str                              # tracking + registry URI
     # landing source
-    events_format: str = "jsonl"                 # jsonl | csv | parquet
+    events_format: str = "jsonl"                 # jsonl | csv | parquet (for files without a known suffix)
     event_columns: dict[str, str] = field(default_factory=dict)  # pipeline column -> source column
     timestamp_format: str = "iso"                # iso | epoch_s | epoch_ms
-    items_format: str = "jsonl"                  # jsonl | csv | parquet
+    default_event_type: str = ""                 # event type when the source has none ("" = required)
+    items_format: str = "jsonl"                  # jsonl | csv | parquet (for files without a known suffix)
+    item_columns: dict[str, str] = field(default_factory=dict)  # pipeline item column -> source column
+    csv_delimiter: str = ","                     # one character; records are single lines, '"' quotes
     allowed_event_types: tuple[str, ...] = DEFAULT_EVENT_TYPES
     max_field_chars: int = 512                   # longer ids/event types are quarantined
     max_raw_chars: int = 2000                    # quarantine keeps at most this much of a bad line
+    max_line_bytes: int = 1 << 20                # longer lines are quarantined unread (bounds memory)
     quarantine_threshold: float = 0.05           # fail the night above this quarantined fraction
+    ingest_threads: int = 0                      # DuckDB threads for ingest (0 = all cores)
+    ingest_memory_mb: int = 1024                 # DuckDB memory limit for ingest; spills to disk beyond
     # features / model
     max_len: int = 50                            # history length the model sees
     active_days: int = 30                        # users with events in the last N days get recommendations
@@ -82,6 +88,16 @@ DEFAULT_EVENT_COLUMNS = {
     "value": "value",
     "timestamp": "timestamp",
 }
+DEFAULT_ITEM_COLUMNS = {
+    "item_id": "item_id",
+    "title": "title",
+    "description": "description",
+    "brand": "brand",
+    "genres": "genres",
+    "categories": "categories",
+    "tags": "tags",
+    "updated_at": "updated_at",
+}
 
 
 def _coerce(name: str, raw: Any, default: Any) -> Any:
@@ -118,6 +134,7 @@ def load_settings(env: dict[str, str] | None = None, **overrides: Any) -> Settin
         "warehouse_path": home / "warehouse.duckdb",
         "mlflow_uri": f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
         "event_columns": dict(DEFAULT_EVENT_COLUMNS),
+        "item_columns": dict(DEFAULT_ITEM_COLUMNS),
     }
     defaults = {f.name: values.get(f.name, f.default) for f in dataclasses.fields(Settings)}
     config_file = Path(env.get("NIGHTLY_RECS_CONFIG") or home / "settings.toml")
@@ -156,6 +173,19 @@ def validate_settings(s: Settings) -> None:
     missing = {"user_id", "item_id", "timestamp"} - set(s.event_columns)
     if missing:
         raise ConfigError(f"event_columns must map {sorted(missing)}")
+    unknown = set(s.event_columns) - set(DEFAULT_EVENT_COLUMNS)
+    if unknown:
+        raise ConfigError(f"event_columns: unknown pipeline columns {sorted(unknown)}")
+    if "item_id" not in s.item_columns or set(s.item_columns) - set(DEFAULT_ITEM_COLUMNS):
+        raise ConfigError(f"item_columns must map item_id and only {sorted(DEFAULT_ITEM_COLUMNS)}")
+    if len(s.csv_delimiter) != 1 or s.csv_delimiter in '"\r\n':
+        raise ConfigError(f"csv_delimiter must be one character other than a quote or newline, got {s.csv_delimiter!r}")
+    if s.default_event_type and s.default_event_type not in s.allowed_event_types:
+        raise ConfigError(f"default_event_type {s.default_event_type!r} is not in allowed_event_types")
+    if s.max_line_bytes < 1024 or s.max_field_chars < 1 or s.max_raw_chars < 1:
+        raise ConfigError("max_line_bytes must be >= 1024, max_field_chars and max_raw_chars >= 1")
+    if s.ingest_threads < 0 or s.ingest_memory_mb < 64:
+        raise ConfigError("ingest_threads must be >= 0 and ingest_memory_mb >= 64")
     if not 0.0 <= s.quarantine_threshold <= 1.0:
         raise ConfigError(f"quarantine_threshold must be in [0, 1], got {s.quarantine_threshold}")
     if s.item_repr not in ("id", "text", "id+text"):

@@ -1,22 +1,67 @@
-"""Small helpers for the DAG's task bodies. Standard library only at import time (the DAG parses it)."""
+"""Helpers for the DAG files' task bodies.
+
+Standard library only at import time: the DAG processor imports this module every time it parses `dags/`, so
+Airflow, DuckDB and friends are imported inside the functions."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import logging
+import uuid
+from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
+
+# The nightly run starts at 02:00 UTC: the data day closes at midnight and late events get two hours of grace.
+RUN_HOUR_UTC = 2
+SCHEDULE_CRON = f"0 {RUN_HOUR_UTC} * * *"
+
+# Asset names are the stable contract with consumers (their DAGs schedule on the name); the URIs say where
+# the data lives under this deployment's NIGHTLY_RECS_HOME.
+ASSET_NAMES = {
+    "interactions": "nightly_recs_interactions",
+    "item_embeddings": "nightly_recs_item_embeddings",
+    "model": "nightly_recs_model",
+    "recommendations": "nightly_recs_recommendations",
+}
+
+
+def nightly_assets(settings: Any) -> dict[str, Any]:
+    """The nightly DAG's assets, keyed like ASSET_NAMES: one definition for the producer and the consumer."""
+    from airflow.sdk import Asset
+
+    uris = {
+        "interactions": (settings.lake_dir / "interactions").as_uri(),
+        "item_embeddings": (settings.lake_dir / "item_embeddings").as_uri(),
+        "model": f"mlflow-model://{settings.model_name}",
+        "recommendations": (settings.lake_dir / "recommendations").as_uri(),
+    }
+    return {key: Asset(name=ASSET_NAMES[key], uri=uris[key]) for key in ASSET_NAMES}
+
+
+def closed_day(at: dt.datetime) -> dt.date:
+    """The last data day whose nightly run time (D+1 at RUN_HOUR_UTC) is at or before `at` (UTC)."""
+    shifted = at.astimezone(dt.UTC) - dt.timedelta(hours=RUN_HOUR_UTC)
+    return shifted.date() - dt.timedelta(days=1)
 
 
 def data_date_from_context(context: Any) -> dt.date:
     """The data date of a run: the `data_date` param if given, else the day of data_interval_start.
 
-    With CronDataIntervalTimetable("0 2 * * *"), the run at 02:00 on D+1 has the interval [D 02:00, D+1 02:00),
-    so the day of its start is D, the day that just closed.
+    With CronDataIntervalTimetable("0 2 * * *"), the run at 02:00 on D+1 has the interval
+    [D 02:00, D+1 02:00), so the day of its start is D, the day that just closed. A run triggered with no
+    logical date (REST API `"logical_date": null`) has no data interval: it processes the last day closed at
+    its `run_after`.
     """
     override = (context.get("params") or {}).get("data_date")
     if override:
         return dt.date.fromisoformat(str(override))
-    start = context.get("data_interval_start") or context["logical_date"]
-    return dt.date(start.year, start.month, start.day)
+    start = context.get("data_interval_start")
+    if start is not None:
+        return dt.date(start.year, start.month, start.day)
+    return closed_day(context["dag_run"].run_after)
 
 
 def skip_unless_retrain(day: dt.date, params: dict[str, Any]) -> tuple[dt.date, dict[str, Any]]:
@@ -28,7 +73,101 @@ def skip_unless_retrain(day: dt.date, params: dict[str, Any]) -> tuple[dt.date, 
     return day, params
 
 
-def attach_asset_extra(context: Any, asset: Any, result: dict[str, Any]) -> dict[str, Any]:
-    """Attach the published counts to the asset event, so consumers see what arrived."""
-    context["outlet_events"][asset].extra = {k: v for k, v in result.items() if isinstance(v, str | int | float)}
+def require_upstream_result(context: Any, task_id: str) -> dict[str, Any]:
+    """The XCom result of an upstream task of this run; skip this task when it has none.
+
+    For tasks with trigger_rule all_done (they must run when training fails): they must still not run when the
+    night's data never arrived (ingest failed, so embed is upstream_failed and pushed nothing).
+    """
+    result = context["ti"].xcom_pull(task_ids=task_id)
+    if result is None:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        raise AirflowSkipException(f"upstream task {task_id!r} did not succeed in this run: nothing to serve")
     return result
+
+
+def fail_without_retry(err: Exception) -> Exception:
+    """Wrap a deterministic failure (bad data, not a flaky machine) so that the task fails without retries."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    return AirflowFailException(f"{type(err).__name__}: {err}")
+
+
+def audit_force_promote(context: Any) -> bool:
+    """The run's force_promote param; when set, log who asked (the MLflow version also records the run id)."""
+    forced = bool(context["params"]["force_promote"])
+    if forced:
+        dag_run = context["dag_run"]
+        log.warning("force_promote=true requested by %r in run %s: tonight's model is promoted even if it "
+                    "loses the gate", getattr(dag_run, "triggering_user_name", None), dag_run.run_id)
+    return forced
+
+
+def publish_summary(published: dict[str, Any], chosen: dict[str, Any], data_date: dt.date) -> dict[str, Any]:
+    """What the recommendations asset event tells consumers: the date, where its rows are, which model."""
+    scalars = {k: v for k, v in published.items() if isinstance(v, str | int | float | bool)}
+    return {**scalars, "data_date": data_date.isoformat(), "model_version": chosen.get("version"),
+            "degraded": bool(chosen.get("degraded"))}
+
+
+def attach_asset_extra(context: Any, asset: Any, extra: dict[str, Any]) -> dict[str, Any]:
+    """Attach a small JSON-able dict to this task's event for `asset`, so consumers see what arrived."""
+    context["outlet_events"][asset].extra = extra
+    return extra
+
+
+def events_extras(triggering_asset_events: Any) -> list[dict[str, Any]]:
+    """The `extra` of each asset event that triggered a consumer run, oldest first (there may be several)."""
+    events = [event for per_asset in triggering_asset_events.values() for event in per_asset]
+    return [dict(event.extra or {}) for event in sorted(events, key=lambda e: e.timestamp)]
+
+
+def write_daily_summary(extra: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """Example consumer of the recommendations asset: summarise one published date into
+    `out_dir/daily_summary_<date>.json` (rows, users, distinct items, popular-fallback share, top items).
+
+    Reads the date's Parquet partition named in the event (an atomically replaced file), not the warehouse, so
+    a consumer never holds a lock on the DuckDB file the next night writes.
+    """
+    import duckdb
+
+    if "data_date" not in extra or "parquet" not in extra:
+        raise ValueError(f"asset event extra lacks data_date/parquet: {sorted(extra)}")
+    data_date = dt.date.fromisoformat(extra["data_date"])
+    parquet = Path(extra["parquet"])
+    if not parquet.is_file():
+        raise FileNotFoundError(f"{parquet}: published partition for {data_date} is missing")
+    con = duckdb.connect()
+    try:
+        rows, users, items, popular = con.execute(
+            """select count(*), count(distinct user_id), count(distinct item_id),
+                      count(*) filter (where source = 'popular')
+               from read_parquet($path)""",
+            {"path": str(parquet)},
+        ).fetchall()[0]
+        top = con.execute(
+            """select item_id, count(*) as users from read_parquet($path)
+               group by item_id order by users desc, item_id limit 5""",
+            {"path": str(parquet)},
+        ).fetchall()
+    finally:
+        con.close()
+    summary = {
+        "data_date": data_date.isoformat(),
+        "rows": rows,
+        "users": users,
+        "distinct_items": items,
+        "popular_fallback_share": round(popular / rows, 4) if rows else 0.0,
+        "top_items": [{"item_id": item, "users": n} for item, n in top],
+        "model_version": extra.get("model_version"),
+        "degraded": bool(extra.get("degraded")),
+        "source": str(parquet),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"daily_summary_{data_date.isoformat()}.json"
+    tmp = out_dir / f".{target.name}.{uuid.uuid4().hex}.tmp"
+    tmp.write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    tmp.replace(target)
+    log.info("daily summary for %s: %d rows, %d users -> %s", data_date, rows, users, target)
+    return {**summary, "path": str(target)}

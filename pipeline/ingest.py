@@ -1,23 +1,31 @@
 """Ingest: landing files -> validated, deduplicated, date-partitioned Parquet; bad rows -> quarantine.
 
 A landing file belongs to the data date its name starts with (``events/2026-11-21.jsonl``,
-``events/2026-11-21-late.jsonl``). Ingesting night D (re)ingests every date <= D whose files are new or
-changed since the ledger last saw them, so late files land in their own date and a first run loads history.
+``events/2026-11-21-late.csv``). Ingesting night D (re)ingests every date <= D whose files are new or changed
+since the ledger last saw them, so late files land in their own date and a first run loads history.
 
-Every row read ends up accepted, deduplicated (same deterministic ``event_id``) or quarantined with a reason;
-the ledger records the counts per file and they always reconcile. Partitions are written to a temporary
-folder and renamed into place, so a crash never leaves half a partition.
+Formats: JSONL, CSV (header line, one record per line) and Parquet, chosen by the file suffix or else by the
+``events_format`` / ``items_format`` setting; ``event_columns`` / ``item_columns`` map pipeline fields to source
+columns. Text files are streamed in blocks and split into lines with numpy (zero-copy Arrow slices); every
+format is reduced to the same text fields and validated by one SQL file per kind (``stg_events.sql``,
+``stg_items.sql``), so the rules live in one place.
+
+Every row read ends up accepted, dropped as a duplicate (events: same deterministic ``event_id`` on the same
+date; items: superseded by a later row) or quarantined with a reason; the ledger records the counts per file
+and they always reconcile. Partitions are written to a temporary folder and renamed into place, so a crash
+never leaves half a partition. A date whose quarantined fraction is above the threshold is not published.
 """
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import hashlib
 import logging
 import re
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,26 +33,67 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import warehouse
-from pipeline.config import Settings
+from pipeline.config import DEFAULT_EVENT_COLUMNS, DEFAULT_ITEM_COLUMNS, Settings
 from pipeline.sql import relation
 
 log = logging.getLogger(__name__)
 
 DATE_PREFIX = re.compile(r"^(\d{4}-\d{2}-\d{2})")
 TS_MIN = dt.datetime(1995, 1, 1, tzinfo=dt.UTC)
-READ_BLOCK_BYTES = 32 * 1024 * 1024
+READ_BLOCK_BYTES = 16 * 1024 * 1024
+COALESCE_ROWS = 65_536            # lines of small files are packed into Arrow batches of about this many rows
+BATCH_INPUT_BYTES = 1 << 30       # consecutive dates are ingested together up to this much input
 TOP_REASONS = 3
+MAX_LISTED_FAILURES = 5
+SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv",
+                  ".parquet": "parquet", ".pq": "parquet"}
+RAW_LINES_SCHEMA = pa.schema([("file_no", pa.int32()), ("line_no", pa.int64()), ("raw", pa.large_binary())])
 
 
 class IngestError(RuntimeError):
-    """Ingest could not complete (unreadable landing folder, bad configuration)."""
+    """Ingest could not complete (no event files for the date, counts that do not reconcile)."""
+
+
+class IngestFormatError(IngestError):
+    """A landing file cannot be read at all (e.g. not a Parquet file); nothing of its date is published."""
 
 
 class IngestQualityError(IngestError):
     """Too many rows of a night were quarantined; nothing for that date is published downstream."""
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What is ingested: events (-> lake/interactions) or the item catalog (-> lake/items)."""
+
+    name: str                          # ledger kind, quarantine file name and SQL prefix (stg_<name>...)
+    lake_table: str                    # lake folder of the accepted rows
+    fields: tuple[str, ...]            # pipeline fields read from the source
+    required: tuple[str, ...]          # fields a CSV header / Parquet schema must have
+    list_fields: tuple[str, ...] = ()  # fields holding lists (item attributes)
+
+    def sql(self, step: str = "") -> str:
+        return f"staging/stg_{self.name}" + (f"_{step}" if step else "")
+
+    @property
+    def fields_view(self) -> str:
+        return f"{self.name.removesuffix('s')}_fields"  # what stg_events.sql / stg_items.sql read
+
+
+EVENTS = Kind("events", "interactions", tuple(DEFAULT_EVENT_COLUMNS), ("user_id", "item_id", "timestamp"))
+ITEMS = Kind("items", "items", tuple(DEFAULT_ITEM_COLUMNS), ("item_id",), ("genres", "categories", "tags"))
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    file_no: int   # position in the batch (the order of files of a date = name order)
+    path: Path
+    day: dt.date   # data date, from the file name
+    fmt: str       # jsonl | csv | parquet
 
 
 @dataclass
@@ -55,10 +104,21 @@ class FileCounts:
     accepted: int = 0
     quarantined: int = 0
     duplicates: int = 0
+    unknown_items: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
+    day: dt.date | None = None
 
     def reconciles(self) -> bool:
         return self.rows_read == self.accepted + self.quarantined + self.duplicates
+
+
+@dataclass
+class BatchResult:
+    counts: list[FileCounts]
+    failed_days: dict[dt.date, str]  # day -> why it was not published
+
+
+# ---------------------------------------------------------------------------------------------- landing files
 
 
 def landing_files(folder: Path) -> dict[dt.date, list[Path]]:
@@ -90,271 +150,555 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def iter_raw_lines(path: Path, block_bytes: int = READ_BLOCK_BYTES) -> Iterator[pa.Table]:
-    """Stream a text file as Arrow batches (line_no, raw bytes) without one Python object per line.
+def file_format(path: Path, default: str) -> str:
+    """jsonl | csv | parquet: from a known suffix, else the configured default."""
+    return SUFFIX_FORMATS.get(path.suffix.lower(), default)
 
-    Lines end at \\n, \\r\\n or a lone \\r; blank lines are not rows. line_no is 1-based physical line.
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def iter_raw_lines(path: Path, block_bytes: int = READ_BLOCK_BYTES, max_line_bytes: int = 1 << 20,
+                   on_block: Callable[[bytes], Any] | None = None) -> Iterator[pa.RecordBatch]:
+    """Stream a text file as Arrow batches (line_no, raw) without one Python object per line.
+
+    Lines end at \\n, \\r\\n or a lone \\r; blank lines are not rows; line_no is the 1-based physical line.
+    `raw` is a zero-copy slice of the block read: the line followed by its terminator (and any blank lines
+    after it). A line longer than max_line_bytes is cut to its first max_line_bytes + 1 bytes and the rest is
+    skipped, so memory stays bounded and the row can be quarantined as too long. on_block sees every block read
+    (e.g. a checksum).
     """
     line_no = 0
     carry = b""
+    skipping = False  # inside an over-long line whose start was already emitted
     with path.open("rb") as fh:
         while True:
             block = fh.read(block_bytes)
+            if on_block is not None and block:
+                on_block(block)
             eof = not block
-            data = carry + block
-            if not data:
-                break
-            buf = np.frombuffer(data, dtype=np.uint8)
-            is_nl = buf == 10
-            is_cr = buf == 13
-            lone_cr = is_cr.copy()
-            lone_cr[:-1] &= ~is_nl[1:]
-            if not eof and len(buf) and buf[-1] == 13:
-                lone_cr[-1] = False  # may be the first half of \r\n split across blocks
-            ends = np.flatnonzero(is_nl | lone_cr)
-            if eof:
-                if len(ends) == 0 or ends[-1] != len(buf) - 1:
-                    ends = np.append(ends, len(buf))
-                carry = b""
-            else:
-                carry = data[ends[-1] + 1 :] if len(ends) else data
-                if len(ends) == 0:
+            data = carry + block if carry else block
+            carry = b""
+            if skipping:
+                data, skipping = _rest_after_long_line(data)
+                if skipping:
+                    if eof:
+                        break
                     continue
-            starts = np.concatenate(([0], ends[:-1] + 1))
-            stops = ends.copy()
-            crlf = (stops > starts) & (stops < len(buf))
-            crlf &= np.where(stops < len(buf), buf[np.minimum(stops, len(buf) - 1)] == 10, False)
-            prev_cr = np.zeros_like(crlf)
-            prev_cr[crlf] = buf[stops[crlf] - 1] == 13
-            stops = stops - prev_cr
-            numbers = line_no + 1 + np.arange(len(starts), dtype=np.int64)
-            line_no += len(starts)
-            keep = stops > starts
-            if keep.any():
-                yield _lines_table(data, starts[keep], stops[keep], numbers[keep])
+            if not data:
+                if eof:
+                    break
+                continue
+            buf = np.frombuffer(data, dtype=np.uint8)
+            ends = _line_ends(buf, eof)
+            if eof and (len(ends) == 0 or ends[-1] != len(buf) - 1):
+                ends = np.append(ends, len(buf))  # the last line has no terminator
+            if len(ends):
+                batch = _lines_batch(data, buf, ends, line_no)
+                line_no += len(ends)
+                if batch is not None:
+                    yield batch
+                carry = data[ends[-1] + 1:] if not eof else b""
+            else:
+                carry = data
+            if len(carry) > max_line_bytes:
+                yield pa.record_batch({"line_no": pa.array([line_no + 1], pa.int64()),
+                                       "raw": pa.array([carry[: max_line_bytes + 1]], pa.large_binary())})
+                carry, skipping = b"", True  # line_no moves on when the skipped line's terminator is read
             if eof:
                 break
 
 
-def _lines_table(data: bytes, starts: np.ndarray, stops: np.ndarray, numbers: np.ndarray) -> pa.Table:
-    lengths = stops - starts
-    offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
+def _line_ends(buf: np.ndarray, eof: bool) -> np.ndarray:
+    """Positions of line terminators: every \\n, and every \\r not followed by \\n (a \\r that ends a block
+    before the end of the file may be half of a \\r\\n, so it waits for the next block)."""
+    ends = np.flatnonzero(buf == 10)
+    cr = np.flatnonzero(buf == 13)
+    if len(cr):
+        nxt = cr + 1
+        lone = np.where(nxt == len(buf), eof, buf[np.minimum(nxt, len(buf) - 1)] != 10)
+        ends = np.union1d(ends, cr[lone])
+    return ends
+
+
+def _lines_batch(data: bytes, buf: np.ndarray, ends: np.ndarray, line_no: int) -> pa.RecordBatch | None:
+    starts = np.empty(len(ends), dtype=np.int64)
+    starts[0] = 0
+    starts[1:] = ends[:-1] + 1
+    first = buf[np.minimum(starts, len(buf) - 1)]
+    keep = (starts < len(buf)) & (first != 10) & (first != 13)  # a line starting with a terminator is blank
+    kept = starts[keep]
+    if not len(kept):
+        return None
+    offsets = np.empty(len(kept) + 1, dtype=np.int64)
+    offsets[:-1] = kept
+    offsets[-1] = min(int(ends[keep][-1]) + 1, len(buf))
+    raw = pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(kept),
+                                           [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+    numbers = line_no + 1 + np.flatnonzero(keep)
+    return pa.record_batch({"line_no": pa.array(numbers, pa.int64()), "raw": raw})
+
+
+def _rest_after_long_line(data: bytes) -> tuple[bytes, bool]:
+    """(data from the end of the line being skipped, still skipping)."""
     buf = np.frombuffer(data, dtype=np.uint8)
-    index = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1], dtype=np.int64)
-    payload = buf[index]
-    raw = pa.LargeBinaryArray.from_buffers(
-        pa.large_binary(), len(lengths), [None, pa.py_buffer(offsets), pa.py_buffer(payload.tobytes())]
-    )
-    return pa.table({"line_no": pa.array(numbers, pa.int64()), "raw": raw})
+    hits = np.flatnonzero((buf == 10) | (buf == 13))
+    if not len(hits):
+        return b"", True
+    return data[hits[0]:], False  # the terminator reads as a blank line, which advances line_no
 
 
-def _json_path(column: str) -> str:
-    return '$."' + column.replace('"', '\\"') + '"'
+def csv_header(path: Path, delimiter: str, max_line_bytes: int) -> list[str] | None:
+    """The column names of a CSV file (its first non-blank line), or None for a file without lines."""
+    first = next(iter_raw_lines(path, block_bytes=1 << 16, max_line_bytes=max_line_bytes), None)
+    if first is None:
+        return None
+    text = first.column("raw")[0].as_py().rstrip(b"\r\n").decode("utf-8", errors="replace").lstrip("\ufeff")
+    return [name.strip() for name in next(csv.reader([text], delimiter=delimiter), [])]
 
 
-def _event_params(settings: Settings, day: dt.date) -> dict[str, Any]:
-    cols = settings.event_columns
+def _text_batches(files: list[SourceFile], settings: Settings, rows_read: dict[int, int],
+                  hashers: dict[int, Any]) -> Iterator[pa.RecordBatch]:
+    """Raw lines of JSONL/CSV files (CSV headers left out) tagged with file_no; small files packed together."""
+    pending: list[pa.RecordBatch] = []
+    for src in files:
+        hasher = hashers.get(src.file_no)
+        header_left = src.fmt == "csv"
+        for lines in iter_raw_lines(src.path, max_line_bytes=settings.max_line_bytes,
+                                    on_block=hasher.update if hasher is not None else None):
+            if header_left:
+                lines, header_left = lines.slice(1), False
+            if not lines.num_rows:
+                continue
+            rows_read[src.file_no] += lines.num_rows
+            pending.append(pa.record_batch(
+                [pa.array(np.full(lines.num_rows, src.file_no, np.int32)), lines.column(0), lines.column(1)],
+                schema=RAW_LINES_SCHEMA))
+            if sum(b.num_rows for b in pending) >= COALESCE_ROWS:
+                yield _concat(pending)
+                pending = []
+    if pending:
+        yield _concat(pending)
+
+
+def _concat(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
+    return batches[0] if len(batches) == 1 else pa.concat_batches(batches)
+
+
+def _source_schema(kind: Kind) -> pa.Schema:
+    columns = [(f, pa.list_(pa.string()) if f in kind.list_fields else pa.string()) for f in kind.fields]
+    return pa.schema([("file_no", pa.int32()), ("line_no", pa.int64()), *columns])
+
+
+def _parquet_batches(files: list[SourceFile], kind: Kind, mapping: dict[str, str], ts_format: str,
+                     rows_read: dict[int, int]) -> Iterator[pa.RecordBatch]:
+    """The mapped columns of Parquet files as text (lists of text for attributes), tagged with file/row."""
+    schema = _source_schema(kind)
+    for src in files:
+        parquet = pq.ParquetFile(src.path)
+        present = set(parquet.schema_arrow.names)
+        columns = sorted({mapping[f] for f in kind.fields if mapping.get(f) in present})
+        row = 0
+        for batch in parquet.iter_batches(batch_size=COALESCE_ROWS, columns=columns):
+            n = batch.num_rows
+            arrays = [pa.array(np.full(n, src.file_no, np.int32)), pa.array(np.arange(row + 1, row + n + 1))]
+            for name in kind.fields:
+                source = mapping.get(name)
+                column = batch.column(source) if source in present else None
+                arrays.append(_as_text(column, n, schema.field(name).type, ts_format if name == "timestamp" else ""))
+            rows_read[src.file_no] += n
+            row += n
+            yield pa.record_batch(arrays, schema=schema)
+
+
+def _as_text(column: pa.Array | None, n: int, target: pa.DataType, ts_format: str) -> pa.Array:
+    """A Parquet column as text (native timestamps in the configured timestamp format) or a list of text."""
+    if column is None:
+        return pa.nulls(n, target)
+    if pa.types.is_list(target):
+        if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+            return pc.cast(column, target)
+        return pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32)), pc.cast(column, pa.string()))
+    if ts_format and (pa.types.is_timestamp(column.type) or pa.types.is_date(column.type)):
+        utc = pc.cast(pc.cast(column, pa.timestamp("us")) if pa.types.is_date(column.type) else column,
+                      pa.timestamp("us", tz="UTC"))
+        if ts_format == "iso":
+            return pc.cast(utc, pa.string())
+        micros = pc.cast(pc.cast(utc, pa.int64()), pa.float64())
+        return pc.cast(pc.divide(micros, 1e6 if ts_format == "epoch_s" else 1e3), pa.string())
+    return pc.cast(column, pa.string())
+
+
+# ---------------------------------------------------------------------------------------------- staging
+
+
+def _mapping(settings: Settings, kind: Kind) -> dict[str, str]:
+    return dict(settings.event_columns if kind is EVENTS else settings.item_columns)
+
+
+def _csv_patterns(delimiter: str) -> tuple[str, str]:
+    """RE2 patterns: a whole well-quoted record, and one field followed by its delimiter."""
+    delim = f"\\x{{{ord(delimiter):x}}}"
+    one = f'"(?:[^"]|"")*"|[^{delim}"]*'
+    return f"(?:{one})(?:{delim}(?:{one}))*", f"({one}){delim}"
+
+
+def _sql_params(settings: Settings, kind: Kind) -> dict[str, Any]:
+    mapping = _mapping(settings, kind)
+    mapped = [f for f in kind.fields if f in mapping]
+    record_pattern, field_pattern = _csv_patterns(settings.csv_delimiter)
     return {
-        "user_path": _json_path(cols["user_id"]),
-        "item_path": _json_path(cols["item_id"]),
-        "event_type_path": _json_path(cols.get("event_type", "event_type")),
-        "value_path": _json_path(cols.get("value", "value")),
-        "ts_path": _json_path(cols["timestamp"]),
+        "paths": ['$."' + mapping[f].replace('"', '\\"') + '"' for f in mapped],
+        **{f"{f}_idx": (mapped.index(f) + 1 if f in mapping else None) for f in kind.fields},
+        "delimiter": settings.csv_delimiter,
+        "record_pattern": record_pattern,
+        "field_pattern": field_pattern,
+        "max_line_bytes": settings.max_line_bytes,
         "max_raw_chars": settings.max_raw_chars,
         "max_field_chars": settings.max_field_chars,
         "ts_format": settings.timestamp_format,
         "ts_min": TS_MIN,
-        # events may be late (yesterday) but not from after the end of the data date + 1 day
-        "ts_max": dt.datetime.combine(day + dt.timedelta(days=2), dt.time(), tzinfo=dt.UTC),
         "allowed_event_types": list(settings.allowed_event_types),
+        "default_event_type": settings.default_event_type,
     }
 
 
-def _scratch_connection(tmp_dir: Path) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB that spills to tmp_dir, so memory stays bounded on large files."""
+def _file_layout(src: SourceFile, kind: Kind, settings: Settings) -> dict[str, Any]:
+    """One row of `ingest_files`: where the mapped fields are in a CSV header, which required ones are absent."""
+    mapping = _mapping(settings, kind)
+    layout: dict[str, Any] = {"file_no": src.file_no, "source_file": src.path.name, "dt": src.day,
+                              "missing_columns": None, "n_columns": None, **{f"{f}_pos": None for f in kind.fields}}
+    names: list[str] | None = None
+    if src.fmt == "csv":
+        names = csv_header(src.path, settings.csv_delimiter, settings.max_line_bytes)
+        if names is not None:
+            layout["n_columns"] = len(names)
+            first = {name: i + 1 for i, name in reversed(list(enumerate(names)))}
+            layout.update({f"{f}_pos": first.get(mapping[f]) for f in kind.fields if f in mapping})
+    elif src.fmt == "parquet":
+        try:
+            names = pq.ParquetFile(src.path).schema_arrow.names
+        except (OSError, pa.ArrowException) as err:
+            raise IngestFormatError(f"{src.path}: not a readable Parquet file: {err}") from err
+    if names is not None:
+        missing = [mapping[f] for f in kind.required if mapping[f] not in names]
+        layout["missing_columns"] = ", ".join(missing) or None
+    return layout
+
+
+def _files_table(layouts: list[dict[str, Any]], kind: Kind) -> pa.Table:
+    schema = pa.schema([("file_no", pa.int32()), ("source_file", pa.string()), ("dt", pa.date32()),
+                        ("missing_columns", pa.string()), ("n_columns", pa.int32()),
+                        *[(f"{f}_pos", pa.int32()) for f in kind.fields]])
+    return pa.Table.from_pylist(layouts, schema=schema)
+
+
+def _scratch_connection(tmp_dir: Path, settings: Settings) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB that spills to tmp_dir, so memory stays bounded on large inputs."""
     tmp_dir.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect()
     con.execute("set TimeZone = 'UTC'")
-    con.execute("set memory_limit = '1GB'")
+    con.execute("set memory_limit = $limit", {"limit": f"{settings.ingest_memory_mb}MB"})
     con.execute("set temp_directory = $dir", {"dir": str(tmp_dir)})
+    if settings.ingest_threads:
+        con.execute("set threads = $n", {"n": settings.ingest_threads})
     return con
 
 
-def _stage_lines(
-    con: duckdb.DuckDBPyConnection, path: Path, queries: list[str], params: dict[str, Any], table: str
-) -> int:
-    """Run a file's raw lines through the staging queries (each reads the previous as its input view)
-    and append every output row to `table`; returns rows read."""
-    if path.suffix not in (".jsonl", ".json", ".ndjson"):
-        raise IngestError(f"{path}: unsupported file type {path.suffix!r} (expected .jsonl)")
-    rows = 0
-    for batch in iter_raw_lines(path):
-        rows += batch.num_rows
-        con.register("raw_lines", batch)
-        rel = None
-        for name, view in zip(queries, ["event_fields", None], strict=False):
-            rel = relation(con, name, {**params, "source_file": path.name})
-            if view:
-                rel.create_view(view, replace=True)
-        rel.insert_into(table)
-        con.unregister("raw_lines")
-    return rows
+def _stage(con: duckdb.DuckDBPyConnection, kind: Kind, files: list[SourceFile], settings: Settings,
+           hashers: dict[int, Any]) -> dict[int, int]:
+    """Validate every row of the batch's files into the table `staged`; returns rows read per file_no."""
+    params = _sql_params(settings, kind)
+    rows_read = dict.fromkeys((f.file_no for f in files), 0)
+    staged_exists = False
+    for fmt in ("jsonl", "csv", "parquet"):
+        group = [f for f in files if f.fmt == fmt]
+        if not group:
+            continue
+        if fmt == "parquet":
+            batches = _parquet_batches(group, kind, _mapping(settings, kind), settings.timestamp_format, rows_read)
+            con.register("source_rows", pa.RecordBatchReader.from_batches(_source_schema(kind), batches))
+            steps = [(kind.sql("fields_parquet"), kind.fields_view)]
+        else:
+            batches = _text_batches(group, settings, rows_read, hashers)
+            con.register("raw_lines", pa.RecordBatchReader.from_batches(RAW_LINES_SCHEMA, batches))
+            steps = [("staging/stg_ingest_lines", "ingest_lines"), (kind.sql(f"fields_{fmt}"), kind.fields_view)]
+        for name, view in steps:
+            relation(con, name, params).create_view(view, replace=True)
+        validated = relation(con, kind.sql(), params)
+        try:
+            if staged_exists:
+                validated.insert_into("staged")
+            else:
+                validated.create("staged")
+                staged_exists = True
+        except duckdb.Error as err:
+            names = ", ".join(f.path.name for f in group)
+            raise IngestFormatError(f"{kind.name} files {names}: could not be read: {err}") from err
+        finally:
+            con.unregister("source_rows" if fmt == "parquet" else "raw_lines")
+    return rows_read
 
 
-def _write_atomic(rel: duckdb.DuckDBPyRelation, target: Path) -> None:
-    """Write a relation to Parquet under a temporary name, then rename it into place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
-    rel.write_parquet(str(tmp), compression="zstd")
-    tmp.replace(target)
+def _known_items(con: duckdb.DuckDBPyConnection, settings: Settings, kind: Kind) -> None:
+    """Table `known_items` (item_id, first_dt) from the lake catalog; empty for items or without a catalog."""
+    parts = settings.lake_dir / "items"
+    if kind is EVENTS and any(parts.glob("dt=*/*.parquet")):
+        relation(con, "staging/stg_items_known", {"items_glob": str(parts / "dt=*" / "*.parquet")}).create(
+            "known_items")
+    else:
+        con.execute("create table known_items (item_id varchar, first_dt date)")
 
 
-def _top_reasons(reasons: dict[str, int]) -> str:
-    top = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_REASONS]
-    return ", ".join(f"{reason} ({n})" for reason, n in top)
-
-
-STAGED_EVENTS_DDL = """create table staged (
-    line_no bigint, raw_text varchar, reason varchar, event_id varchar, user_id varchar, item_id varchar,
-    event_type varchar, value double, event_ts timestamptz, source_file varchar)"""
-STAGED_ITEMS_DDL = """create table staged (
-    line_no bigint, raw_text varchar, reason varchar, item_id varchar, title varchar, description varchar,
-    brand varchar, genres varchar[], categories varchar[], tags varchar[], updated_at timestamptz,
-    source_file varchar)"""
-
-
-def _file_counts(con: duckdb.DuckDBPyConnection, files: list[Path], rows_read: dict[str, int],
-                 checksums: dict[str, str]) -> list[FileCounts]:
-    """Per-file counts from the `staged` and `kept` tables; fails if they do not reconcile."""
+def _file_counts(con: duckdb.DuckDBPyConnection, kind: Kind, files: list[SourceFile], rows_read: dict[int, int],
+                 checksums: dict[Path, str]) -> list[FileCounts]:
+    """Per-file counts of the batch; fails loudly if they do not reconcile with the rows read."""
+    reasons: dict[int, dict[str, int]] = {}
+    for file_no, reason, n in relation(con, "staging/stg_ingest_reasons").fetchall():
+        reasons.setdefault(file_no, {})[reason] = n
+    staged = {row[0]: row[1:] for row in relation(con, "staging/stg_ingest_file_counts",
+                                                  {"count_unknown_items": kind is EVENTS}).fetchall()}
     result = []
-    for path in files:
-        name = path.name
-        (quarantined, valid) = con.execute(
-            "select count(*) filter (where reason is not null), count(*) filter (where reason is null)"
-            " from staged where source_file = $f",
-            {"f": name},
-        ).fetchall()[0]
-        (kept,) = con.execute("select count(*) from kept where source_file = $f", {"f": name}).fetchall()[0]
-        reasons = dict(con.execute(
-            "select reason, count(*) from staged where source_file = $f and reason is not null group by reason",
-            {"f": name},
-        ).fetchall())
-        counts = FileCounts(name, checksums[name], rows_read[name], kept, quarantined, valid - kept, reasons)
-        if not counts.reconciles():
-            raise IngestError(f"{path}: counts do not reconcile: {counts}")
+    for src in files:
+        rows, accepted, quarantined, duplicates, unknown = staged[src.file_no]
+        counts = FileCounts(src.path.name, checksums[src.path], rows_read[src.file_no], accepted, quarantined,
+                            duplicates, unknown, reasons.get(src.file_no, {}), src.day)
+        if rows != counts.rows_read or not counts.reconciles():
+            raise IngestError(f"{src.path}: counts do not reconcile ({rows} rows staged): {counts}")
         result.append(counts)
     return result
 
 
-def _ingest_date(settings: Settings, kind: str, day: dt.date, files: list[Path],
-                 checksums: dict[str, str], ingested_at: dt.datetime) -> list[FileCounts]:
-    """Validate, deduplicate and publish one date of one kind ('events' or 'items')."""
-    part = f"dt={day.isoformat()}"
-    tmp_dir = settings.lake_dir / "_tmp" / uuid.uuid4().hex
-    con = _scratch_connection(tmp_dir)
-    try:
-        if kind == "events":
-            con.execute(STAGED_EVENTS_DDL)
-            queries = ["staging/stg_event_fields_jsonl", "staging/stg_events"]
-            params = _event_params(settings, day)
-        else:
-            con.execute(STAGED_ITEMS_DDL)
-            queries = ["staging/stg_items_jsonl"]
-            params = {"max_raw_chars": settings.max_raw_chars, "max_field_chars": settings.max_field_chars}
-        rows_read = {p.name: _stage_lines(con, p, queries, params, "staged") for p in files}
-        dedup_query = "staging/stg_events_dedup" if kind == "events" else "staging/stg_items_dedup"
-        relation(con, dedup_query).create("kept")
-        counts = _file_counts(con, files, rows_read, checksums)
-        quarantined = sum(c.quarantined for c in counts)
-        total = sum(c.rows_read for c in counts)
-        bind = {"dt": day, "kind": kind, "ingested_at": ingested_at}
-        _write_atomic(relation(con, "staging/stg_quarantine", bind), settings.lake_dir / "quarantine" / part /
-                      f"{kind}.parquet")
-        if kind == "events" and total and quarantined / total > settings.quarantine_threshold:
-            worst = max(counts, key=lambda c: c.quarantined / max(c.rows_read, 1))
-            raise IngestQualityError(
-                f"{day}: {quarantined} of {total} event rows quarantined ({quarantined / total:.1%}), above the "
-                f"threshold {settings.quarantine_threshold:.1%}; worst file {worst.source_file}: "
-                f"{_top_reasons(worst.reasons)}. Nothing for {day} is published; see lake/quarantine/{part}/"
+def _over_threshold(kind: Kind, counts: list[FileCounts], threshold: float) -> dict[dt.date, str]:
+    """Dates whose quarantined fraction of event rows is above the threshold, with a message naming the worst file."""
+    failed: dict[dt.date, str] = {}
+    if kind is not EVENTS:
+        return failed
+    for day in sorted({c.day for c in counts if c.day is not None}):
+        of_day = [c for c in counts if c.day == day]
+        total, bad = sum(c.rows_read for c in of_day), sum(c.quarantined for c in of_day)
+        if total and bad / total > threshold:
+            worst = max(of_day, key=lambda c: (c.quarantined / max(c.rows_read, 1), c.quarantined))
+            failed[day] = (
+                f"{day}: {bad} of {total} event rows quarantined ({bad / total:.1%}), above the threshold "
+                f"{threshold:.1%}; worst file {worst.source_file}: {top_reasons(worst.reasons)}. Nothing for {day} "
+                f"is published; see lake/quarantine/dt={day}/events.parquet"
             )
-        target = "interactions" if kind == "events" else "items"
-        out_query = "staging/stg_interactions_out" if kind == "events" else "staging/stg_items_out"
-        _write_atomic(relation(con, out_query, bind), settings.lake_dir / target / part / "part-0.parquet")
-        return counts
+    return failed
+
+
+# ---------------------------------------------------------------------------------------------- publishing
+
+
+def _publish(con: duckdb.DuckDBPyConnection, kind: Kind, settings: Settings, days: list[dt.date],
+             failed: dict[dt.date, str], tmp_dir: Path, ingested_at: dt.datetime) -> None:
+    """Write quarantine (every date) and accepted rows (dates not failed) by date, then rename into the lake."""
+    options = {"partition_by": ["dt"], "write_partition_columns": True, "filename_pattern": "part-{i}",
+               "compression": "zstd"}
+    relation(con, "staging/stg_ingest_quarantine", {"kind": kind.name, "ingested_at": ingested_at}).write_parquet(
+        str(tmp_dir / "quarantine"), **options)
+    published = [d for d in days if d not in failed]
+    out = relation(con, kind.sql("out"), {"dates": published, "ingested_at": ingested_at})
+    out.write_parquet(str(tmp_dir / "out"), **options)
+    empty = tmp_dir / "empty.parquet"
+    for day in days:
+        part = f"dt={day.isoformat()}"
+        _replace_or_remove(_single_file(con, tmp_dir / "quarantine" / part),
+                           settings.lake_dir / "quarantine" / part / f"{kind.name}.parquet")
+        if day in failed:
+            continue
+        produced = _single_file(con, tmp_dir / "out" / part)
+        if produced is None:  # no accepted rows: an empty partition still replaces what the date had
+            if not empty.exists():
+                relation(con, kind.sql("out"), {"dates": [], "ingested_at": ingested_at}).write_parquet(
+                    str(empty), compression="zstd")
+            produced = tmp_dir / f"{part}.empty.parquet"
+            shutil.copyfile(empty, produced)
+        _replace_or_remove(produced, settings.lake_dir / kind.lake_table / part / "part-0.parquet")
+
+
+def _single_file(con: duckdb.DuckDBPyConnection, folder: Path) -> Path | None:
+    """The one Parquet file DuckDB wrote for a partition (merged if it wrote several), or None."""
+    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+    if len(files) <= 1:
+        return files[0] if files else None
+    merged = folder / "merged.parquet.tmp"
+    con.read_parquet([str(f) for f in files]).write_parquet(str(merged), compression="zstd")
+    return merged
+
+
+def _replace_or_remove(source: Path | None, target: Path) -> None:
+    """Atomically put `source` at `target` (same file system), or remove `target` when there is no source."""
+    if source is None:
+        target.unlink(missing_ok=True)
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    source.replace(target)
+
+
+def top_reasons(reasons: dict[str, int]) -> str:
+    top = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_REASONS]
+    return ", ".join(f"{reason} ({n})" for reason, n in top)
+
+
+# ---------------------------------------------------------------------------------------------- batches
+
+
+def _ingest_batch(settings: Settings, kind: Kind, batch: list[tuple[dt.date, list[Path]]],
+                  checksums: dict[Path, str], ingested_at: dt.datetime) -> BatchResult:
+    """Validate, deduplicate and publish consecutive dates of one kind in one pass over their files."""
+    default_fmt = settings.events_format if kind is EVENTS else settings.items_format
+    files = [SourceFile(i, path, day, file_format(path, default_fmt))
+             for i, (day, path) in enumerate((day, p) for day, paths in batch for p in paths)]
+    for src in files:
+        if src.fmt == "parquet" and src.path not in checksums:
+            checksums[src.path] = file_sha256(src.path)
+    hashers = {f.file_no: hashlib.sha256() for f in files if f.path not in checksums}
+    tmp_dir = settings.lake_dir / "_tmp" / uuid.uuid4().hex
+    con = _scratch_connection(tmp_dir / "spill", settings)
+    try:
+        con.register("ingest_files", _files_table([_file_layout(f, kind, settings) for f in files], kind))
+        rows_read = _stage(con, kind, files, settings, hashers)
+        checksums.update({f.path: hashers[f.file_no].hexdigest() for f in files if f.file_no in hashers})
+        relation(con, kind.sql("dedup")).create("duplicates")
+        _known_items(con, settings, kind)
+        counts = _file_counts(con, kind, files, rows_read, checksums)
+        failed = _over_threshold(kind, counts, settings.quarantine_threshold)
+        _publish(con, kind, settings, [day for day, _ in batch], failed, tmp_dir, ingested_at)
+        return BatchResult(counts, failed)
     finally:
         con.close()
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
-def _record(con: duckdb.DuckDBPyConnection, day: dt.date, kind: str, counts: list[FileCounts], status: str,
+def _batches(pending: list[tuple[dt.date, list[Path]]]) -> Iterator[list[tuple[dt.date, list[Path]]]]:
+    """Consecutive dates grouped until their files reach BATCH_INPUT_BYTES (a date is never split)."""
+    batch: list[tuple[dt.date, list[Path]]] = []
+    size = 0
+    for day, files in pending:
+        batch.append((day, files))
+        size += sum(p.stat().st_size for p in files)
+        if size >= BATCH_INPUT_BYTES:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _unchanged(files: list[Path], previous: list[FileCounts] | None, partition: Path,
+               checksums: dict[Path, str]) -> bool:
+    """Whether a date's files are exactly those of its last successful ingest (and its partition is there)."""
+    if not previous or not partition.is_file():
+        return False
+    before = {c.source_file: c.checksum for c in previous}
+    if set(before) != {p.name for p in files}:
+        return False
+    for path in files:
+        checksums[path] = file_sha256(path)
+    return all(before[p.name] == checksums[p] for p in files)
+
+
+# ---------------------------------------------------------------------------------------------- ledger
+
+
+def _ledger_state(wh: duckdb.DuckDBPyConnection) -> dict[tuple[str, dt.date], list[FileCounts]]:
+    """The per-file counts of the latest successful (ok or noop) ingest of every (kind, date)."""
+    wh.execute("alter table ingest_ledger add column if not exists unknown_items bigint")
+    state: dict[tuple[str, dt.date], list[FileCounts]] = {}
+    for kind, day, *values in relation(wh, "staging/stg_ingest_ledger_latest").fetchall():
+        state.setdefault((kind, day), []).append(FileCounts(*values, day=day))
+    return state
+
+
+def _record(wh: duckdb.DuckDBPyConnection, kind: Kind, rows: list[tuple[FileCounts, str]],
             at: dt.datetime) -> None:
+    """Append one ledger row per (file counts, status) in a single insert."""
+    if not rows:
+        return
+    table = pa.Table.from_pylist([
+        {"dt": c.day, "kind": kind.name, "source_file": c.source_file, "checksum": c.checksum,
+         "rows_read": c.rows_read, "accepted": c.accepted, "quarantined": c.quarantined,
+         "duplicates": c.duplicates, "unknown_items": c.unknown_items, "status": status,
+         "top_reasons": top_reasons(c.reasons) or None, "ingested_at": at}
+        for c, status in rows
+    ])
+    wh.register("ledger_rows", table)
+    try:
+        wh.execute("insert into ingest_ledger by name select * from ledger_rows")
+    finally:
+        wh.unregister("ledger_rows")
+
+
+def _summarise(counts: list[FileCounts], status: str) -> dict[str, Any]:
+    merged: dict[str, int] = {}
     for c in counts:
-        con.execute(
-            "insert into ingest_ledger values ($dt, $kind, $file, $sum, $read, $acc, $q, $dup, $status, $why, $at)",
-            {"dt": day, "kind": kind, "file": c.source_file, "sum": c.checksum, "read": c.rows_read,
-             "acc": c.accepted, "q": c.quarantined, "dup": c.duplicates, "status": status,
-             "why": _top_reasons(c.reasons) or None, "at": at},
-        )
+        for reason, n in c.reasons.items():
+            merged[reason] = merged.get(reason, 0) + n
+    return {
+        "files": len(counts), "status": status,
+        "rows_read": sum(c.rows_read for c in counts), "accepted": sum(c.accepted for c in counts),
+        "quarantined": sum(c.quarantined for c in counts), "duplicates": sum(c.duplicates for c in counts),
+        "unknown_items": sum(c.unknown_items for c in counts), "reasons": merged,
+    }
 
 
-def _previous_counts(con: duckdb.DuckDBPyConnection, day: dt.date, kind: str) -> list[FileCounts]:
-    rows = con.execute(
-        """select source_file, checksum, rows_read, accepted, quarantined, duplicates from ingest_ledger
-           where dt = $dt and kind = $kind and status in ('ok', 'noop')
-           qualify ingested_at = max(ingested_at) over ()""",
-        {"dt": day, "kind": kind},
-    ).fetchall()
-    return [FileCounts(*row) for row in rows]
+# ---------------------------------------------------------------------------------------------- entry point
 
 
 def ingest(settings: Settings, data_date: dt.date) -> dict[str, Any]:
     """Ingest night `data_date`: every date <= data_date whose landing files are new or changed.
 
-    Returns counts for the data date and the list of dates (re)ingested. Raises IngestQualityError when a
-    date's quarantined fraction is above the threshold, IngestError when the data date has no event files.
+    Returns the data date's counts per kind and the dates (re)ingested. Unchanged earlier dates are skipped;
+    an unchanged data date is recorded in the ledger as a no-op. Raises IngestQualityError when a date's
+    quarantined fraction is above the threshold (after publishing the other dates), IngestFormatError when a
+    file cannot be read, IngestError when the data date has no event files.
     """
     ingested_at = dt.datetime.now(dt.UTC)
-    summary: dict[str, Any] = {"data_date": data_date.isoformat(), "ingested_dates": [], "noop_dates": []}
     event_files = landing_files(settings.landing_dir / "events")
     if data_date not in event_files:
         raise IngestError(f"no event files for data date {data_date} in {settings.landing_dir / 'events'}")
-    item_files = landing_files(settings.landing_dir / "items")
+    sources = {ITEMS: landing_files(settings.landing_dir / "items"), EVENTS: event_files}
+    summary: dict[str, Any] = {"data_date": data_date.isoformat(), "ingested_dates": [], "noop_dates": []}
+    failures: list[str] = []
     with warehouse.connect(settings.warehouse_path) as wh:
-        for kind, by_date in (("items", item_files), ("events", event_files)):
-            target = "interactions" if kind == "events" else "items"
-            for day in sorted(d for d in by_date if d <= data_date):
-                files = by_date[day]
-                checksums = {p.name: file_sha256(p) for p in files}
-                partition = settings.lake_dir / target / f"dt={day.isoformat()}" / "part-0.parquet"
-                if warehouse.last_ingested(wh, day, kind) == checksums and partition.is_file():
-                    counts = _previous_counts(wh, day, kind)
-                    _record(wh, day, kind, counts, "noop", ingested_at)
-                    summary["noop_dates"].append(f"{kind}:{day}")
-                else:
-                    try:
-                        counts = _ingest_date(settings, kind, day, files, checksums, ingested_at)
-                    except IngestQualityError:
-                        failed = [FileCounts(p.name, checksums[p.name]) for p in files]
-                        _record(wh, day, kind, failed, "failed", ingested_at)
-                        raise
-                    _record(wh, day, kind, counts, "ok", ingested_at)
-                    summary["ingested_dates"].append(f"{kind}:{day}")
-                if day == data_date:
-                    summary[kind] = {
-                        "files": len(counts),
-                        "rows_read": sum(c.rows_read for c in counts),
-                        "accepted": sum(c.accepted for c in counts),
-                        "quarantined": sum(c.quarantined for c in counts),
-                        "duplicates": sum(c.duplicates for c in counts),
-                        "reasons": _merge_reasons(counts),
-                    }
+        previous = _ledger_state(wh)
+        for kind, by_date in sources.items():
+            failures += _ingest_kind(settings, kind, by_date, data_date, previous, wh, ingested_at, summary)
+    if failures:
+        more = f"; and {len(failures) - MAX_LISTED_FAILURES} more dates" if len(failures) > MAX_LISTED_FAILURES else ""
+        raise IngestQualityError("; ".join(failures[:MAX_LISTED_FAILURES]) + more)
     log.info("ingest %s: %s", data_date, summary.get("events"))
     return summary
 
 
-def _merge_reasons(counts: list[FileCounts]) -> dict[str, int]:
-    merged: dict[str, int] = {}
-    for c in counts:
-        for reason, n in c.reasons.items():
-            merged[reason] = merged.get(reason, 0) + n
-    return merged
+def _ingest_kind(settings: Settings, kind: Kind, by_date: dict[dt.date, list[Path]], data_date: dt.date,
+                 previous: dict[tuple[str, dt.date], list[FileCounts]], wh: duckdb.DuckDBPyConnection,
+                 ingested_at: dt.datetime, summary: dict[str, Any]) -> list[str]:
+    """Ingest the changed dates of one kind, record them in the ledger; returns quality failure messages."""
+    checksums: dict[Path, str] = {}
+    pending = []
+    for day in sorted(d for d in by_date if d <= data_date):
+        partition = settings.lake_dir / kind.lake_table / f"dt={day.isoformat()}" / "part-0.parquet"
+        before = previous.get((kind.name, day))
+        if not _unchanged(by_date[day], before, partition, checksums):
+            pending.append((day, by_date[day]))
+        elif day == data_date and before:
+            _record(wh, kind, [(c, "noop") for c in before], ingested_at)
+            summary["noop_dates"].append(f"{kind.name}:{day}")
+            summary[kind.name] = _summarise(before, "noop")
+    failures: list[str] = []
+    for batch in _batches(pending):
+        try:
+            result = _ingest_batch(settings, kind, batch, checksums, ingested_at)
+        except IngestError:
+            failed = [FileCounts(p.name, checksums.get(p, ""), day=day) for day, paths in batch for p in paths]
+            _record(wh, kind, [(c, "failed") for c in failed], ingested_at)
+            raise
+        status = {day: "failed" if day in result.failed_days else "ok" for day, _ in batch}
+        _record(wh, kind, [(c, status[c.day]) for c in result.counts if c.day is not None], ingested_at)
+        summary["ingested_dates"] += [f"{kind.name}:{day}" for day, s in status.items() if s == "ok"]
+        if data_date in status:
+            of_day = [c for c in result.counts if c.day == data_date]
+            summary[kind.name] = _summarise(of_day, status[data_date])
+        failures += result.failed_days.values()
+    return failures

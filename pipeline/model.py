@@ -45,7 +45,7 @@ class ModelConfig:
     text_hidden: int = 256                  # hidden width of the text adapter MLP; 0 = a single Linear
     id_dropout: float = 0.25                # id+text: prob. of dropping a warm item's ID part per training step
     normalize: bool = True                  # cosine scores (L2-normalised user and item vectors) / temperature
-    temperature: float = 0.05               # softmax temperature for cosine scores (ignored if not normalize)
+    temperature: float = 0.1                # softmax temperature for cosine scores (ignored if not normalize)
     label_smoothing: float = 0.0            # cross-entropy label smoothing
     text_similarity: bool = False           # text reprs: add learned weight * text cosine(last item, candidate)
     sampled_softmax_above: int = 200_000    # sampled softmax with log-Q correction when n_items exceeds this
@@ -297,6 +297,7 @@ class SeqRecModel(nn.Module):
         """Top-k (ids (B, k) long, scores (B, k) float); never padding, seen items excluded when asked.
 
         `exclude`: optional bool mask (B, n_items+1) or (n_items+1,) of further items to drop.
+        If fewer than k items remain for a user, the tail of that row has score -inf: drop those entries.
         """
         n_rows = self.config.n_items + 1
         assert 1 <= k <= self.config.n_items, f"k must be in [1, n_items={self.config.n_items}], got {k}"

@@ -1,9 +1,17 @@
 """Publishing: validate the night's recommendations, then swap them in atomically.
 
-Validation rules live in sql/checks/ (one rule per file); any violation blocks publishing with a message that
-names the rule and an example user. Publishing writes lake/recommendations/dt=D/part-0.parquet (temp file +
-rename) and replaces the D slice of the warehouse table `recommendations` inside one transaction, so readers
-see either the old night or the new one, never half of it.
+Validation rules live in sql/checks/ (one rule per file, each returning its violating rows, user first);
+any violation blocks publishing with a message that names every broken rule, how many rows break it and
+an example user. Nothing is written before validation passes.
+
+Publishing a data date D, in this order:
+1. write lake/recommendations/dt=D/.part-0.<uuid>.tmp (readers never see it: it is not `*.parquet`);
+2. in one DuckDB transaction, delete the D slice of `recommendations` and insert the night, then commit;
+3. rename the temp file over lake/recommendations/dt=D/part-0.parquet (atomic on one filesystem).
+A crash (even SIGKILL) before the commit leaves the warehouse as it was; DuckDB's write-ahead log makes
+the commit all-or-nothing; a crash between the commit and the rename leaves the warehouse new and the lake
+partition old, and rerunning D replaces both. The warehouse is the consumers' source of truth; stale temp
+files are removed by the next publish of the same date.
 """
 
 from __future__ import annotations
@@ -11,11 +19,13 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import warehouse
@@ -24,6 +34,8 @@ from pipeline.sql import relation
 log = logging.getLogger(__name__)
 
 CHECKS = (
+    "valid_values",
+    "expected_users",
     "rows_per_user",
     "unique_items",
     "ranks_contiguous",
@@ -31,63 +43,159 @@ CHECKS = (
     "no_seen_items",
     "catalog_only",
 )
+CANDIDATE_COLUMNS = ("user_id", "rank", "item_id", "score", "source")
+PUBLISHED_SCHEMA = pa.schema(
+    [
+        ("dt", pa.date32()),
+        ("user_id", pa.string()),
+        ("rank", pa.int32()),
+        ("item_id", pa.string()),
+        ("score", pa.float64()),
+        ("source", pa.string()),
+        ("model_name", pa.string()),
+        ("model_version", pa.string()),
+        ("generated_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+PART_FILE = "part-0.parquet"
+
+Checkpoint = Callable[[str], None]  # called with a step name; tests use it to kill the process at that step
 
 
 class PublishValidationError(ValueError):
-    """The recommendations broke a publishing rule; nothing was published."""
+    """The recommendations broke one or more publishing rules; nothing was published."""
+
+    def __init__(self, violations: dict[str, tuple[int, dict[str, Any]]]) -> None:
+        self.violations = violations  # rule -> (violating rows, first violating row)
+        parts = [f"rule {rule!r} violated by {n} rows, e.g. user {row.get('user_id')!r}: {row}"
+                 for rule, (n, row) in violations.items()]
+        super().__init__("recommendations not published: " + "; ".join(parts))
 
 
 def validate(
     candidate: pa.Table, expected_users: list[str], seen: pa.Table, catalog_ids: list[str], top_n: int
 ) -> None:
-    """Raise PublishValidationError naming the first broken rule and an example user."""
+    """Run every rule of sql/checks on the candidate table; raise PublishValidationError naming each broken
+    rule with an example user. `seen` has (user_id, item_id); `expected_users` are the users to serve."""
+    assert top_n >= 1, f"top_n must be >= 1, got {top_n}"
+    missing = set(CANDIDATE_COLUMNS) - set(candidate.column_names)
+    if missing:
+        raise ValueError(f"candidate table lacks columns {sorted(missing)}; it has {candidate.column_names}")
+    violations: dict[str, tuple[int, dict[str, Any]]] = {}
     con = duckdb.connect()
     try:
-        con.register("candidate", candidate)
+        con.register("candidate", candidate.select(list(CANDIDATE_COLUMNS)))
         con.register("expected_users", pa.table({"user_id": pa.array(expected_users, pa.string())}))
         con.register("seen", seen.select(["user_id", "item_id"]))
-        con.register("catalog", pa.table({"item_id": pa.array(sorted(catalog_ids), pa.string())}))
+        con.register("catalog", pa.table({"item_id": pa.array(catalog_ids, pa.string())}))
         for rule in CHECKS:
             rel = relation(con, f"checks/{rule}", {"top_n": top_n})
-            bad = rel.fetchall()
-            if bad:
-                example = dict(zip(rel.columns, bad[0], strict=True))
-                raise PublishValidationError(
-                    f"rule {rule!r} violated ({len(bad)} rows), e.g. user {example.get('user_id')!r}: {example}"
-                )
+            [(n_bad,)] = rel.aggregate("count(*)").fetchall()
+            if n_bad:
+                [first] = rel.limit(1).fetchall()
+                violations[rule] = (int(n_bad), dict(zip(rel.columns, first, strict=True)))
     finally:
         con.close()
+    if violations:
+        raise PublishValidationError(violations)
+    log.info("validated %d recommendations for %d users: all %d rules hold", candidate.num_rows,
+             len(expected_users), len(CHECKS))
+
+
+def night_table(
+    table: pa.Table, data_date: dt.date, model_name: str, model_version: str | None, generated_at: dt.datetime
+) -> pa.Table:
+    """The candidate (user_id, rank, item_id, score, source) with the published table's columns added."""
+    n = table.num_rows
+    body = table.select(list(CANDIDATE_COLUMNS))
+    columns = {
+        "dt": pa.array([data_date] * n, pa.date32()),
+        **{name: body[name] for name in CANDIDATE_COLUMNS},
+        "model_name": pa.array([model_name] * n, pa.string()),
+        "model_version": pa.array([model_version] * n, pa.string()),
+        "generated_at": pa.array([generated_at] * n, pa.timestamp("us", tz="UTC")),
+    }
+    return pa.table(columns).cast(PUBLISHED_SCHEMA)
+
+
+def partition_dir(lake_dir: Path, data_date: dt.date) -> Path:
+    return lake_dir / "recommendations" / f"dt={data_date.isoformat()}"
 
 
 def publish(
-    warehouse_path: Path, lake_dir: Path, data_date: dt.date, table: pa.Table, model_name: str,
+    warehouse_path: Path,
+    lake_dir: Path,
+    data_date: dt.date,
+    table: pa.Table,
+    model_name: str,
     model_version: str | None,
+    generated_at: dt.datetime | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> dict[str, Any]:
-    """Write the validated table for data_date to the lake and the warehouse (replacing that date only)."""
-    generated_at = dt.datetime.now(dt.UTC)
-    n = table.num_rows
-    full = table.append_column("dt", pa.array([data_date] * n, pa.date32()))
-    full = full.append_column("model_name", pa.array([model_name] * n, pa.string()))
-    full = full.append_column("model_version", pa.array([model_version] * n, pa.string()))
-    full = full.append_column("generated_at", pa.array([generated_at] * n, pa.timestamp("us", tz="UTC")))
-    full = full.select(["dt", "user_id", "rank", "item_id", "score", "source", "model_name", "model_version",
-                        "generated_at"])
-    target = lake_dir / "recommendations" / f"dt={data_date.isoformat()}" / "part-0.parquet"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".part-0.{uuid.uuid4().hex}.tmp"
-    pq.write_table(full, tmp, compression="zstd")
-    tmp.replace(target)
+    """Write a validated table for data_date to the lake and the warehouse, replacing that date only.
+
+    Call validate() first (publish_validated does both). `checkpoint(step)` is called after each step
+    ("parquet_written", "rows_inserted" inside the open transaction, "committed", "renamed").
+    """
+    step = checkpoint or (lambda _name: None)
+    generated_at = generated_at or dt.datetime.now(dt.UTC)
+    night = night_table(table, data_date, model_name, model_version, generated_at)
+    folder = partition_dir(lake_dir, data_date)
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(".part-*.tmp"):  # left by a publish that was killed
+        stale.unlink()
+    tmp = folder / f".part-0.{uuid.uuid4().hex}.tmp"
+    try:
+        pq.write_table(night, tmp, compression="zstd")
+        step("parquet_written")
+        rows = _replace_slice(warehouse_path, data_date, night, step)
+        step("committed")
+        tmp.replace(folder / PART_FILE)
+        step("renamed")
+    finally:
+        tmp.unlink(missing_ok=True)
+    users = pc.count_distinct(night["user_id"]).as_py()
+    log.info("published %d recommendations for %d users on %s to %s and %s", rows, users, data_date,
+             folder / PART_FILE, warehouse_path)
+    return {"rows": rows, "users": users, "parquet": str(folder / PART_FILE),
+            "warehouse": str(warehouse_path), "generated_at": generated_at.isoformat()}
+
+
+def _replace_slice(warehouse_path: Path, data_date: dt.date, night: pa.Table, step: Checkpoint) -> int:
+    """Delete the date's rows and insert the night in one transaction; returns the date's row count."""
     with warehouse.connect(warehouse_path) as con:
-        con.register("night", full)
+        con.register("night", night)
         con.execute("begin transaction")
         try:
             con.execute("delete from recommendations where dt = $dt", {"dt": data_date})
-            con.execute("insert into recommendations select * from night")
+            con.execute("insert into recommendations by name select * from night")
+            step("rows_inserted")
+            [(rows,)] = con.execute("select count(*) from recommendations where dt = $dt",
+                                    {"dt": data_date}).fetchall()
+            if rows != night.num_rows:
+                raise RuntimeError(f"recommendations for {data_date}: {rows} rows after insert, "
+                                   f"expected {night.num_rows}")
             con.execute("commit")
-        except duckdb.Error:
+        except Exception:
             con.execute("rollback")
             raise
-        (rows,) = con.execute("select count(*) from recommendations where dt = $dt", {"dt": data_date}).fetchall()[0]
-    log.info("published %d recommendations for %s to %s and %s", rows, data_date, target, warehouse_path)
-    return {"rows": rows, "users": len(set(table.column("user_id").to_pylist())), "parquet": str(target),
-            "warehouse": str(warehouse_path), "generated_at": generated_at.isoformat()}
+    return int(rows)
+
+
+def publish_validated(
+    warehouse_path: Path,
+    lake_dir: Path,
+    data_date: dt.date,
+    table: pa.Table,
+    expected_users: list[str],
+    seen: pa.Table,
+    catalog_ids: list[str],
+    top_n: int,
+    model_name: str,
+    model_version: str | None,
+    checkpoint: Checkpoint | None = None,
+) -> dict[str, Any]:
+    """validate() then publish(): a table that breaks a rule publishes nothing."""
+    validate(table, expected_users, seen, catalog_ids, top_n)
+    return publish(warehouse_path, lake_dir, data_date, table, model_name, model_version,
+                   checkpoint=checkpoint)

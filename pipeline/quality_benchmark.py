@@ -151,7 +151,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def print_table(title: str, results: dict[str, dict[str, float]], file=sys.stdout) -> None:
     """The human-readable report (stdout is this command's output, not a log)."""
-    cols = [*REPORT_METRICS, "cold_recall@10", "train_seconds", "seconds_per_epoch", "best_epoch"]
+    cols = [*REPORT_METRICS, "cold_recall@10", "random_recall@10", "train_seconds", "seconds_per_epoch", "best_epoch"]
     cols = [c for c in cols if any(c in r for r in results.values())]
     print(f"\n{title}", file=file)
     print(f"{'model':<16}" + "".join(f"{c:>18}" for c in cols), file=file)

@@ -1,17 +1,30 @@
 """Batch scoring: top-N items for every active user, in blocks of users so memory stays bounded.
 
-Per block: user states (B, D) @ item representations (D, N) -> mask padding, items no longer in the catalog
-and the user's seen items -> top-k. Users whose history has no item the model knows fall back to the
-most popular catalog items they have not seen (`source = 'popular'`).
+Per block of B users: user states (B, D) @ item representations of the scorable items (D, C) into a
+reused (B, C) buffer -> the users' seen items set to -inf -> top-k. The scorable items are the model's items
+that are still in the catalog, so padding and retired items never enter the matrix multiply. Users whose
+history has no item the model knows fall back to the most popular catalog items they have not seen
+(`source = 'popular'`).
+
+Memory: the score buffer (chunk_users x C x 4 bytes) and the transformer's activations for one block, plus
+the inputs and the output table; nothing of size users x items. The work around the multiply and top-k is
+vectorised: ids become indices through Arrow hash lookups, histories are left-padded with numpy, and output
+strings are gathered with Arrow `take`, so no Python loop runs per user or per row. Users are scored in
+order of history length and each block is cut to its longest history, which saves most of the attention
+work when histories are short.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from pipeline.bundle import ModelBundle
@@ -28,71 +41,241 @@ RECOMMENDATION_SCHEMA = pa.schema(
     ]
 )
 
+Lists = Sequence[Sequence[str]] | pa.ListArray | pa.ChunkedArray
+
 
 @dataclass
 class ScoringInput:
-    user_ids: list[str]            # users to score
-    histories: list[list[str]]     # their most recent items, oldest first (model input)
-    seen: list[list[str]]          # every item each user interacted with (excluded)
-    catalog_ids: set[str]          # items allowed in the output
-    popular: list[tuple[str, float]]  # (item_id, popularity) best first, for the fallback
+    user_ids: Sequence[str] | pa.Array    # users to score
+    histories: Lists                      # their most recent items, oldest first (model input)
+    seen: Lists                           # every item each user interacted with (excluded from the output)
+    catalog_ids: set[str] | Sequence[str]  # items allowed in the output
+    popular: list[tuple[str, float]]      # (item_id, popularity) best first, for the fallback
 
 
-def _left_pad(seqs: list[np.ndarray], max_len: int) -> torch.Tensor:
-    out = torch.zeros(len(seqs), max_len, dtype=torch.long)
-    for row, seq in enumerate(seqs):
-        if len(seq):
-            out[row, -len(seq):] = torch.from_numpy(seq[-max_len:])
-    return out
+@dataclass
+class Ragged:
+    """Per-user integer lists in CSR form: the values of user u are values[offsets[u]:offsets[u + 1]]."""
+
+    offsets: np.ndarray  # (U + 1,) int64
+    values: np.ndarray   # (nnz,) int64
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def rows(self, users: np.ndarray, last: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(row within `users`, value) pairs of the given users; with `last`, only user i's last[i] values."""
+        lengths = self.lengths[users] if last is None else last
+        ends = self.offsets[users + 1]
+        starts = ends - lengths
+        row = np.repeat(np.arange(len(users)), lengths)
+        within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        return row, self.values[np.repeat(starts, lengths) + within]
+
+
+def _list_array(values: Lists) -> pa.ListArray:
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if isinstance(values, pa.ListArray | pa.LargeListArray):
+        return values
+    return pa.array(values, pa.list_(pa.string()))
+
+
+def lookup(values: Lists, index: pa.Array) -> Ragged:
+    """Map each user's item ids to positions in `index` (0-based), dropping ids not in it, order kept."""
+    lists = _list_array(values)
+    flat = lists.flatten()
+    position = pc.index_in(flat, value_set=index)  # (nnz,) int32, null where unknown
+    lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    owner = np.repeat(np.arange(len(lists)), lengths)
+    known = pc.is_valid(position).to_numpy(zero_copy_only=False)
+    kept = pc.drop_null(position).to_numpy(zero_copy_only=False).astype(np.int64)
+    counts = np.bincount(owner[known], minlength=len(lists))
+    return Ragged(offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), values=kept)
+
+
+def left_pad(histories: Ragged, users: np.ndarray, max_len: int) -> torch.Tensor:
+    """(B, L) int64 of the users' last max_len items, left-padded with 0; L = the longest kept history."""
+    lengths = np.minimum(histories.lengths[users], max_len)
+    width = max(1, int(lengths.max(initial=0)))
+    row, items = histories.rows(users, last=lengths)
+    within = np.arange(len(row)) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # 0..len-1 per user
+    column = within + np.repeat(width - lengths, lengths)
+    out = np.zeros((len(users), width), dtype=np.int64)
+    out[row, column] = items
+    return torch.from_numpy(out)
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclass
+class Picks:
+    """Chosen (user, rank, item, score) rows as numpy arrays; items are positions in an id array."""
+
+    user: np.ndarray
+    rank: np.ndarray
+    item: np.ndarray
+    score: np.ndarray
+
+    @classmethod
+    def from_topk(cls, users: np.ndarray, items: np.ndarray, scores: np.ndarray) -> Picks:
+        """users (B,), items and scores (B, k) best first; -inf entries (nothing left to pick) are dropped.
+        NaN scores are kept so that validation reports a broken model instead of a short list."""
+        keep = ~np.isneginf(scores)
+        ranks = np.broadcast_to(np.arange(1, scores.shape[1] + 1, dtype=np.int32), scores.shape)
+        return cls(np.broadcast_to(users[:, None], scores.shape)[keep], ranks[keep], items[keep],
+                   scores[keep].astype(np.float64))
+
+    @classmethod
+    def concat(cls, parts: list[Picks]) -> Picks:
+        if not parts:
+            return cls(np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0))
+        fields = ("user", "rank", "item", "score")
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in fields))
+
+    def table(self, user_ids: pa.Array, item_ids: pa.Array, source: str) -> pa.Table:
+        return pa.table(
+            {
+                "user_id": user_ids.take(pa.array(self.user)),
+                "rank": pa.array(self.rank, pa.int32()),
+                "item_id": item_ids.take(pa.array(self.item)),
+                "score": pa.array(self.score, pa.float64()),
+                "source": pa.array(np.full(len(self.user), source, dtype=object), pa.string()),
+            },
+            schema=RECOMMENDATION_SCHEMA,
+        )
+
+
+def _catalog_positions(catalog_ids: set[str] | Sequence[str], index: pa.Array) -> np.ndarray:
+    """Sorted unique positions in `index` of the catalog items it contains."""
+    catalog = pa.array(sorted(catalog_ids), pa.string())
+    return np.unique(pc.drop_null(pc.index_in(catalog, value_set=index)).to_numpy(zero_copy_only=False))
+
+
+@torch.inference_mode()
+def _score_with_model(
+    model: torch.nn.Module, histories: Ragged, seen: Ragged, users: np.ndarray, columns: np.ndarray, k: int,
+    chunk_users: int, device: torch.device,
+) -> Picks:
+    """Top-k over the scorable item rows `columns` (model indices) for `users`; picks index into `columns`."""
+    items = model.item_representations().float()[torch.from_numpy(columns).to(device)]  # (C, D)
+    column_of = np.full(model.config.n_items + 1, -1, dtype=np.int64)
+    column_of[columns] = np.arange(len(columns))
+    k = min(k, len(columns))
+    order = users[np.argsort(np.minimum(histories.lengths[users], model.config.max_len), kind="stable")]
+    buffer = torch.empty(min(chunk_users, len(order)), len(columns), device=device)  # (B, C), reused
+    parts = []
+    for start in range(0, len(order), chunk_users):
+        block_users = order[start : start + chunk_users]
+        block = buffer[: len(block_users)]
+        seqs = left_pad(histories, block_users, model.config.max_len).to(device)  # (B, L)
+        torch.mm(model.user_states(seqs).float(), items.T, out=block)  # (B, C)
+        row, item = seen.rows(block_users)
+        column = column_of[item]
+        row, column = row[column >= 0], column[column >= 0]
+        block[torch.from_numpy(row).to(device), torch.from_numpy(column).to(device)] = float("-inf")
+        top_scores, top_columns = block.topk(k, dim=1)  # (B, k)
+        parts.append(Picks.from_topk(block_users, top_columns.cpu().numpy(), top_scores.cpu().numpy()))
+    return Picks.concat(parts)
+
+
+def _popular_fallback(n_popular: int, seen: Ragged, users: np.ndarray, k: int, chunk_users: int) -> Picks:
+    """The first k of the n_popular items (best first) that each user has not seen; `seen` holds positions
+    in the popularity list."""
+    lengths = seen.lengths[users]
+    width = min(n_popular, k + int(lengths.max(initial=0)))  # enough candidates for anyone
+    parts = []
+    for start in range(0, len(users), chunk_users):
+        block_users = users[start : start + chunk_users]
+        row, position = seen.rows(block_users)
+        taken = np.zeros((len(block_users), width), dtype=bool)
+        inside = position < width
+        taken[row[inside], position[inside]] = True
+        candidates = np.argsort(taken, axis=1, kind="stable")[:, :k]  # unseen positions first, in order
+        scores = np.where(np.take_along_axis(taken, candidates, axis=1), -np.inf, 0.0)
+        parts.append(Picks.from_topk(block_users, candidates, scores))
+    return Picks.concat(parts)
+
+
+def _popular_in_catalog(popular: list[tuple[str, float]], catalog_ids: set[str] | Sequence[str]) -> pa.Table:
+    """The popularity list restricted to catalog items, first occurrence of each item, best first."""
+    table = pa.table({"item_id": pa.array([i for i, _ in popular], pa.string()),
+                      "score": pa.array([float(s) for _, s in popular], pa.float64())})
+    table = table.filter(pc.is_in(table["item_id"], value_set=pa.array(list(catalog_ids), pa.string())))
+    _, first = np.unique(table["item_id"].to_numpy(zero_copy_only=False), return_index=True)
+    return table.take(pa.array(np.sort(first)))
 
 
 def score_users(
-    bundle: ModelBundle, data: ScoringInput, k: int, chunk_users: int = 4096, device: str = "cpu"
+    bundle: ModelBundle, data: ScoringInput, k: int, chunk_users: int = 512, device: str = "auto"
 ) -> pa.Table:
-    """Top-k per user as a table (user_id, rank, item_id, score, source), ranks 1..k, best first."""
-    model = bundle.model.to(device).eval()
-    index = bundle.index
-    n_rows = len(bundle.item_ids) + 1
-    allowed = torch.zeros(n_rows, dtype=torch.bool)
-    allowed[[index[i] for i in data.catalog_ids if i in index]] = True
-    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
-        items = model.item_representations().float()  # (N+1, D)
-    blocked = (~allowed).to(device)
-    blocked[0] = True
-    users, ranks, item_out, scores, sources = [], [], [], [], []
-    encoded = [bundle.encode(h) for h in data.histories]
-    model_rows = [i for i, seq in enumerate(encoded) if len(seq)]
-    for start in range(0, len(model_rows), chunk_users):
-        rows = model_rows[start : start + chunk_users]
-        seqs = _left_pad([encoded[r] for r in rows], model.config.max_len).to(device)
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
-            block = (model.user_states(seqs).float() @ items.T)  # (B, N+1)
-        block.masked_fill_(blocked, float("-inf"))
-        seen_rows = [(j, index[i]) for j, r in enumerate(rows) for i in data.seen[r] if i in index]
-        if seen_rows:
-            r_idx, c_idx = zip(*seen_rows, strict=True)
-            block[list(r_idx), list(c_idx)] = float("-inf")
-        top_scores, top_ids = block.topk(min(k, n_rows - 1), dim=1)  # (B, k)
-        top_scores, top_ids = top_scores.float().cpu().numpy(), top_ids.cpu().numpy()
-        for j, r in enumerate(rows):
-            valid = np.isfinite(top_scores[j])
-            n = int(valid.sum())
-            users.extend([data.user_ids[r]] * n)
-            ranks.extend(range(1, n + 1))
-            item_out.extend(bundle.item_ids[i - 1] for i in top_ids[j][valid])
-            scores.extend(top_scores[j][valid].tolist())
-            sources.extend(["model"] * n)
-    fallback = sorted(set(range(len(data.user_ids))) - set(model_rows))
-    for r in fallback:
-        seen = set(data.seen[r])
-        picks = [(i, s) for i, s in data.popular if i in data.catalog_ids and i not in seen][:k]
-        users.extend([data.user_ids[r]] * len(picks))
-        ranks.extend(range(1, len(picks) + 1))
-        item_out.extend(i for i, _ in picks)
-        scores.extend(float(s) for _, s in picks)
-        sources.extend(["popular"] * len(picks))
-    log.info("scored %d users with the model, %d with the popularity fallback", len(model_rows), len(fallback))
-    return pa.table(
-        {"user_id": users, "rank": ranks, "item_id": item_out, "score": scores, "source": sources},
-        schema=RECOMMENDATION_SCHEMA,
-    )
+    """Top-k per user as a table (user_id, rank, item_id, score, source), ranks 1..k, best first, users in
+    input order. A user gets fewer than k rows only when fewer than k items are left to recommend."""
+    assert k >= 1, f"k must be >= 1, got {k}"
+    assert chunk_users >= 1, f"chunk_users must be >= 1, got {chunk_users}"
+    started = time.perf_counter()
+    torch_device = resolve_device(device)
+    user_ids = data.user_ids if isinstance(data.user_ids, pa.Array) else pa.array(data.user_ids, pa.string())
+    model_items = pa.array(bundle.item_ids, pa.string())
+    histories = _shift(lookup(data.histories, model_items))  # model indices, 0 = padding
+    seen_lists = _list_array(data.seen)
+    columns = _catalog_positions(data.catalog_ids, model_items) + 1
+    has_history = (histories.lengths > 0) & (len(columns) > 0)
+    model_users, fallback_users = np.flatnonzero(has_history), np.flatnonzero(~has_history)
+
+    parts = []
+    if len(model_users):
+        model = _on_device(bundle.model, torch_device)
+        seen = _shift(lookup(seen_lists, model_items))
+        picks = _score_with_model(model, histories, seen, model_users, columns, k, chunk_users, torch_device)
+        parts.append((picks, picks.table(user_ids, model_items.take(pa.array(columns - 1)), "model")))
+    if len(fallback_users):
+        parts.append(_fallback_part(data, seen_lists, user_ids, fallback_users, k, chunk_users))
+    out = _in_user_order(parts, k)
+    log.info("scored %d users with the model and %d with the popularity fallback: %d rows in %.1f s on %s",
+             len(model_users), len(fallback_users), out.num_rows, time.perf_counter() - started, torch_device)
+    return out
+
+
+def _shift(positions: Ragged) -> Ragged:
+    """Positions in the item id list -> model indices (index 0 is padding)."""
+    return Ragged(positions.offsets, positions.values + 1)
+
+
+def _on_device(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The model in eval mode on `device`; a copy when it lives elsewhere, so the caller's model stays put."""
+    if next(model.parameters()).device != device:
+        model = copy.deepcopy(model).to(device)
+    return model.eval()
+
+
+def _fallback_part(
+    data: ScoringInput,
+    seen_lists: pa.ListArray,
+    user_ids: pa.Array,
+    users: np.ndarray,
+    k: int,
+    chunk_users: int,
+) -> tuple[Picks, pa.Table]:
+    """Most-popular catalog items each of `users` has not seen, scored by their popularity."""
+    popular = _popular_in_catalog(data.popular, data.catalog_ids)
+    seen = lookup(pc.take(seen_lists, pa.array(users)), popular["item_id"])
+    picks = _popular_fallback(popular.num_rows, seen, np.arange(len(users)), k, chunk_users)
+    picks.user = users[picks.user]
+    table = picks.table(user_ids, popular["item_id"], "popular")
+    return picks, table.set_column(3, "score", popular["score"].take(pa.array(picks.item)))
+
+
+def _in_user_order(parts: list[tuple[Picks, pa.Table]], k: int) -> pa.Table:
+    """Concatenate the parts sorted by (input position of the user, rank)."""
+    if not parts:
+        return RECOMMENDATION_SCHEMA.empty_table()
+    key = np.concatenate([p.user.astype(np.int64) * (k + 1) + p.rank for p, _ in parts])
+    table = pa.concat_tables([t for _, t in parts])
+    return table.take(pa.array(np.argsort(key, kind="stable")))

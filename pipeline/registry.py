@@ -1,23 +1,37 @@
 """The only module that talks to MLflow: tracking runs, the model registry and the champion gate.
 
-Models are logged as an MLflow pyfunc whose artifact is a ModelBundle folder (state_dict + config + item ids),
-deliberately: it reloads as our own class with bit-identical scores, needs no torch.export tracing, and
-`mlflow.pyfunc.load_model("models:/<name>@champion").predict(...)` still works for other consumers.
-Aliases: every new version gets `challenger`; the gate moves `champion`.
+Tracking: one experiment (`nightly-recs`) whose artifact location is set explicitly under the state
+folder; each training is one run with the full config as params, per-epoch and final metrics, and artifacts
+(the model's config and item-id mapping, the training curves, the evaluation table, the nightly report).
+
+The model is logged as an MLflow pyfunc whose artifact is a ModelBundle folder (state_dict + config + item
+ids), deliberately, rather than with the PyTorch flavour: the bundle reloads as our own SeqRecModel with
+bit-identical weights (so scores are equal to the last bit), needs no torch.export tracing or input example,
+and keeps the scoring code (masking, chunking) in one place. The pyfunc is "models from code" (a three-line
+script stored with the model, no pickled object), so
+`mlflow.pyfunc.load_model("models:/<name>@champion").predict([[item_id, ...], ...])` also works outside the
+pipeline.
+
+Aliases: every new version gets `challenger`; the gate moves `champion`. The gate's decision, its reasons and
+the evidence are tags of the version (`gate.decision`, `gate.reason`, `gate.forced`, `gate.evidence`, ...).
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
-import os
+import math
+import re
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel
 
 from pipeline.bundle import ModelBundle
@@ -28,27 +42,43 @@ log = logging.getLogger(__name__)
 EXPERIMENT = "nightly-recs"
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+BUNDLE_ARTIFACT = "bundle"
+GATE_METRIC = "ndcg@10"
+MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+PYFUNC_SCRIPT = (
+    "import mlflow\n"
+    "from pipeline.registry import BundlePyfunc\n"
+    "mlflow.models.set_model(BundlePyfunc())\n"
+)
 
 
 class BundlePyfunc(PythonModel):
-    """pyfunc wrapper: predict({"items": [[item_id, ...], ...], "k": 10}) -> top-k item ids per history."""
+    """pyfunc: predict([[item_id, ...], ...]) -> the top-k item ids for each history (oldest item first),
+    items in the history excluded; k is `top_k` from the logged model_config."""
 
     def load_context(self, context: Any) -> None:
-        self.bundle = ModelBundle.load(Path(context.artifacts["bundle"]))
+        self.bundle = ModelBundle.load(Path(context.artifacts[BUNDLE_ARTIFACT]))
+        self.top_k = int((context.model_config or {}).get("top_k", 10))
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> list[list[str]]:
+    def predict(self, context: Any, model_input: list[list[str]], params: dict[str, Any] | None = None
+                ) -> list[list[str]]:
+        import numpy as np
         import torch
 
-        k = int((params or {}).get("k", 10))
-        histories = model_input["items"] if isinstance(model_input, dict) else list(model_input["items"])
-        out = []
-        for items in histories:
-            seq = torch.as_tensor(self.bundle.encode(list(items)))[None, :]
-            if seq.shape[1] == 0:
-                out.append([])
-                continue
-            ids, _ = self.bundle.model.recommend(seq, k)
-            out.append([self.bundle.item_ids[i - 1] for i in ids[0].tolist()])
+        max_len = self.bundle.model.config.max_len
+        encoded = [self.bundle.encode(list(items))[-max_len:] for items in model_input]
+        known = [i for i, seq in enumerate(encoded) if len(seq)]
+        out: list[list[str]] = [[] for _ in encoded]
+        if not known:
+            return out
+        width = max(len(encoded[i]) for i in known)
+        seqs = np.zeros((len(known), width), dtype=np.int64)  # (B, L) left-padded
+        for row, i in enumerate(known):
+            seqs[row, width - len(encoded[i]) :] = encoded[i]
+        k = min(self.top_k, self.bundle.model.config.n_items)
+        ids, _ = self.bundle.model.recommend(torch.from_numpy(seqs), k)
+        for row, i in enumerate(known):
+            out[i] = [self.bundle.item_ids[j - 1] for j in ids[row].tolist()]
         return out
 
 
@@ -60,6 +90,10 @@ class GateDecision:
 
 
 def _client(settings: Settings) -> MlflowClient:
+    if not MODEL_NAME_PATTERN.fullmatch(settings.model_name):
+        raise ValueError(
+            f"setting model_name {settings.model_name!r} must match {MODEL_NAME_PATTERN.pattern}"
+        )
     Path(settings.home / "mlflow").mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(settings.mlflow_uri)
     mlflow.set_registry_uri(settings.mlflow_uri)
@@ -67,6 +101,7 @@ def _client(settings: Settings) -> MlflowClient:
 
 
 def experiment_id(settings: Settings) -> str:
+    """The pipeline's experiment, created on first use with its artifacts under <home>/mlflow/artifacts."""
     client = _client(settings)
     exp = client.get_experiment_by_name(EXPERIMENT)
     if exp is not None:
@@ -76,6 +111,37 @@ def experiment_id(settings: Settings) -> str:
     return client.create_experiment(EXPERIMENT, artifact_location=artifacts.as_uri())
 
 
+# ---- the gate rule -----------------------------------------------------------------------------------------
+
+
+def _rule(challenger: float, champion: float | None, popular: float, tolerance: float) -> GateDecision:
+    if not math.isfinite(challenger):
+        return GateDecision(False, f"challenger {GATE_METRIC} is {challenger}, not a finite number")
+    if not math.isfinite(popular):
+        return GateDecision(False, f"most-popular {GATE_METRIC} is {popular}; cannot compare with it")
+    if challenger <= popular:
+        return GateDecision(
+            False, f"challenger {GATE_METRIC} {challenger:.4f} does not beat most-popular {popular:.4f}"
+        )
+    if champion is None:
+        return GateDecision(
+            True, f"first model; {GATE_METRIC} {challenger:.4f} beats most-popular {popular:.4f}"
+        )
+    if not math.isfinite(champion):
+        return GateDecision(True, f"champion {GATE_METRIC} is {champion}; challenger {challenger:.4f} beats "
+                                  f"most-popular {popular:.4f}")
+    floor = champion * (1 - tolerance)
+    if challenger < floor:
+        return GateDecision(
+            False, f"challenger {GATE_METRIC} {challenger:.4f} below champion {champion:.4f} "
+                   f"x (1 - {tolerance}) = {floor:.4f}",
+        )
+    return GateDecision(
+        True, f"challenger {GATE_METRIC} {challenger:.4f} >= champion {champion:.4f} x (1 - {tolerance}) = "
+              f"{floor:.4f} and beats most-popular {popular:.4f}",
+    )
+
+
 def decide(
     challenger_ndcg: float,
     champion_ndcg: float | None,
@@ -83,24 +149,20 @@ def decide(
     tolerance: float,
     force: bool = False,
 ) -> GateDecision:
-    """The promotion rule: beat most-popular, and be no worse than the champion beyond the tolerance."""
-    if force:
-        return GateDecision(True, "force_promote requested by operator", forced=True)
-    if challenger_ndcg <= popular_ndcg:
-        return GateDecision(
-            False, f"challenger ndcg@10 {challenger_ndcg:.4f} does not beat most-popular {popular_ndcg:.4f}"
-        )
-    if champion_ndcg is None:
-        return GateDecision(True, f"first model; ndcg@10 {challenger_ndcg:.4f} beats most-popular {popular_ndcg:.4f}")
-    floor = champion_ndcg * (1 - tolerance)
-    if challenger_ndcg < floor:
-        return GateDecision(
-            False,
-            f"challenger ndcg@10 {challenger_ndcg:.4f} below champion {champion_ndcg:.4f} x (1 - {tolerance})",
-        )
-    return GateDecision(
-        True, f"challenger ndcg@10 {challenger_ndcg:.4f} >= champion {champion_ndcg:.4f} x (1 - {tolerance})"
-    )
+    """The promotion rule: beat most-popular, and be no worse than the champion beyond the tolerance.
+
+    The first model (no champion) must still beat most-popular; NaN or infinite metrics never pass.
+    `force` promotes anyway and says what the rule alone would have decided.
+    """
+    verdict = _rule(challenger_ndcg, champion_ndcg, popular_ndcg, tolerance)
+    if not force:
+        return verdict
+    would = "promote" if verdict.promote else "reject"
+    return GateDecision(True, f"force_promote requested by operator; the gate alone would {would}: "
+                              f"{verdict.reason}", forced=True)
+
+
+# ---- tracking ----------------------------------------------------------------------------------------------
 
 
 def log_training(
@@ -111,34 +173,65 @@ def log_training(
     history: list[dict[str, float]],
     artifacts: dict[str, Path],
     tags: dict[str, str],
+    evaluation: dict[str, dict[str, float]] | None = None,
 ) -> tuple[str, str]:
     """One MLflow run for one training: params, per-epoch and final metrics, artifacts, the model.
 
-    Registers the model as a new version with alias `challenger`; returns (run_id, version).
+    `evaluation` ({model or baseline: {metric: value}}) is logged as a table. Registers the model as a new
+    version of settings.model_name with alias `challenger`; returns (run_id, version).
     """
     client = _client(settings)
     exp_id = experiment_id(settings)
     with mlflow.start_run(experiment_id=exp_id, run_name=tags.get("data_date")) as run:
         mlflow.set_tags(tags)
-        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
-        for step, epoch in enumerate(history, start=1):
-            mlflow.log_metrics(_metric_dict(epoch), step=step)
+        mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
+        for epoch in history:
+            step = int(epoch.get("epoch", 0))
+            mlflow.log_metrics(_metric_dict({k: v for k, v in epoch.items() if k != "epoch"}), step=step)
         mlflow.log_metrics(_metric_dict(metrics))
         for path in artifacts.values():
             mlflow.log_artifact(str(path))
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=BundlePyfunc(),
-            artifacts={"bundle": str(bundle_dir)},
-            pip_requirements=["nightly-recs", "torch", "numpy"],
-        )
+        for name in ("config.json", "item_ids.json"):  # browsable in the UI without opening the model
+            mlflow.log_artifact(str(bundle_dir / name), artifact_path="model_files")
+        if evaluation:
+            _log_evaluation(evaluation)
+        info = _log_model(settings, bundle_dir)
         run_id = run.info.run_id
-    version = mlflow.register_model(info.model_uri, settings.model_name).version
+    version = str(mlflow.register_model(info.model_uri, settings.model_name).version)
     client.set_registered_model_alias(settings.model_name, CHALLENGER, version)
-    for key, value in tags.items():
+    for key, value in {**tags, "run_id": run_id}.items():
         client.set_model_version_tag(settings.model_name, version, key, value)
     log.info("registered %s version %s (run %s) as %s", settings.model_name, version, run_id, CHALLENGER)
-    return run_id, str(version)
+    return run_id, version
+
+
+def _log_model(settings: Settings, bundle_dir: Path) -> Any:
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "bundle_pyfunc.py"
+        script.write_text(PYFUNC_SCRIPT)
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(script),
+            artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
+            model_config={"top_k": settings.top_n},
+            pip_requirements=["nightly-recs", "torch", "numpy", "mlflow"],
+        )
+
+
+def _log_evaluation(evaluation: dict[str, dict[str, float]]) -> None:
+    """The evaluation table (one row per model or baseline) as evaluation.json (MLflow table) and .csv."""
+    metric_names = sorted({m for row in evaluation.values() for m in row})
+    columns: dict[str, list[Any]] = {"model": list(evaluation)}
+    for name in metric_names:
+        columns[name] = [evaluation[model].get(name) for model in evaluation]
+    mlflow.log_table(data=columns, artifact_file="evaluation.json")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "evaluation.csv"
+        with path.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(columns)
+            writer.writerows(zip(*columns.values(), strict=True))
+        mlflow.log_artifact(str(path))
 
 
 def _metric_dict(values: dict[str, Any]) -> dict[str, float]:
@@ -147,52 +240,127 @@ def _metric_dict(values: dict[str, Any]) -> dict[str, float]:
             if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
+def log_report(settings: Settings, run_id: str, report: Path) -> None:
+    """Attach the nightly report (and its JSON twin, when present) to the training run, under report/."""
+    client = _client(settings)
+    for path in (report, report.with_suffix(".json")):
+        if path.is_file():
+            client.log_artifact(run_id, str(path), artifact_path="report")
+
+
+# ---- registry ----------------------------------------------------------------------------------------------
+
+
 def champion_version(settings: Settings) -> str | None:
     client = _client(settings)
     try:
         return str(client.get_model_version_by_alias(settings.model_name, CHAMPION).version)
-    except mlflow.exceptions.MlflowException:
+    except MlflowException:
         return None
 
 
-def load_bundle(settings: Settings, version_or_alias: str = CHAMPION) -> tuple[ModelBundle, str]:
-    """Download a registered model and rebuild it; returns (bundle, version)."""
-    client = _client(settings)
+def resolve_version(settings: Settings, version_or_alias: str) -> str:
+    """'3' -> '3'; 'champion' -> the version the alias points to (MlflowException if none)."""
     if version_or_alias.isdigit():
-        version = version_or_alias
-    else:
-        version = str(client.get_model_version_by_alias(settings.model_name, version_or_alias).version)
+        return version_or_alias
+    client = _client(settings)
+    return str(client.get_model_version_by_alias(settings.model_name, version_or_alias).version)
+
+
+def load_bundle(settings: Settings, version_or_alias: str = CHAMPION) -> tuple[ModelBundle, str]:
+    """Download `models:/<name>/<version>` (or `@alias`) and rebuild the bundle; returns (bundle, version)."""
+    from mlflow.models import Model
+
+    _client(settings)
+    version = resolve_version(settings, version_or_alias)
     with tempfile.TemporaryDirectory(dir=settings.home) as tmp:
-        local = mlflow.artifacts.download_artifacts(
+        local = Path(mlflow.artifacts.download_artifacts(
             artifact_uri=f"models:/{settings.model_name}/{version}", dst_path=tmp
-        )
-        config = next(Path(local).rglob("config.json"))
-        bundle = ModelBundle.load(config.parent)
+        ))
+        flavor = Model.load(local).flavors["python_function"]
+        bundle = ModelBundle.load(local / flavor["artifacts"][BUNDLE_ARTIFACT]["path"])
+    log.info("loaded %s version %s from the registry", settings.model_name, version)
     return bundle, version
 
 
-def apply_gate(settings: Settings, version: str, decision: GateDecision, evidence: dict[str, Any]) -> None:
+def apply_gate(
+    settings: Settings,
+    version: str,
+    decision: GateDecision,
+    evidence: dict[str, Any],
+    operator: str = "operator",
+) -> None:
     """Record the decision on the version as tags, and move `champion` if it passed."""
     client = _client(settings)
     name = settings.model_name
-    client.set_model_version_tag(name, version, "gate.decision", "promoted" if decision.promote else "rejected")
-    client.set_model_version_tag(name, version, "gate.reason", decision.reason)
-    client.set_model_version_tag(name, version, "gate.forced", str(decision.forced).lower())
-    client.set_model_version_tag(name, version, "gate.evidence", json.dumps(evidence, sort_keys=True)[:4000])
+    tags = {
+        "gate.decision": "promoted" if decision.promote else "rejected",
+        "gate.reason": decision.reason,
+        "gate.forced": str(decision.forced).lower(),
+        "gate.evidence": json.dumps(evidence, sort_keys=True, default=str)[:5000],
+    }
     if decision.forced:
-        client.set_model_version_tag(name, version, "gate.forced_by", os.environ.get("USER", "operator"))
+        tags["gate.forced_by"] = operator
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
     if decision.promote:
         client.set_registered_model_alias(name, CHAMPION, version)
-    log.info("gate for %s v%s: %s (%s)", name, version, "promote" if decision.promote else "reject", decision.reason)
+    log.info("gate for %s v%s: %s (%s)", name, version, tags["gate.decision"], decision.reason)
+
+
+@dataclass(frozen=True)
+class GateResult:
+    version: str
+    promoted: bool
+    reason: str
+    forced: bool
+    previous_champion: str | None
+    challenger_metrics: dict[str, float]
+    champion_metrics: dict[str, float] | None
+    popular_ndcg: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_gate(
+    settings: Settings,
+    version: str,
+    challenger: ModelBundle,
+    evaluate: Callable[[ModelBundle], dict[str, float]],
+    popular_ndcg: float,
+    force: bool = False,
+    operator: str = "operator",
+) -> GateResult:
+    """Champion/challenger gate for a registered version: evaluate the challenger and the current champion
+    (loaded from the registry) with the same `evaluate` (the same night's split), decide, record, promote."""
+    previous = champion_version(settings)
+    champion_metrics = None
+    if previous is not None and previous != version:
+        champion_metrics = evaluate(load_bundle(settings, previous)[0])
+    challenger_metrics = evaluate(challenger)
+    decision = decide(
+        challenger_metrics[GATE_METRIC],
+        None if champion_metrics is None else champion_metrics[GATE_METRIC],
+        popular_ndcg,
+        settings.gate_tolerance,
+        force=force,
+    )
+    evidence = {
+        "metric": GATE_METRIC,
+        "challenger": challenger_metrics[GATE_METRIC],
+        "champion_version": previous,
+        "champion": None if champion_metrics is None else champion_metrics[GATE_METRIC],
+        "most_popular": popular_ndcg,
+        "tolerance": settings.gate_tolerance,
+    }
+    apply_gate(settings, version, decision, evidence, operator)
+    return GateResult(version, decision.promote, decision.reason, decision.forced, previous,
+                      challenger_metrics, champion_metrics, popular_ndcg)
 
 
 def version_tags(settings: Settings, version: str) -> dict[str, str]:
     return dict(_client(settings).get_model_version(settings.model_name, version).tags)
-
-
-def log_report(settings: Settings, run_id: str, report: Path) -> None:
-    """Attach the nightly report to the training run."""
-    _client(settings).log_artifact(run_id, str(report))
 
 
 def versions_for_date(settings: Settings, data_date: str) -> list[str]:
@@ -200,7 +368,7 @@ def versions_for_date(settings: Settings, data_date: str) -> list[str]:
     client = _client(settings)
     try:
         versions = client.search_model_versions(filter_string=f"name = '{settings.model_name}'")
-    except mlflow.exceptions.MlflowException:
+    except MlflowException:
         return []
     found = [v.version for v in versions if v.tags.get("data_date") == data_date]
     return sorted((str(v) for v in found), key=int)

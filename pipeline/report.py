@@ -1,4 +1,9 @@
-"""The nightly report: what came in, what was trained, what the gate decided, what was published."""
+"""The nightly report: what came in, what was trained, what the gate decided, what was published.
+
+Markdown for people and JSON for machines, both under <home>/reports/<date>.*; nightly.stage_report attaches
+them to the night's MLflow run. Everything comes from the stages' ledger results for the date, the candidate
+folder (metrics.json, gate.json) and the published slice of the warehouse table.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 
 from pipeline.config import Settings
 
@@ -41,75 +47,184 @@ def plot_history(history: list[dict[str, float]], path: Path) -> Path | None:
     return path
 
 
-def _sample_recommendations(settings: Settings, data_date: dt.date, users: int = 3, k: int = 5) -> list[dict]:
+def _sample_recommendations(con: duckdb.DuckDBPyConnection, data_date: dt.date, catalog: Path | None,
+                            users: int = 3, k: int = 5) -> list[dict[str, Any]]:
+    """The top k of a few model-served users, with item titles from the night's catalog."""
+    if catalog is None:
+        con.register("titles", pa.table({"item_id": pa.array([], pa.string()),
+                                         "title": pa.array([], pa.string())}))
+    else:
+        con.register("titles", con.read_parquet(str(catalog)).select("item_id, title"))
+    rows = con.execute(
+        """with sample as (
+               select distinct user_id from recommendations where dt = $dt and source = 'model'
+               order by user_id limit $users)
+           select r.user_id, r.rank, r.item_id, coalesce(t.title, '(not in catalog)') as title, r.score,
+                  r.source
+           from recommendations as r
+           join sample using (user_id)
+           left join titles as t on t.item_id = r.item_id
+           where r.dt = $dt and r.rank <= $k
+           order by r.user_id, r.rank""",
+        {"dt": data_date, "users": users, "k": k},
+    ).fetchall()
+    names = ("user_id", "rank", "item_id", "title", "score", "source")
+    return [dict(zip(names, r, strict=True)) for r in rows]
+
+
+def _coverage(con: duckdb.DuckDBPyConnection, data_date: dt.date, catalog: Path | None) -> dict[str, Any]:
+    """What the published night covers: users by source, distinct items, share of the catalog recommended."""
+    users, model_users, popular_users, rows, items = con.execute(
+        """select count(distinct user_id),
+                  count(distinct user_id) filter (where source = 'model'),
+                  count(distinct user_id) filter (where source = 'popular'),
+                  count(*),
+                  count(distinct item_id)
+           from recommendations where dt = $dt""",
+        {"dt": data_date},
+    ).fetchall()[0]
+    out: dict[str, Any] = {"users": users, "model_users": model_users, "popular_users": popular_users,
+                           "rows": rows, "distinct_items": items}
+    if catalog:
+        [(catalog_items,)] = con.execute("select count(*) from read_parquet($p)",
+                                         {"p": str(catalog)}).fetchall()
+        out["catalog_items"] = catalog_items
+        out["catalog_coverage"] = items / catalog_items if catalog_items else 0.0
+    return out
+
+
+def _published(settings: Settings, data_date: dt.date) -> dict[str, Any]:
+    """Coverage and samples of the night as published in the warehouse."""
     from pipeline.features import mart_path
 
-    catalog = str(mart_path(settings.lake_dir, data_date, "item_catalog"))
+    catalog = mart_path(settings.lake_dir, data_date, "item_catalog")
+    catalog_path = catalog if catalog.is_file() else None
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
-        rows = con.execute(
-            """with sample as (
-                   select distinct user_id from recommendations where dt = $dt and source = 'model'
-                   order by user_id limit $users)
-               select r.user_id, r.rank, r.item_id, coalesce(c.title, '(not in catalog)') as title, r.score
-               from recommendations as r
-               join sample using (user_id)
-               left join read_parquet($catalog) as c on c.item_id = r.item_id
-               where r.dt = $dt and r.rank <= $k
-               order by r.user_id, r.rank""",
-            {"dt": data_date, "users": users, "k": k, "catalog": catalog},
-        ).fetchall()
-    return [dict(zip(("user_id", "rank", "item_id", "title", "score"), r, strict=True)) for r in rows]
+        return {"coverage": _coverage(con, data_date, catalog_path),
+                "samples": _sample_recommendations(con, data_date, catalog_path)}
+
+
+def _evaluation(train: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(metrics.json of the candidate folder: "model" = the challenger, and the baselines; gate.json)."""
+    folder = Path(train["candidate_dir"]) if train.get("candidate_dir") else None
+    if folder is None or not (folder / "metrics.json").is_file():
+        return {}, {}
+    metrics = json.loads((folder / "metrics.json").read_text())
+    gate = json.loads((folder / "gate.json").read_text()) if (folder / "gate.json").is_file() else {}
+    return metrics, gate
+
+
+def _comparison(metrics: dict[str, Any], gate: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Rows of the evaluation table: challenger, champion (re-evaluated by the gate), baselines."""
+    rows: dict[str, dict[str, Any]] = {}
+    if "model" in metrics:
+        rows["challenger"] = metrics["model"]
+    champion = gate.get("champion_metrics")
+    if champion is None and gate.get("champion_ndcg@10") is not None:
+        champion = {"ndcg@10": gate["champion_ndcg@10"]}
+    if champion is not None:
+        rows[f"champion (version {gate.get('champion_version')})"] = champion
+    rows.update({name: m for name, m in metrics.items() if name != "model"})
+    return rows
 
 
 def write_report(settings: Settings, data_date: dt.date, results: dict[str, Any]) -> dict[str, str]:
-    """Write reports/<date>.md and reports/<date>.json under the state folder."""
+    """Write reports/<date>.md and reports/<date>.json under the state folder; returns their paths."""
     settings.reports_dir.mkdir(parents=True, exist_ok=True)
-    samples = _sample_recommendations(settings, data_date) if results.get("publish") else []
-    metrics: dict[str, Any] = {}
-    train = results.get("train") or {}
-    if train.get("candidate_dir"):
-        metrics = json.loads((Path(train["candidate_dir"]) / "metrics.json").read_text())
-    payload = {**results, "metrics": metrics, "samples": samples}
-    md = _markdown(data_date, payload)
+    metrics, gate = _evaluation(results.get("train") or {})
+    published = _published(settings, data_date) if results.get("publish") else {}
+    payload = {**results, "metrics": metrics, "gate": gate, **published}
     md_path = settings.reports_dir / f"{data_date.isoformat()}.md"
     json_path = settings.reports_dir / f"{data_date.isoformat()}.json"
-    md_path.write_text(md, encoding="utf-8")
+    md_path.write_text(render_markdown(data_date, payload), encoding="utf-8")
     json_path.write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
     log.info("report written to %s", md_path)
     return {"markdown": str(md_path), "json": str(json_path)}
 
 
-def _markdown(data_date: dt.date, r: dict[str, Any]) -> str:
+def render_markdown(data_date: dt.date, r: dict[str, Any]) -> str:
+    """The report as Markdown, from the payload that is also written as JSON."""
+    sections = [_header, _data, _metrics, _gate, _published_section, _samples]
     lines = [f"# nightly-recs report for {data_date.isoformat()}", ""]
-    model = r.get("select_model") or {}
-    if model.get("degraded"):
-        lines += ["> **DEGRADED RUN: training failed; recommendations were published with the previous "
-                  f"champion (version {model.get('version')}).**", ""]
-    ev = (r.get("ingest") or {}).get("events") or {}
-    lines += ["## Data", "", "| rows read | accepted | quarantined | duplicates |", "|---|---|---|---|",
-              f"| {ev.get('rows_read', 0)} | {ev.get('accepted', 0)} | {ev.get('quarantined', 0)} | "
-              f"{ev.get('duplicates', 0)} |", ""]
-    reasons = ev.get("reasons") or {}
-    if reasons:
-        lines += ["Quarantine reasons: " + ", ".join(f"{k} ({v})" for k, v in sorted(reasons.items())), ""]
-    metrics = r.get("metrics") or {}
-    if metrics:
-        lines += ["## Evaluation (leave-one-out, full ranking, seen items removed)", "",
-                  "| model | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
-        for name, m in metrics.items():
-            lines.append(f"| {name} | " + " | ".join(f"{m.get(k, float('nan')):.4f}" for k in METRICS) + " |")
-        lines.append("")
-    reg = r.get("register") or {}
-    if reg:
-        lines += ["## Gate", "", f"Version {reg.get('version')}: **{'promoted' if reg.get('promoted') else 'rejected'}**"
-                  f"{' (forced by operator)' if reg.get('forced') else ''}. {reg.get('reason')}", ""]
-    pub = r.get("publish") or {}
-    if pub:
-        lines += ["## Published", "", f"{pub.get('rows')} rows for {pub.get('users')} users, model version "
-                  f"{model.get('version')}; Parquet `{pub.get('parquet')}`; warehouse table `recommendations` in "
-                  f"`{pub.get('warehouse')}`.", ""]
-    if r.get("samples"):
-        lines += ["## Sample recommendations", "", "| user | rank | item | title |", "|---|---|---|---|"]
-        lines += [f"| {s['user_id']} | {s['rank']} | {s['item_id']} | {s['title']} |" for s in r["samples"]]
-        lines.append("")
+    for section in sections:
+        lines += section(r)
     return "\n".join(lines)
+
+
+def _header(r: dict[str, Any]) -> list[str]:
+    model = r.get("select_model") or {}
+    if not model.get("degraded"):
+        return []
+    return ["> **DEGRADED RUN: training failed; recommendations were published with the previous "
+            f"champion (version {model.get('version')}).**", ""]
+
+
+def _data(r: dict[str, Any]) -> list[str]:
+    ingest = r.get("ingest") or {}
+    lines = ["## Data", "", "| input | files | rows read | accepted | quarantined | duplicates |",
+             "|---|---|---|---|---|---|"]
+    for kind in ("events", "items"):
+        c = ingest.get(kind) or {}
+        lines.append(f"| {kind} | {c.get('files', 0)} | {c.get('rows_read', 0)} | {c.get('accepted', 0)} | "
+                     f"{c.get('quarantined', 0)} | {c.get('duplicates', 0)} |")
+    lines.append("")
+    for kind in ("events", "items"):
+        reasons = (ingest.get(kind) or {}).get("reasons") or {}
+        if reasons:
+            ordered = sorted(reasons.items(), key=lambda kv: -kv[1])
+            lines += [f"Quarantine reasons ({kind}): " + ", ".join(f"{k} ({v})" for k, v in ordered), ""]
+    counts = (r.get("features") or {}).get("counts") or {}
+    if counts:
+        lines += ["Feature tables: " + ", ".join(f"{k} {v}" for k, v in counts.items()), ""]
+    return lines
+
+
+def _metrics(r: dict[str, Any]) -> list[str]:
+    metrics = _comparison(r.get("metrics") or {}, r.get("gate") or {})
+    if not metrics:
+        return []
+    lines = ["## Evaluation (leave-one-out test items, full ranking, seen items removed)", "",
+             "| model | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+    for name, m in metrics.items():
+        cells = [f"{m[k]:.4f}" if isinstance(m.get(k), int | float) else "" for k in METRICS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _gate(r: dict[str, Any]) -> list[str]:
+    reg = r.get("register") or {}
+    if not reg:
+        return []
+    verdict = "promoted to champion" if reg.get("promoted") else "rejected (champion unchanged)"
+    forced = " **(forced by operator)**" if reg.get("forced") else ""
+    return ["## Gate", "", f"- Version {reg.get('version')}: **{verdict}**{forced}.",
+            f"- Reason: {reg.get('reason')}",
+            f"- Previous champion: {reg.get('previous_champion') or 'none'}.", ""]
+
+
+def _published_section(r: dict[str, Any]) -> list[str]:
+    pub, cov = r.get("publish") or {}, r.get("coverage") or {}
+    if not pub:
+        return ["## Published", "", "Nothing was published for this date.", ""]
+    version = (r.get("recommend") or {}).get("model_version") or (r.get("select_model") or {}).get("version")
+    lines = ["## Published", "",
+             f"{pub.get('rows')} rows for {pub.get('users')} users from model version {version}; Parquet "
+             f"`{pub.get('parquet')}`; warehouse table `recommendations` in `{pub.get('warehouse')}`.", ""]
+    if cov:
+        share = ""
+        if "catalog_items" in cov:
+            share = f" ({cov['catalog_coverage']:.1%} of {cov['catalog_items']} catalog items)"
+        lines += [f"Coverage: {cov['model_users']} users served by the model, {cov['popular_users']} by the "
+                  f"most-popular fallback; {cov['distinct_items']} distinct items recommended{share}.", ""]
+    return lines
+
+
+def _samples(r: dict[str, Any]) -> list[str]:
+    samples = r.get("samples") or []
+    if not samples:
+        return []
+    lines = ["## Sample recommendations", "", "| user | rank | item | title | score |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {s['user_id']} | {s['rank']} | {s['item_id']} | {s['title']} | {s['score']:.3f} |"
+              for s in samples]
+    return lines + [""]

@@ -181,7 +181,7 @@ def train_model(
         epoch_seconds = time.perf_counter() - t0
         train_time += epoch_seconds
         record: dict[str, float] = {"epoch": epoch, "loss": total_loss / n_batches, "seconds": epoch_seconds}
-        if epoch % cfg.eval_every == 0 or epoch == cfg.max_epochs:
+        if len(v_targets) and (epoch % cfg.eval_every == 0 or epoch == cfg.max_epochs):
             valid = evaluate_model(model, v_inputs, v_targets, ks=(10,))
             record.update({"valid_ndcg@10": valid["ndcg@10"], "valid_hr@10": valid["hr@10"]})
             if valid["ndcg@10"] > best_ndcg:
@@ -203,6 +203,9 @@ def train_model(
             break
     bar.close()
 
+    if not len(v_targets):
+        log.warning("no validation users: kept the last epoch's weights (no early stopping)")
+        best_epoch = epoch
     model = model.cpu()
     if best_state is not None:
         model.load_state_dict(best_state)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -39,7 +40,7 @@ def _parse_in_subprocess(extra: str = "") -> dict:
 def test_dag_folder_imports_without_errors_connections_or_heavy_libraries() -> None:
     result = _parse_in_subprocess()
     assert result["errors"] == {}
-    assert "nightly_recommendations" in result["dags"]
+    assert result["dags"] == ["nightly_recommendations", "recommendations_consumer"]
     assert result["heavy"] == [], f"parsing imported heavy libraries: {result['heavy']}"
 
 
@@ -98,3 +99,121 @@ def test_params_are_validated(dag, conf: dict, message: str) -> None:
         for key, value in conf.items():
             params[key] = value
         params.validate()
+
+
+def test_run_without_logical_date_processes_the_last_closed_day() -> None:
+    import datetime as dt
+
+    from pipeline.dag_support import closed_day, data_date_from_context
+
+    def at(hour: int, minute: int = 0) -> dt.datetime:
+        return dt.datetime(2026, 11, 24, hour, minute, tzinfo=dt.UTC)
+
+    assert closed_day(at(2)) == dt.date(2026, 11, 23)
+    assert closed_day(at(1, 59)) == dt.date(2026, 11, 22), "before 02:00 the previous day is not closed yet"
+    ctx = {"params": {"data_date": None}, "data_interval_start": None,
+           "dag_run": SimpleNamespace(run_after=at(9))}
+    assert data_date_from_context(ctx) == dt.date(2026, 11, 23)
+
+
+def test_params_have_titles_and_descriptions_for_the_trigger_form(dag) -> None:
+    assert set(dag.params) == {"top_n", "retrain", "max_epochs", "force_promote", "data_date"}
+    for name in dag.params:
+        param = dag.params.get_param(name)
+        assert param.description and param.schema.get("title"), name
+    top_n = dag.params.get_param("top_n").schema
+    assert (top_n["minimum"], top_n["maximum"]) == (1, 1000)
+    assert dag.doc_md and "degraded" in dag.doc_md.lower()
+    assert {"recommendations", "nightly-recs"} <= set(dag.tags)
+
+
+def test_assets_are_produced_by_the_right_tasks(dag) -> None:
+    from pipeline.dag_support import ASSET_NAMES
+
+    outlets = {task.task_id: sorted(a.name for a in task.outlets) for task in dag.tasks if task.outlets}
+    assert outlets == {
+        "ingest": [ASSET_NAMES["interactions"]],
+        "embed": [ASSET_NAMES["item_embeddings"]],
+        "register": [ASSET_NAMES["model"]],
+        "publish": [ASSET_NAMES["recommendations"]],
+    }
+
+
+def test_degraded_mode_wiring(dag) -> None:
+    select = dag.get_task("select_model")
+    assert select.trigger_rule == "all_done", "select_model must run when training failed"
+    assert {"register", "embed"} <= select.upstream_task_ids, "…but only after tonight's data was embedded"
+    assert dag.get_task("recommend").trigger_rule == "all_success"
+    assert {"select_model", "embed"} <= dag.get_task("recommend").upstream_task_ids
+    assert dag.get_task("publish").upstream_task_ids == {"recommend", "select_model"}
+
+
+def test_consumer_dag_is_scheduled_on_the_recommendations_asset() -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    from pipeline.dag_support import ASSET_NAMES
+
+    bag = DagBag(dag_folder=str(REPO / "dags" / "recommendations_consumer.py"))
+    consumer = bag.dags["recommendations_consumer"]
+    assets = [a.name for a in consumer.timetable.asset_condition.objects]
+    assert assets == [ASSET_NAMES["recommendations"]]
+    for task in consumer.tasks:
+        assert task.execution_timeout is not None and task.retry_exponential_backoff, task.task_id
+
+
+def test_gpu_pool_and_queue_come_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("NIGHTLY_RECS_GPU_POOL", "gpu")
+    monkeypatch.setenv("NIGHTLY_RECS_GPU_QUEUE", "gpu_workers")
+    monkeypatch.setenv("NIGHTLY_RECS_TASK_RETRIES", "3")
+    dag = DagBag(dag_folder=str(REPO / "dags" / "nightly_recommendations.py")).dags["nightly_recommendations"]
+    routed = {t.task_id: (t.pool, t.queue) for t in dag.tasks}
+    assert routed.pop("embed") == ("gpu", "gpu_workers")
+    assert routed.pop("train") == ("gpu", "gpu_workers")
+    assert set(routed.values()) == {("default_pool", "default")}
+    assert {t.retries for t in dag.tasks} == {3}
+
+
+def test_daily_summary_of_a_published_partition(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.dag_support import events_extras, write_daily_summary
+
+    part = tmp_path / "part-0.parquet"
+    pq.write_table(pa.table({"user_id": ["u1", "u1", "u2", "u2"], "rank": [1, 2, 1, 2],
+                             "item_id": ["a", "b", "a", "c"],
+                             "source": ["model", "model", "popular", "popular"]}), part)
+    extra = {"data_date": "2026-11-23", "parquet": str(part), "model_version": "4", "degraded": True}
+    event = SimpleNamespace(extra=extra, timestamp=1)
+    (extra,) = events_extras({"recommendations": [event]})
+
+    summary = write_daily_summary(extra, tmp_path / "consumer")
+
+    assert (summary["rows"], summary["users"], summary["distinct_items"]) == (4, 2, 3)
+    assert summary["popular_fallback_share"] == 0.5
+    assert summary["top_items"][0] == {"item_id": "a", "users": 2}
+    assert summary["degraded"] is True and Path(summary["path"]).name == "daily_summary_2026-11-23.json"
+    with pytest.raises(ValueError, match="data_date"):
+        write_daily_summary({"rows": 1}, tmp_path)
+
+
+def test_airflow_services_environment(tmp_path: Path) -> None:
+    from pipeline import airflow_local
+    from pipeline.config import load_settings
+
+    settings = load_settings(env={"NIGHTLY_RECS_HOME": str(tmp_path)})
+    base = {"PATH": "/usr/bin", "AIRFLOW__CORE__PARALLELISM": "1"}
+    env = airflow_local.services_env(settings, 8123, base=base)
+
+    assert env["AIRFLOW_HOME"] == str(tmp_path / "airflow")
+    assert env["AIRFLOW__CORE__DAGS_FOLDER"] == str(REPO / "dags")
+    assert env["PATH"].split(":")[0] == str(Path(sys.executable).parent), "the venv's airflow must come first"
+    assert env["AIRFLOW__API__HOST"] == "127.0.0.1" and env["AIRFLOW__API__PORT"] == "8123"
+    assert env["AIRFLOW__API__BASE_URL"] == "http://127.0.0.1:8123"
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    assert env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] == "False"
+    assert len(env["AIRFLOW__API_AUTH__JWT_SECRET"].encode()) >= 64
+    assert airflow_local.jwt_secret(settings.airflow_home) == env["AIRFLOW__API_AUTH__JWT_SECRET"], "kept"
+    assert (settings.airflow_home / "jwt_secret").stat().st_mode & 0o077 == 0

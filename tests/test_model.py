@@ -36,8 +36,9 @@ def test_forward_shapes_and_loss(item_repr: str) -> None:
     assert model.user_states(seq).shape == (2, 16)
 
 
-def test_scores_equal_user_states_dot_item_representations() -> None:
-    model = make_model()
+@pytest.mark.parametrize("options", [{}, {"normalize": False}, {"text_similarity": True}])
+def test_scores_equal_user_states_dot_item_representations(options: dict) -> None:
+    model = make_model(**options)
     seq = torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7]])
     logits, _ = model(seq)
     manual = model.user_states(seq) @ model.item_representations().T

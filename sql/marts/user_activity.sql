@@ -1,8 +1,9 @@
 -- user_activity: activity per user and whether the user is active (gets recommendations) on the run date.
 -- grain: one row per user_id.
--- reads: stg_lake_interactions. parameters: $run_date (date), $active_days (window that makes a user active).
+-- reads: int_user_events.
+-- parameters: $run_date (date), $active_days (a user with an event in the last N UTC days up to it is active).
 with events as (
-    select user_id, event_ts, cast(event_ts as date) as event_date from stg_lake_interactions
+    select user_id, event_ts, event_date from int_user_events
 ),
 
 final as (

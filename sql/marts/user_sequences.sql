@@ -1,5 +1,5 @@
 -- user_sequences: each user's most recent items, oldest first, for training and scoring.
--- grain: one row per user_id.
+-- grain: one row per user_id. Order (ties on equal timestamps included) comes from int_user_events.position.
 -- reads: int_user_events. parameters: $max_history (how many most recent events to keep per user).
 with events as (
     select * from int_user_events

@@ -1,14 +1,26 @@
--- stg_events_dedup: accepted events of one data date with exact duplicates (same event_id) removed.
--- grain: one row per event_id; the first occurrence (by source file, then line) is kept.
--- reads: staged (the validated rows of every file of the date). parameters: none.
+-- stg_events_dedup: the accepted rows that repeat an earlier accepted row of the same data date (same
+-- event_id); they are dropped and counted as duplicates. The first occurrence (by file, then line) is kept.
+-- grain: one row per duplicate source row (file_no, line_no).
+-- reads: staged (the validated rows of every file of the batch, from stg_events). parameters: none.
 with accepted as (
-    select * from staged where reason is null
+    select dt, event_id, file_no, line_no
+    from staged
+    where reason is null
+),
+
+ranked as (
+    select
+        *,
+        row_number() over (partition by dt, event_id order by file_no, line_no) as occurrence
+    from accepted
 ),
 
 final as (
-    select *
-    from accepted
-    qualify row_number() over (partition by event_id order by source_file, line_no) = 1
+    select
+        cast(file_no as integer) as file_no,
+        cast(line_no as bigint) as line_no
+    from ranked
+    where occurrence > 1
 )
 
 select * from final

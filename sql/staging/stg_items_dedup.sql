@@ -1,14 +1,26 @@
--- stg_items_dedup: accepted catalog rows of one drop date, latest version per item.
--- grain: one row per item_id; a later line (or later file) of the same date wins.
--- reads: staged (the validated catalog rows of every file of the date). parameters: none.
+-- stg_items_dedup: accepted catalog rows superseded by a later row for the same item on the same drop date
+-- (a later line, or a later file, wins); they are dropped and counted as duplicates.
+-- grain: one row per superseded source row (file_no, line_no).
+-- reads: staged (the validated catalog rows of every file of the batch, from stg_items). parameters: none.
 with accepted as (
-    select * from staged where reason is null
+    select dt, item_id, file_no, line_no
+    from staged
+    where reason is null
+),
+
+ranked as (
+    select
+        *,
+        row_number() over (partition by dt, item_id order by file_no desc, line_no desc) as recency
+    from accepted
 ),
 
 final as (
-    select *
-    from accepted
-    qualify row_number() over (partition by item_id order by source_file desc, line_no desc) = 1
+    select
+        cast(file_no as integer) as file_no,
+        cast(line_no as bigint) as line_no
+    from ranked
+    where recency > 1
 )
 
 select * from final

@@ -1,25 +1,30 @@
--- stg_items_out: the lake's items partition for one drop date (one row per item version).
--- grain: one row per item_id.
--- reads: kept (from stg_items_dedup). parameters: $dt (drop date), $ingested_at.
-with kept_items as (
-    select * from kept
+-- stg_items_out: the lake's items rows for the dates of the batch (one row per item version and drop date).
+-- grain: one row per (dt, item_id).
+-- reads: staged (from stg_items), duplicates (from stg_items_dedup), ingest_files.
+-- parameters: $dates (the drop dates to publish), $ingested_at.
+with latest as (
+    select s.*
+    from staged as s
+    anti join duplicates as d on s.file_no = d.file_no and s.line_no = d.line_no
+    where s.reason is null and list_contains($dates, s.dt)
 ),
 
 final as (
     select
-        cast(item_id as varchar) as item_id,
-        cast(title as varchar) as title,
-        cast(description as varchar) as description,
-        cast(brand as varchar) as brand,
-        cast(genres as varchar[]) as genres,
-        cast(categories as varchar[]) as categories,
-        cast(tags as varchar[]) as tags,
-        cast(coalesce(updated_at, cast($dt as timestamptz)) as timestamptz) as updated_at,
-        cast($dt as date) as dt,
-        cast(source_file as varchar) as source_file,
+        cast(l.item_id as varchar) as item_id,
+        cast(l.title as varchar) as title,
+        cast(l.description as varchar) as description,
+        cast(l.brand as varchar) as brand,
+        cast(l.genres as varchar[]) as genres,
+        cast(l.categories as varchar[]) as categories,
+        cast(l.tags as varchar[]) as tags,
+        cast(coalesce(l.updated_at, cast(l.dt as timestamptz)) as timestamptz) as updated_at,
+        cast(l.dt as date) as dt,
+        cast(f.source_file as varchar) as source_file,
         cast($ingested_at as timestamptz) as ingested_at
-    from kept_items
-    order by item_id
+    from latest as l
+    inner join ingest_files as f on l.file_no = f.file_no
+    order by l.dt, l.item_id
 )
 
 select * from final

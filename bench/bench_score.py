@@ -1,0 +1,178 @@
+"""Batch scoring benchmark: `recommend.score_users` next to the raw `matmul + topk` of the same sizes.
+
+Default: 100,000 users x 50,000 items on CPU, a SeqRecModel with random weights (d_model 64, max_len 50, ID
+item vectors), top-10. Histories have a long-tailed length (geometric, mean --history-mean, capped at
+--history-cap; the model reads the last 50); 1% of the users only have items the model does not know and get
+the popularity fallback. For each chunk size the script measures, in this one process:
+
+- raw: `torch.mm(user_vectors, item_vectors.T)` + `topk` over the same users in blocks of the chunk size,
+  with a reused output buffer: the physical limit of this step (no transformer, no masking, no output);
+- score_users: the whole production call (id lookups, transformer user states, seen-item masking, top-k,
+  popularity fallback, the output Arrow table).
+
+Peak memory is the process's high-water mark during the call minus its resident size just before it
+(Linux: reset with /proc/self/clear_refs), so the figures show what the call itself adds; every measurement
+runs in a fresh interpreter (after a small warm-up call), so one case's freed memory cannot hide another's.
+Run: `make bench-score` or `.venv/bin/python bench/bench_score.py [--users 20000]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from pipeline.bundle import ModelBundle
+from pipeline.model import ModelConfig, SeqRecModel
+from pipeline.recommend import ScoringInput, score_users
+
+STATUS = Path("/proc/self/status")
+
+
+def memory_mb() -> tuple[float, float]:
+    """(resident, high-water mark) of this process in MiB."""
+    text = STATUS.read_text()
+    rss = int(re.search(r"VmRSS:\s+(\d+)", text).group(1))
+    hwm = int(re.search(r"VmHWM:\s+(\d+)", text).group(1))
+    return rss / 1024, hwm / 1024
+
+
+def measure(fn: Callable[[], object]) -> tuple[float, float]:
+    """(seconds, MiB added at peak) of one call."""
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    before, _ = memory_mb()
+    start = time.perf_counter()
+    fn()
+    seconds = time.perf_counter() - start
+    _, peak = memory_mb()
+    return seconds, peak - before
+
+
+def make_input(
+    n_users: int, n_items: int, mean: float, cap: int, seed: int
+) -> tuple[ScoringInput, list[str]]:
+    rng = np.random.default_rng(seed)
+    item_ids = [f"item-{i:06d}" for i in range(n_items)]
+    popularity = 1.0 / np.arange(1, n_items + 1) ** 0.8  # Zipf-like
+    popularity /= popularity.sum()
+    lengths = np.minimum(rng.geometric(1.0 / mean, n_users), cap)
+    flat = rng.choice(n_items, size=int(lengths.sum()), p=popularity)
+    ids = np.array(item_ids, dtype=object)[flat]
+    ends = np.cumsum(lengths)
+    histories = [ids[e - n : e].tolist() for e, n in zip(ends, lengths, strict=True)]
+    for u in range(0, n_users, 100):  # 1%: only unknown items -> popularity fallback
+        histories[u] = [f"unknown-{u}"]
+    counts = np.bincount(flat, minlength=n_items)
+    order = np.argsort(-counts, kind="stable")
+    data = ScoringInput(
+        user_ids=[f"user-{u:07d}" for u in range(n_users)],
+        histories=histories,
+        seen=histories,
+        catalog_ids=set(item_ids),
+        popular=[(item_ids[i], float(counts[i])) for i in order],
+    )
+    return data, item_ids
+
+
+def raw_matmul_topk(users: torch.Tensor, items: torch.Tensor, k: int, chunk: int) -> None:
+    buffer = torch.empty(min(chunk, len(users)), len(items))
+    for start in range(0, len(users), chunk):
+        block = buffer[: len(users[start : start + chunk])]
+        torch.mm(users[start : start + chunk], items.T, out=block)
+        block.topk(k, dim=1)
+
+
+def run_case(args: argparse.Namespace) -> dict[str, float]:
+    """One measurement in this (fresh) process: build the inputs, warm up, time one call."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    config = ModelConfig(n_items=args.items, max_len=50, d_model=64, item_repr="id")
+    bundle = ModelBundle(SeqRecModel(config).eval(), [])
+    data, bundle.item_ids = make_input(args.users, args.items, args.history_mean, args.history_cap, args.seed)
+    with torch.inference_mode():
+        items = bundle.model.item_representations()[1:].contiguous()  # (N, D)
+    user_vectors = torch.randn(args.users, config.d_model)
+    lengths = np.array([len(h) for h in data.histories])
+    warm = ScoringInput(data.user_ids[:64], data.histories[:64], data.seen[:64], data.catalog_ids,
+                        data.popular[:100])
+    if args.case == "raw":
+        raw_matmul_topk(user_vectors[:64], items, args.k, 64)
+        seconds, peak = measure(lambda: raw_matmul_topk(user_vectors, items, args.k, args.chunk))
+        rows = args.users * args.k
+    else:
+        score_users(bundle, warm, args.k, 64, "cpu")
+        out: dict[str, pa.Table] = {}
+        seconds, peak = measure(
+            lambda: out.setdefault("t", score_users(bundle, data, args.k, args.chunk, "cpu")))
+        rows = out["t"].num_rows
+    return {"seconds": seconds, "peak_mb": peak, "rows": rows, "rss_mb": memory_mb()[0],
+            "threads": torch.get_num_threads(), "mean_len": float(lengths.mean()),
+            "median_len": float(np.median(lengths)), "p90_len": float(np.percentile(lengths, 90)),
+            "at_max_len": float(np.mean(lengths >= config.max_len))}
+
+
+def child(args: argparse.Namespace, case: str, chunk: int) -> dict[str, float]:
+    """Run one case in a fresh interpreter, so its peak memory is its own."""
+    forwarded = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
+                 if k not in ("case", "chunk", "chunks")]
+    cmd = [sys.executable, __file__, *forwarded, f"--case={case}", f"--chunk={chunk}"]
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--items", type=int, default=50_000)
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--chunks", default="256,2048", help="chunk sizes (users per block), comma separated")
+    parser.add_argument("--history-mean", type=float, default=10.0)
+    parser.add_argument("--history-cap", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--case", choices=("raw", "score"), help=argparse.SUPPRESS)
+    parser.add_argument("--chunk", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    if args.case:
+        print(json.dumps(run_case(args)))
+        return
+
+    print(f"scoring benchmark: {args.users:,} users x {args.items:,} items, d_model 64, max_len 50, "
+          f"top-{args.k}, torch {torch.__version__}, device cpu, load average {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} cores")
+    header = (f"{'chunk':>6} {'step':<12} {'seconds':>8} {'users/s':>9} {'peak MiB':>9} {'buffer MiB':>10} "
+              f"{'vs raw':>7}")
+    for chunk in (int(c) for c in args.chunks.split(",")):
+        raw = child(args, "raw", chunk)
+        score = child(args, "score", chunk)
+        if header:
+            print(f"history length: mean {score['mean_len']:.1f}, median {score['median_len']:.0f}, "
+                  f"p90 {score['p90_len']:.0f}, {score['at_max_len']:.1%} at >= max_len; "
+                  f"{score['threads']} torch threads")
+            print(header)
+            header = ""
+        buffer_mb = chunk * args.items * 4 / 2**20
+        for name, r in (("raw mm+topk", raw), ("score_users", score)):
+            ratio = f"{raw['seconds'] / r['seconds']:>7.0%}" if r is score else f"{'':>7}"
+            print(f"{chunk:>6} {name:<12} {r['seconds']:>8.1f} {args.users / r['seconds']:>9,.0f} "
+                  f"{r['peak_mb']:>9.0f} {buffer_mb:>10.0f} {ratio}")
+        expected = args.users * args.k
+        assert score["rows"] == expected, f"score_users returned {score['rows']} rows, expected {expected}"
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+-- stg_events_out: the lake's interactions rows for the published dates of the batch, in source order.
+-- grain: one row per accepted, deduplicated event (dt, event_id).
+-- reads: staged (from stg_events), duplicates (from stg_events_dedup), ingest_files.
+-- parameters: $dates (the data dates to publish; dates over the quarantine threshold are left out),
+--             $ingested_at.
+with accepted as (
+    select s.*
+    from staged as s
+    anti join duplicates as d on s.file_no = d.file_no and s.line_no = d.line_no
+    where s.reason is null and list_contains($dates, s.dt)
+),
+
+final as (
+    select
+        cast(a.event_id as varchar) as event_id,
+        cast(a.user_id as varchar) as user_id,
+        cast(a.item_id as varchar) as item_id,
+        cast(a.event_type as varchar) as event_type,
+        cast(a.value as double) as value,
+        cast(a.event_ts as timestamptz) as event_ts,
+        cast(a.dt as date) as dt,
+        cast(f.source_file as varchar) as source_file,
+        cast(a.line_no as bigint) as line_no,
+        cast($ingested_at as timestamptz) as ingested_at
+    from accepted as a
+    inner join ingest_files as f on a.file_no = f.file_no
+)
+
+select * from final

@@ -1,0 +1,71 @@
+-- stg_items_fields_csv: split decoded catalog CSV lines into the pipeline's item fields for stg_items.
+-- A record is one line; '"' quotes a field ("" is a literal quote); quoted fields cannot span lines.
+-- Attributes (genres, categories, tags) are '|'-separated strings.
+-- grain: one row per data line (file_no, line_no); nothing is filtered, unparsable lines get a parse_error.
+-- reads: ingest_lines (from stg_ingest_lines); ingest_files (per file: n_columns and the 1-based position of
+--        each mapped field in its header, null when absent).
+-- parameters: $delimiter, $record_pattern (a well-quoted record), $field_pattern (one field and its delimiter).
+with lines as (
+    select
+        l.*,
+        f.n_columns,
+        f.item_id_pos,
+        f.title_pos,
+        f.description_pos,
+        f.brand_pos,
+        f.genres_pos,
+        f.categories_pos,
+        f.tags_pos,
+        f.updated_at_pos,
+        replace(replace(l.text, chr(10), ''), chr(13), '') as record
+    from ingest_lines as l
+    inner join ingest_files as f on l.file_no = f.file_no
+),
+
+split as (
+    select
+        *,
+        case
+            when line_error is not null then line_error
+            when contains(record, '"') and not regexp_full_match(record, $record_pattern) then 'broken_quoting'
+        end as quoting_error
+    from lines
+),
+
+fields as (
+    select
+        *,
+        case
+            when quoting_error is not null then null
+            when contains(record, '"') then list_transform(
+                regexp_extract_all(record || $delimiter, $field_pattern, 1),
+                lambda f: case when starts_with(f, '"') then replace(f[2:-2], '""', '"') else f end
+            )
+            else string_split(record, $delimiter)
+        end as fields
+    from split
+),
+
+final as (
+    select
+        file_no,
+        line_no,
+        dt,
+        raw,
+        record as text,
+        case
+            when quoting_error is null and len(fields) <> n_columns then 'wrong_column_count'
+            else quoting_error
+        end as parse_error,
+        fields[item_id_pos] as item_id,
+        fields[title_pos] as title,
+        fields[description_pos] as description,
+        fields[brand_pos] as brand,
+        [fields[genres_pos]] as genres,
+        [fields[categories_pos]] as categories,
+        [fields[tags_pos]] as tags,
+        fields[updated_at_pos] as updated_raw
+    from fields
+)
+
+select * from final

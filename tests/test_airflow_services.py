@@ -1,0 +1,208 @@
+"""Real Airflow: api-server, scheduler (LocalExecutor, SQLite), dag-processor and triggerer on loopback.
+
+Started with the same code as `make airflow` (pipeline.airflow_local), in a temporary AIRFLOW_HOME and
+NIGHTLY_RECS_HOME, on a free port. The nightly DAG is triggered through REST API v2 with a conf, the way the
+UI's trigger form does it, and polled until it succeeds; then a one-day `airflow backfill create`; the example
+consumer must have summarised what was published. Everything is stopped by process group at the end.
+
+Landing drops end the day before the last closed day, so the scheduler's own run for the closed day (created
+as soon as the unpaused DAG is parsed, catchup=False) fails at ingest, and nothing downstream of it runs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pytest
+from conftest import SMALL_DEMO
+
+pytestmark = pytest.mark.slow
+DAG_ID = "nightly_recommendations"
+DEMO_DAYS = 6
+RUN_TIMEOUT_S = 420
+
+
+@dataclass
+class Api:
+    """A minimal REST API v2 client with the JWT from POST /auth/token."""
+
+    url: str
+    token: str = ""
+
+    def call(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+        headers = {"Content-Type": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as resp:
+                return resp.status, json.load(resp)
+        except urllib.error.HTTPError as err:
+            payload = err.read()
+            return err.code, json.loads(payload) if payload else {}
+
+    def login(self, password_file: Path) -> None:
+        password = json.loads(password_file.read_text())["admin"]
+        status, body = self.call("POST", "/auth/token", {"username": "admin", "password": password})
+        assert status == 201, body
+        self.token = body["access_token"]
+
+    def wait_for(self, path: str, timeout_s: float) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            status, body = self.call("GET", path)
+            if status == 200:
+                return body
+            time.sleep(1.0)
+        raise AssertionError(f"GET {path} did not answer 200 within {timeout_s:.0f} s")
+
+    def wait_run(self, dag_id: str, run_id: str, timeout_s: float, services) -> dict:
+        """Poll a DAG run until it finishes; fail early if an Airflow component died."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert not services.exited(), f"Airflow components exited: {services.exited()}"
+            status, run = self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
+            assert status == 200, run
+            if run["state"] in ("success", "failed"):
+                return run
+            time.sleep(2.0)
+        raise AssertionError(f"{dag_id} run {run_id} not finished within {timeout_s:.0f} s: {run['state']}")
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
+        status, body = self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
+        assert status == 200, body
+        return {ti["task_id"]: ti["state"] for ti in body["task_instances"]}
+
+    def runs(self, dag_id: str) -> list[dict]:
+        status, body = self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns?order_by=run_after")
+        assert status == 200, body
+        return body["dag_runs"]
+
+
+@dataclass
+class Airflow:
+    api: Api
+    services: object
+    settings: object
+    days: list[dt.date]
+
+
+@pytest.fixture(scope="module")
+def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
+    from pipeline import airflow_local
+    from pipeline.config import load_settings
+    from pipeline.dag_support import closed_day
+    from pipeline.demo_data import DemoConfig, generate
+
+    root = tmp_path_factory.mktemp("services")
+    home = root / "home"
+    last = closed_day(dt.datetime.now(dt.UTC)) - dt.timedelta(days=1)
+    days = [last - dt.timedelta(days=d) for d in reversed(range(DEMO_DAYS))]
+    generate(home / "landing", DemoConfig(**{**SMALL_DEMO, "days": DEMO_DAYS}, start_date=days[0]))
+    # the services get a clean environment: none of this pytest process's in-process Airflow settings
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "NIGHTLY_RECS_"))}
+    env.update({"NIGHTLY_RECS_HOME": str(home), "NIGHTLY_RECS_TASK_RETRIES": "0",
+                "AIRFLOW__CORE__PARALLELISM": "2"})
+    settings = load_settings(env=env)
+    services = airflow_local.start(settings, airflow_local.free_port(), env)
+    try:
+        services.wait_healthy(timeout_s=240)
+        api = Api(services.url)
+        api.login(services.password_file)
+        api.wait_for(f"/api/v2/dags/{DAG_ID}", timeout_s=120)
+        yield Airflow(api, services, settings, days)
+    finally:
+        services.stop()
+    leftover = subprocess.run(["pgrep", "-g", str(services.pgid)], capture_output=True, text=True).stdout
+    assert leftover.strip() == "", f"processes left in group {services.pgid}: {leftover}"
+
+
+def _published(settings, day: dt.date) -> list[tuple]:
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        return con.execute("select user_id, rank, model_version from recommendations where dt = $d "
+                           "order by user_id, rank", {"d": day}).fetchall()
+
+
+def test_bad_conf_is_rejected_with_400(airflow: Airflow) -> None:
+    path = f"/api/v2/dags/{DAG_ID}/dagRuns"
+    for conf in ({"top_n": 0}, {"retrain": "yes"}, {"data_date": "24/11/2026"}):
+        status, body = airflow.api.call("POST", path, {"logical_date": None, "conf": conf})
+        assert status == 400, (conf, status, body)
+        assert next(iter(conf)) in json.dumps(body), body
+
+
+def test_rest_triggered_run_with_conf_trains_and_publishes(airflow: Airflow) -> None:
+    day = airflow.days[-1]
+    conf = {"data_date": day.isoformat(), "top_n": 5, "max_epochs": 3, "force_promote": True}
+    body = {"logical_date": None, "conf": conf}
+    status, run = airflow.api.call("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", body)
+    assert status == 200, run
+    assert run["conf"] == conf
+
+    final = airflow.api.wait_run(DAG_ID, run["dag_run_id"], RUN_TIMEOUT_S, airflow.services)
+
+    states = airflow.api.task_states(DAG_ID, run["dag_run_id"])
+    assert final["state"] == "success", states
+    assert set(states.values()) == {"success"}, states
+    rows = _published(airflow.settings, day)
+    users = {user for user, _, _ in rows}
+    assert users and len(rows) == 5 * len(users)
+    assert {version for _, _, version in rows} == {"1"}
+
+
+def test_scheduled_run_for_the_closed_day_without_data_fails_at_ingest(airflow: Airflow) -> None:
+    scheduled = [r for r in airflow.api.runs(DAG_ID) if r["run_type"] == "scheduled"]
+    assert scheduled, "the scheduler created no run for the last closed day"
+    run = airflow.api.wait_run(DAG_ID, scheduled[0]["dag_run_id"], 120, airflow.services)
+    assert run["state"] == "failed"
+    states = airflow.api.task_states(DAG_ID, run["dag_run_id"])
+    assert states["ingest"] == "failed"
+    assert {states[t] for t in ("recommend", "publish", "report")} == {"upstream_failed"}, states
+
+
+def test_backfill_create_runs_a_day_with_its_conf(airflow: Airflow) -> None:
+    day = airflow.days[-2]
+    # a backfill selects runs by logical date = data_interval_start = D 02:00 for data date D
+    logical = f"{day.isoformat()}T02:00:00+00:00"
+    cmd = ["airflow", "backfill", "create", "--dag-id", DAG_ID, "--from-date", logical, "--to-date", logical,
+           "--max-active-runs", "1", "--dag-run-conf", json.dumps({"retrain": False, "top_n": 3})]
+    out = subprocess.run(cmd, env=airflow.services.env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+    deadline = time.monotonic() + 60
+    while not (runs := [r for r in airflow.api.runs(DAG_ID) if r["run_type"] == "backfill"]):
+        assert time.monotonic() < deadline, "backfill create made no run"
+        time.sleep(1.0)
+    assert len(runs) == 1
+    final = airflow.api.wait_run(DAG_ID, runs[0]["dag_run_id"], RUN_TIMEOUT_S, airflow.services)
+    assert final["state"] == "success", airflow.api.task_states(DAG_ID, runs[0]["dag_run_id"])
+    rows = _published(airflow.settings, day)
+    assert rows and {rank for _, rank, _ in rows} == {1, 2, 3}
+
+
+def test_consumer_dag_summarised_each_published_date(airflow: Airflow) -> None:
+    expected = {airflow.days[-1].isoformat(), airflow.days[-2].isoformat()}
+    folder = airflow.settings.home / "consumer"
+    deadline = time.monotonic() + 180
+    while True:
+        found = {p.name.removeprefix("daily_summary_").removesuffix(".json") for p in folder.glob("*.json")}
+        if expected <= found or time.monotonic() > deadline:
+            break
+        time.sleep(2.0)
+    runs = airflow.api.runs("recommendations_consumer")
+    assert expected <= found, (found, runs)
+    assert all(r["run_type"] == "asset_triggered" for r in runs), runs
+    summary = json.loads((folder / f"daily_summary_{airflow.days[-1].isoformat()}.json").read_text())
+    assert summary["rows"] == len(_published(airflow.settings, airflow.days[-1]))
+    assert summary["model_version"] == "1" and summary["degraded"] is False

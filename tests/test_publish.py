@@ -1,0 +1,274 @@
+"""Publishing: every validation rule blocks publishing (naming the rule and a user) and leaves the previous
+night intact; reruns replace exactly their date; a publish killed with SIGKILL at any step leaves a warehouse
+that opens with the previous night complete, and rerunning the killed night completes.
+
+Run as a script (`python tests/test_publish.py <args>`), this file is the child process of the fault test.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import warehouse
+from pipeline.publish import (
+    CHECKS,
+    PublishValidationError,
+    partition_dir,
+    publish,
+    publish_validated,
+    validate,
+)
+
+NIGHT = dt.date(2026, 10, 10)
+NEXT = NIGHT + dt.timedelta(days=1)
+TOP_N = 3
+USERS = ["u1", "u2", "u3", "u4", "u5"]
+CATALOG = [f"i{j:02d}" for j in range(1, 21)]
+SEEN = {"u1": ["i01"], "u2": ["i02", "i03"], "u3": [], "u4": ["i20"], "u5": ["i05", "gone"]}
+
+
+def seen_table() -> pa.Table:
+    pairs = [(u, i) for u, items in SEEN.items() for i in items]
+    return pa.table({"user_id": [u for u, _ in pairs], "item_id": [i for _, i in pairs]})
+
+
+def valid_rows(offset: int = 0) -> list[dict]:
+    """TOP_N unseen catalog items per user, scores decreasing; `offset` varies the night."""
+    rows = []
+    for n, user in enumerate(USERS):
+        unseen = [i for i in CATALOG if i not in SEEN[user]]
+        for rank in range(1, TOP_N + 1):
+            item = unseen[(n + offset + rank) % len(unseen)]
+            rows.append({"user_id": user, "rank": rank, "item_id": item, "score": 10.0 - rank - offset,
+                         "source": "model"})
+    return rows
+
+
+def as_table(rows: list[dict]) -> pa.Table:
+    schema = pa.schema([("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()),
+                        ("score", pa.float64()), ("source", pa.string())])
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def row(rows: list[dict], user: str, rank: int) -> dict:
+    return next(r for r in rows if r["user_id"] == user and r["rank"] == rank)
+
+
+def break_valid_values(rows: list[dict]) -> str:
+    row(rows, "u2", 2)["source"] = "oracle"
+    return "u2"
+
+
+def break_expected_users(rows: list[dict]) -> str:
+    rows[:] = [r for r in rows if r["user_id"] != "u3"]
+    return "u3"
+
+
+def break_rows_per_user(rows: list[dict]) -> str:
+    rows.remove(row(rows, "u2", 3))
+    return "u2"
+
+
+def break_unique_items(rows: list[dict]) -> str:
+    first, second = row(rows, "u4", 1), row(rows, "u4", 2)
+    second["item_id"], second["score"] = first["item_id"], first["score"]
+    return "u4"
+
+
+def break_ranks_contiguous(rows: list[dict]) -> str:
+    row(rows, "u5", 3)["rank"] = 4
+    return "u5"
+
+
+def break_scores_non_increasing(rows: list[dict]) -> str:
+    row(rows, "u1", 3)["score"] = 100.0
+    return "u1"
+
+
+def break_no_seen_items(rows: list[dict]) -> str:
+    row(rows, "u2", 3)["item_id"] = "i02"
+    return "u2"
+
+
+def break_catalog_only(rows: list[dict]) -> str:
+    row(rows, "u3", 2)["item_id"] = "ghost"
+    return "u3"
+
+
+BREAKERS = {
+    "valid_values": break_valid_values,
+    "expected_users": break_expected_users,
+    "rows_per_user": break_rows_per_user,
+    "unique_items": break_unique_items,
+    "ranks_contiguous": break_ranks_contiguous,
+    "scores_non_increasing": break_scores_non_increasing,
+    "no_seen_items": break_no_seen_items,
+    "catalog_only": break_catalog_only,
+}
+
+
+def night_rows(path: Path, day: dt.date) -> list[tuple]:
+    with warehouse.connect(path) as con:
+        return con.execute(
+            "select user_id, rank, item_id, score, source, model_version from recommendations where dt = $d "
+            "order by user_id, rank", {"d": day}).fetchall()
+
+
+def as_tuples(table: pa.Table, version: str) -> list[tuple]:
+    rows = sorted(table.to_pylist(), key=lambda r: (r["user_id"], r["rank"]))
+    return [(r["user_id"], r["rank"], r["item_id"], r["score"], r["source"], version) for r in rows]
+
+
+def publish_checked(tmp_path: Path, day: dt.date, table: pa.Table, version: str) -> dict:
+    return publish_validated(tmp_path / "wh.duckdb", tmp_path / "lake", day, table, USERS, seen_table(),
+                             CATALOG, TOP_N, "test-recs", version)
+
+
+def test_every_rule_has_a_breaking_case() -> None:
+    assert set(BREAKERS) == set(CHECKS)
+
+
+def test_valid_night_passes_every_rule() -> None:
+    validate(as_table(valid_rows()), USERS, seen_table(), CATALOG, TOP_N)
+
+
+@pytest.mark.parametrize("rule", CHECKS)
+def test_broken_rule_blocks_publishing_and_keeps_previous_night(tmp_path: Path, rule: str) -> None:
+    before = publish_checked(tmp_path, NIGHT, as_table(valid_rows()), "1")
+    rows = valid_rows(offset=1)
+    user = BREAKERS[rule](rows)
+    message = rf"rule '{rule}' violated .* e\.g\. user '{user}'"
+    with pytest.raises(PublishValidationError, match=message) as err:
+        publish_checked(tmp_path, NEXT, as_table(rows), "2")
+    assert set(err.value.violations) == {rule}, "each case breaks exactly one rule"
+    assert night_rows(tmp_path / "wh.duckdb", NIGHT) == as_tuples(as_table(valid_rows()), "1")
+    assert night_rows(tmp_path / "wh.duckdb", NEXT) == []
+    assert not partition_dir(tmp_path / "lake", NEXT).exists()
+    assert pq.read_table(before["parquet"]).num_rows == len(USERS) * TOP_N
+
+
+def test_user_with_fewer_eligible_items_may_have_fewer_rows() -> None:
+    small_catalog = CATALOG[:4]  # u2 has seen i02 and i03: only 2 left
+    rows = [r for r in valid_rows() if r["user_id"] != "u2"]
+    for r in rows:
+        r["item_id"] = [i for i in small_catalog if i not in SEEN[r["user_id"]]][r["rank"] - 1]
+    rows += [{"user_id": "u2", "rank": n, "item_id": i, "score": 1.0 / n, "source": "popular"}
+             for n, i in enumerate(["i01", "i04"], start=1)]
+    validate(as_table(rows), USERS, seen_table(), small_catalog, TOP_N)
+
+
+def test_rerun_replaces_only_its_date_and_latest_view_follows(tmp_path: Path) -> None:
+    publish_checked(tmp_path, NIGHT, as_table(valid_rows()), "1")
+    publish_checked(tmp_path, NEXT, as_table(valid_rows(offset=1)), "2")
+    result = publish_checked(tmp_path, NEXT, as_table(valid_rows(offset=2)), "3")
+    wh = tmp_path / "wh.duckdb"
+    assert night_rows(wh, NIGHT) == as_tuples(as_table(valid_rows()), "1")
+    assert night_rows(wh, NEXT) == as_tuples(as_table(valid_rows(offset=2)), "3")
+    with warehouse.connect(wh) as con:
+        latest = con.execute("select distinct dt, model_version from recommendations_latest").fetchall()
+        (per_key,) = con.execute("select max(n) from (select count(*) as n from recommendations "
+                                 "group by dt, user_id, rank)").fetchall()[0]
+    assert latest == [(NEXT, "3")] and per_key == 1
+    lake = pq.read_table(result["parquet"])
+    assert lake.num_rows == len(USERS) * TOP_N and set(lake.column("model_version").to_pylist()) == {"3"}
+    assert [p.name for p in partition_dir(tmp_path / "lake", NEXT).iterdir()] == ["part-0.parquet"]
+    files = str(tmp_path / "lake" / "recommendations" / "*" / "*.parquet")
+    with duckdb.connect() as con:
+        lake_counts = con.execute("select count(*), count(distinct dt) from read_parquet($files)",
+                                  {"files": files}).fetchall()[0]
+    assert lake_counts == (2 * len(USERS) * TOP_N, 2)
+
+
+# ---- fault injection: SIGKILL in the middle of publishing --------------------------------------------------
+
+
+def large_night(n_users: int, offset: int) -> pa.Table:
+    """n_users x 10 rows, valid for an empty seen table and catalog item-0000..item-0999."""
+    users = np.repeat(np.char.add("user-", np.arange(n_users).astype(str)), 10)
+    ranks = np.tile(np.arange(1, 11, dtype=np.int32), n_users)
+    items = np.char.add("item-", np.char.zfill(((np.arange(n_users * 10) + offset) % 1000).astype(str), 4))
+    return pa.table({"user_id": users, "rank": ranks, "item_id": items,
+                     "score": (100.0 - ranks).astype(np.float64), "source": np.full(n_users * 10, "model")})
+
+
+def child_main(wh: str, lake: str, day: str, marker: str, kill_step: str, n_users: int) -> None:
+    """Publish a large night and stall at kill_step (after writing the marker) until the parent kills us."""
+
+    def checkpoint(step: str) -> None:
+        if step == kill_step:
+            Path(marker).write_text(step)
+            time.sleep(600)
+
+    publish(Path(wh), Path(lake), dt.date.fromisoformat(day), large_night(n_users, 7), "test-recs", "child",
+            checkpoint=checkpoint)
+
+
+LARGE_USERS = 60_000
+
+
+@pytest.mark.parametrize("kill_step", ["parquet_written", "rows_inserted", "committed"])
+def test_sigkill_mid_publish_keeps_previous_night_and_rerun_completes(tmp_path: Path, kill_step: str) -> None:
+    wh, lake = tmp_path / "wh.duckdb", tmp_path / "lake"
+    previous = large_night(LARGE_USERS, 0)
+    publish(wh, lake, NIGHT, previous, "test-recs", "parent")
+    old_next = large_night(LARGE_USERS // 2, 3)  # an earlier run of D+1, which the child replaces
+    publish(wh, lake, NEXT, old_next, "test-recs", "old")
+    marker = tmp_path / "marker"
+    child = subprocess.Popen([sys.executable, __file__, str(wh), str(lake), NEXT.isoformat(), str(marker),
+                              kill_step, str(LARGE_USERS)])
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert child.poll() is None, f"child exited with {child.returncode} before reaching {kill_step}"
+            assert time.monotonic() < deadline, f"child did not reach {kill_step} in 120 s"
+            time.sleep(0.05)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+
+    with warehouse.connect(wh) as con:  # opens (replays the WAL), night D complete and unchanged
+        con.register("previous", previous)
+        counts = dict(con.execute("select dt, count(*) from recommendations group by dt").fetchall())
+        next_versions = con.execute("select distinct model_version from recommendations where dt = $d",
+                                    {"d": NEXT}).fetchall()
+        (unchanged,) = con.execute(
+            """select count(*) from recommendations as r
+               semi join previous as p on r.user_id = p.user_id and r.rank = p.rank and r.item_id = p.item_id
+               where r.dt = $d and r.model_version = 'parent'""", {"d": NIGHT}).fetchall()[0]
+    assert counts.get(NIGHT) == previous.num_rows and unchanged == previous.num_rows
+    if kill_step == "committed":  # the commit happened: D+1 is entirely the child's
+        assert (counts[NEXT], next_versions) == (previous.num_rows, [("child",)])
+    else:  # killed before the commit: D+1 is entirely the earlier run's
+        assert (counts[NEXT], next_versions) == (old_next.num_rows, [("old",)])
+    lake_previous = pq.read_table(partition_dir(lake, NIGHT) / "part-0.parquet")
+    assert lake_previous.column("item_id").equals(previous.column("item_id"))
+    lake_next = pq.read_table(partition_dir(lake, NEXT) / "part-0.parquet")  # renamed only after the commit
+    lake_versions = set(lake_next.column("model_version").to_pylist())
+    assert (lake_next.num_rows, lake_versions) == (old_next.num_rows, {"old"})
+
+    rerun = publish(wh, lake, NEXT, large_night(LARGE_USERS, 7), "test-recs", "rerun")
+    assert rerun["rows"] == previous.num_rows
+    with warehouse.connect(wh) as con:
+        assert dict(con.execute("select dt, count(*) from recommendations group by dt").fetchall()) == {
+            NIGHT: previous.num_rows, NEXT: previous.num_rows}
+        assert con.execute("select distinct model_version from recommendations where dt = $d",
+                           {"d": NEXT}).fetchall() == [("rerun",)]
+    assert [p.name for p in partition_dir(lake, NEXT).iterdir()] == ["part-0.parquet"]
+
+
+if __name__ == "__main__":
+    child_main(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], int(sys.argv[6]))
