@@ -60,7 +60,7 @@ class Settings:
     model_name: str = "nightly-recs"
     gate_tolerance: float = 0.01                 # challenger may be this fraction worse than champion
     top_n: int = 10
-    score_chunk_users: int = 4096                # users scored per block (bounds memory)
+    score_chunk_users: int = 512                 # users scored per block (bounds memory: block x items floats)
     # orchestration
     gpu_pool: str = "default_pool"               # Airflow pool for embed/train (e.g. "gpu")
     gpu_queue: str = "default"                   # Airflow queue for embed/train (e.g. "gpu")

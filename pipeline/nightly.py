@@ -199,28 +199,18 @@ def stage_register(
     artifacts = {name: folder / name for name in ("metrics.json", "train.json", "training_curves.png")
                  if (folder / name).is_file()}
     tags = {"data_date": data_date.isoformat(), "dag_run_id": dag_run_id}
-    run_id, version = registry.log_training(settings, folder / "bundle", params, flat, history, artifacts, tags)
-    champion = registry.champion_version(settings)
-    champion_metrics = None
-    if champion is not None:
-        bundle, _ = registry.load_bundle(settings, champion)
-        champion_metrics = evaluate_bundle(bundle, load_night(settings.lake_dir, data_date))
-    challenger_metrics = evaluate_bundle(ModelBundle.load(folder / "bundle"), load_night(settings.lake_dir, data_date))
-    decision = registry.decide(
-        challenger_metrics["ndcg@10"],
-        None if champion_metrics is None else champion_metrics["ndcg@10"],
-        metrics["most_popular"]["ndcg@10"],
-        settings.gate_tolerance,
-        force=force_promote,
+    run_id, version = registry.log_training(settings, folder / "bundle", params, flat, history, artifacts,
+                                            tags, evaluation=metrics)
+    night = load_night(settings.lake_dir, data_date)
+    gate = registry.run_gate(
+        settings, version, ModelBundle.load(folder / "bundle"), lambda bundle: evaluate_bundle(bundle, night),
+        metrics["most_popular"]["ndcg@10"], force=force_promote, operator=dag_run_id or "cli",
     )
-    evidence = {"challenger_ndcg@10": challenger_metrics["ndcg@10"], "champion_version": champion,
-                "champion_ndcg@10": None if champion_metrics is None else champion_metrics["ndcg@10"],
-                "most_popular_ndcg@10": metrics["most_popular"]["ndcg@10"], "tolerance": settings.gate_tolerance}
-    registry.apply_gate(settings, version, decision, evidence)
-    (folder / "gate.json").write_text(json.dumps({**evidence, "version": version, "promoted": decision.promote,
-                                                  "reason": decision.reason, "forced": decision.forced}, indent=2))
-    return {"run_id": run_id, "version": version, "promoted": decision.promote, "reason": decision.reason,
-            "forced": decision.forced, "previous_champion": champion, "candidate_dir": candidate_dir}
+    record = {**gate.to_dict(), "champion_version": gate.previous_champion}
+    (folder / "gate.json").write_text(json.dumps(record, indent=2))
+    return {"run_id": run_id, "version": version, "promoted": gate.promoted, "reason": gate.reason,
+            "forced": gate.forced, "previous_champion": gate.previous_champion,
+            "candidate_dir": candidate_dir}
 
 
 @_ledger("select_model")
@@ -247,7 +237,7 @@ def stage_recommend(settings: Settings, data_date: dt.date, top_n: int | None = 
 
     from pipeline import registry
     from pipeline.embed import resolve_device
-    from pipeline.recommend import ScoringInput, score_users
+    from pipeline.recommend import score_users
 
     k = top_n or settings.top_n
     bundle, version = registry.load_bundle(settings, registry.CHAMPION)
@@ -287,13 +277,13 @@ def stage_publish(
     settings: Settings, data_date: dt.date, staged: str, top_n: int, model_version: str | None
 ) -> dict[str, Any]:
     """Validate the staged table against the publishing rules, then publish it atomically."""
-    from pipeline.publish import publish, validate
+    from pipeline.publish import publish_validated
 
     data = _scoring_input(settings, data_date)
     table = pq.read_table(staged)
     seen = pq.read_table(mart_path(settings.lake_dir, data_date, "user_seen_items"))
-    validate(table, data.user_ids, seen, sorted(data.catalog_ids), top_n)
-    return publish(settings.warehouse_path, settings.lake_dir, data_date, table, settings.model_name, model_version)
+    return publish_validated(settings.warehouse_path, settings.lake_dir, data_date, table, data.user_ids,
+                             seen, sorted(data.catalog_ids), top_n, settings.model_name, model_version)
 
 
 @_ledger("report")

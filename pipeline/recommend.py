@@ -6,16 +6,18 @@ that are still in the catalog, so padding and retired items never enter the matr
 history has no item the model knows fall back to the most popular catalog items they have not seen
 (`source = 'popular'`).
 
-Memory: the score buffer (chunk_users x C x 4 bytes) and the transformer's activations for one block, plus
-the inputs and the output table; nothing of size users x items. The work around the multiply and top-k is
-vectorised: ids become indices through Arrow hash lookups, histories are left-padded with numpy, and output
-strings are gathered with Arrow `take`, so no Python loop runs per user or per row. Users are scored in
-order of history length and each block is cut to its longest history, which saves most of the attention
-work when histories are short.
+Two passes over the model's users, sorted by history length: (1) user states, in transformer batches of at
+most STATE_BATCH_TOKENS history positions, each cut to its longest history (few large calls, little padding);
+(2) blocks of chunk_users users: one matrix multiply into the reused buffer, seen items masked, top-k.
+Memory: the score buffer (chunk_users x C x 4 bytes), one transformer batch's activations, the user states
+(users x D), the inputs and the output table; nothing of size users x items. The work around the multiply
+and top-k is vectorised: ids become indices through Arrow hash lookups, histories are left-padded with numpy
+and output strings are gathered with Arrow `take`, so no Python loop runs per user or per row.
 """
 
 from __future__ import annotations
 
+import bisect
 import copy
 import logging
 import time
@@ -42,6 +44,7 @@ RECOMMENDATION_SCHEMA = pa.schema(
 )
 
 Lists = Sequence[Sequence[str]] | pa.ListArray | pa.ChunkedArray
+STATE_BATCH_TOKENS = 32_768  # history positions per transformer call; bounds its activations (~100 MB, d=64)
 
 
 @dataclass
@@ -158,24 +161,51 @@ def _catalog_positions(catalog_ids: set[str] | Sequence[str], index: pa.Array) -
     return np.unique(pc.drop_null(pc.index_in(catalog, value_set=index)).to_numpy(zero_copy_only=False))
 
 
+def token_batches(lengths: np.ndarray, max_tokens: int) -> list[tuple[int, int]]:
+    """[start, end) ranges over ascending `lengths` such that (end - start) x the batch's longest length
+    stays within max_tokens (a batch holds at least one user)."""
+    batches, start = [], 0
+    while start < len(lengths):
+        ends = range(start + 1, len(lengths) + 1)
+        fit = bisect.bisect_right(ends, max_tokens, key=lambda e: (e - start) * max(1, int(lengths[e - 1])))
+        end = start + max(1, fit)
+        batches.append((start, end))
+        start = end
+    return batches
+
+
+@torch.inference_mode()
+def _user_states(
+    model: torch.nn.Module, histories: Ragged, users: np.ndarray, device: torch.device, max_tokens: int
+) -> torch.Tensor:
+    """(U, D') query vectors of `users` (sorted by history length), in batches of at most max_tokens
+    history positions: few large transformer calls however small the scoring chunks are."""
+    lengths = np.minimum(histories.lengths[users], model.config.max_len)
+    states = []
+    for start, end in token_batches(lengths, max_tokens):
+        seqs = left_pad(histories, users[start:end], model.config.max_len).to(device)  # (B, L)
+        states.append(model.user_states(seqs).float())  # (B, D')
+    return torch.cat(states)
+
+
 @torch.inference_mode()
 def _score_with_model(
     model: torch.nn.Module, histories: Ragged, seen: Ragged, users: np.ndarray, columns: np.ndarray, k: int,
     chunk_users: int, device: torch.device,
 ) -> Picks:
     """Top-k over the scorable item rows `columns` (model indices) for `users`; picks index into `columns`."""
-    items = model.item_representations().float()[torch.from_numpy(columns).to(device)]  # (C, D)
+    items = model.item_representations().float()[torch.from_numpy(columns).to(device)]  # (C, D')
     column_of = np.full(model.config.n_items + 1, -1, dtype=np.int64)
     column_of[columns] = np.arange(len(columns))
     k = min(k, len(columns))
     order = users[np.argsort(np.minimum(histories.lengths[users], model.config.max_len), kind="stable")]
+    states = _user_states(model, histories, order, device, STATE_BATCH_TOKENS)  # (U, D')
     buffer = torch.empty(min(chunk_users, len(order)), len(columns), device=device)  # (B, C), reused
     parts = []
     for start in range(0, len(order), chunk_users):
         block_users = order[start : start + chunk_users]
         block = buffer[: len(block_users)]
-        seqs = left_pad(histories, block_users, model.config.max_len).to(device)  # (B, L)
-        torch.mm(model.user_states(seqs).float(), items.T, out=block)  # (B, C)
+        torch.mm(states[start : start + chunk_users], items.T, out=block)  # (B, C)
         row, item = seen.rows(block_users)
         column = column_of[item]
         row, column = row[column >= 0], column[column >= 0]

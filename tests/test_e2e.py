@@ -8,7 +8,6 @@ from pathlib import Path
 
 import duckdb
 import pytest
-
 from conftest import SMALL_START, write_small_demo
 
 pytestmark = pytest.mark.slow

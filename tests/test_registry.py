@@ -140,7 +140,7 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     evaluate = evaluator(night)
     popular = evaluate_baselines(night.train, night.test_inputs, night.test_targets, N_ITEMS)["most_popular"]
     trained_model, _, train_history = train_model(
-        MODEL_CONFIG, TrainConfig(max_epochs=20, batch_size=64, patience=20, seed=0, device="cpu"),
+        MODEL_CONFIG, TrainConfig(max_epochs=8, batch_size=64, patience=8, seed=0, device="cpu"),
         night.train, night.valid_inputs, night.valid_targets)
     bundles = {"1": flat_bundle(), "2": random_bundle(1), "3": ModelBundle(trained_model, list(ITEM_IDS)),
                "4": random_bundle(2)}
