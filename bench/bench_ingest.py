@@ -58,9 +58,10 @@ def generate(folder: Path, rows: int, files: int, seed: int = 0) -> int:
             for start in range(f * per_file, min(rows, (f + 1) * per_file), CHUNK_ROWS):
                 n = min(CHUNK_ROWS, rows - start, (f + 1) * per_file - start)
                 lines = _chunk(rng, n, users, items, stamps, types, values, bad)
-                offsets = np.frombuffer(lines.buffers()[1], np.int32)[lines.offset:lines.offset + len(lines) + 1]
-                fh.write(memoryview(lines.buffers()[2])[offsets[0]:offsets[-1]])
-                written += int(offsets[-1] - offsets[0])
+                offsets = np.frombuffer(lines.buffers()[1], np.int32)
+                first, last = offsets[lines.offset], offsets[lines.offset + len(lines)]
+                fh.write(memoryview(lines.buffers()[2])[first:last])
+                written += int(last - first)
     return written
 
 

@@ -5,8 +5,8 @@ each successful `publish` (no sensor, no clock). Each asset event says which dat
 partition is and which model served it (`degraded` is true when training failed and the champion served), so
 the consumer never guesses "latest". This one writes `$NIGHTLY_RECS_HOME/consumer/daily_summary_<date>.json`.
 
-In your own repository, schedule on the same asset by name:
-`schedule=[Asset.ref(name="nightly_recs_recommendations")]`, or on `Asset(name=..., uri=...)` as below.
+A DAG in another repository schedules on the same asset: `Asset(name="nightly_recs_recommendations",
+uri="file://<NIGHTLY_RECS_HOME>/lake/recommendations")`; name and URI must both match the producer's.
 """
 
 from __future__ import annotations

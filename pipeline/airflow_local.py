@@ -9,6 +9,7 @@ runs them until Ctrl-C; the integration tests start and stop them with the same 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import logging
 import os
@@ -24,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.cli import airflow_env
+from pipeline.cli import airflow_env, ensure_demo_covers
 from pipeline.config import REPO_ROOT, Settings
+from pipeline.dag_support import closed_day
 
 log = logging.getLogger(__name__)
 
@@ -53,25 +55,27 @@ def jwt_secret(airflow_home: Path) -> str:
 
 
 def services_env(settings: Settings, port: int, base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of every component: the project's Airflow home (cli.airflow_env) on loopback:`port`.
+    """The environment of every component: `base` (default: this process's), then the project's Airflow home
+    (cli.airflow_env), LocalExecutor and loopback:`port`.
 
-    Tunables already set in `base` (e.g. AIRFLOW__CORE__PARALLELISM) are kept; what the services need to find
-    each other (host, port, base URL, PATH to this venv's `airflow`) is always set.
+    Only tuning knobs set in `base` win over the project's values (PARALLELISM, API workers, parsing
+    processes); where the services live and how they find each other (home, DAG folder, host, port, base
+    URL, PATH to this venv's `airflow`) is always the project's.
     """
-    env = {**(os.environ if base is None else base), **airflow_env(settings)}
-    bin_dir = str(Path(sys.executable).parent)
-    env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
-    defaults = {
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+    source = dict(os.environ if base is None else base)
+    env = {**source, **airflow_env(settings)}
+    tuning = {
+        "AIRFLOW__CORE__PARALLELISM": env.get("AIRFLOW__CORE__PARALLELISM", "4"),
         "AIRFLOW__API__WORKERS": "1",
         "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
         # look for new or changed DAG files every 30 s instead of 5 min: this is a development setup
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
         "AIRFLOW__API_AUTH__JWT_SECRET": jwt_secret(settings.airflow_home),
     }
-    for key, value in defaults.items():
-        env.setdefault(key, value)
+    env.update({key: source.get(key, value) for key, value in tuning.items()})
     env.update({
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), source.get("PATH", "")]),
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__API__HOST": HOST,
         "AIRFLOW__API__PORT": str(port),
         # tasks reach the Execution API through this; without it they call :8080 and are killed
@@ -211,6 +215,8 @@ def start(settings: Settings, port: int, env: dict[str, str] | None = None) -> A
 def standalone(settings: Settings) -> int:
     """Run Airflow on 127.0.0.1 until Ctrl-C (or SIGTERM); 1 if a component fails."""
     port = int(os.environ.get("AIRFLOW__API__PORT") or DEFAULT_PORT)
+    # the scheduler runs the last closed day as soon as the DAG is parsed: on the demo source, drop its data
+    ensure_demo_covers(settings, closed_day(dt.datetime.now(dt.UTC)))
     try:
         services = start(settings, port)
     except AirflowStartError as err:

@@ -2,12 +2,14 @@
 
 Layers: staging (only place that reads the lake) -> intermediate -> marts. Every mart is checked for its
 grain (unique keys, no null keys, at least one row) before it is written; a failed check stops the night.
+The item text that gets embedded is built in SQL (item_catalog.text) from the configurable text template.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import string
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Any
 
 import duckdb
 
-from pipeline.config import Settings
+from pipeline.config import DEFAULT_TEXT_TEMPLATE, Settings
 from pipeline.sql import check_grain, create_table
 
 log = logging.getLogger(__name__)
@@ -35,20 +37,55 @@ class Model:
         return self.path.rsplit("/", 1)[-1]
 
 
-# In dependency order. Marts (with keys) are checked and written to the lake.
+# In dependency order. Every model with keys is checked; marts are also written to the lake.
+# The temporal split may be empty (no history before the split date yet, or nobody active on it).
 MODELS = (
     Model("staging/stg_lake_interactions"),
     Model("staging/stg_lake_items"),
-    Model("intermediate/int_user_events"),
-    Model("marts/item_catalog", keys=("item_id",), not_null=("title",)),
+    Model("intermediate/int_user_events", keys=("event_id",), not_null=("user_id", "item_id", "position")),
+    Model("marts/item_catalog", keys=("item_id",), not_null=("title", "text")),
     Model("marts/user_sequences", keys=("user_id",), not_null=("item_ids", "last_event_ts")),
-    Model("marts/split_leave_one_out", keys=("user_id",), not_null=("train_items", "valid_item", "test_item")),
-    Model("marts/split_temporal", keys=("user_id",), not_null=("history_items", "target_item"), allow_empty=True),
-    Model("marts/item_popularity", keys=("item_id",), not_null=("events_all",)),
+    Model("marts/split_leave_one_out", keys=("user_id",),
+          not_null=("train_items", "valid_item", "test_item")),
+    Model("marts/split_temporal", keys=("user_id",),
+          not_null=("history_items", "target_item", "target_items"), allow_empty=True),
+    Model("marts/split_temporal_train", keys=("user_id",), not_null=("item_ids",), allow_empty=True),
+    Model("marts/item_popularity", keys=("item_id",), not_null=("events_all", "events_7d", "events_30d")),
     Model("marts/user_activity", keys=("user_id",), not_null=("n_events", "is_active")),
     Model("marts/user_seen_items", keys=("user_id", "item_id")),
 )
 MARTS = tuple(m for m in MODELS if m.path.startswith("marts/"))
+
+
+# Placeholders a text template may use; item_catalog.sql fills each one from the column of that name.
+TEMPLATE_FIELDS = ("title", "description", "brand", "genres", "categories", "tags")
+
+
+def template_parts(template: str) -> list[str]:
+    """Split a text template like "{title}. {genres}" into literals and placeholders for item_catalog.sql.
+
+    Only bare placeholders of TEMPLATE_FIELDS are allowed (no format specs, no literal braces), so the SQL
+    rendering and Python's str.format agree.
+    """
+    parts: list[str] = []
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as err:
+        raise ValueError(f"text_template {template!r}: {err}") from err
+    for literal, field, spec, conversion in parsed:
+        if "{" in literal or "}" in literal:
+            raise ValueError(f"text_template {template!r}: literal braces are not supported")
+        if literal:
+            parts.append(literal)
+        if field is None:
+            continue
+        if field not in TEMPLATE_FIELDS or spec or conversion:
+            raise ValueError(f"text_template {template!r}: unsupported placeholder {{{field}}}; "
+                             f"use one of {list(TEMPLATE_FIELDS)}")
+        parts.append("{" + field + "}")
+    if not any(p.startswith("{") for p in parts):
+        raise ValueError(f"text_template {template!r} uses no item field")
+    return parts
 
 
 def features_dir(lake_dir: Path, data_date: dt.date) -> Path:
@@ -60,16 +97,27 @@ def mart_path(lake_dir: Path, data_date: dt.date, mart: str) -> Path:
 
 
 def build_features(
-    con: duckdb.DuckDBPyConnection, lake_dir: Path, data_date: dt.date, max_history: int, active_days: int
+    con: duckdb.DuckDBPyConnection,
+    lake_dir: Path,
+    data_date: dt.date,
+    max_history: int,
+    active_days: int,
+    text_template: str = DEFAULT_TEXT_TEMPLATE,
+    split_date: dt.date | None = None,
 ) -> dict[str, int]:
-    """Create every model as a table on `con` and check the marts' grain; returns row counts per model."""
+    """Create every model as a table on `con` and check its grain; returns row counts per model.
+
+    The temporal split trains on events before `split_date` (default: the data date), evaluates on its events.
+    Raises GrainCheckError (naming the table and column) when a model breaks its grain.
+    """
     params: dict[str, Any] = {
         "interactions_glob": str(lake_dir / "interactions" / "*" / "*.parquet"),
         "items_glob": str(lake_dir / "items" / "*" / "*.parquet"),
         "run_date": data_date,
-        "split_date": data_date,
+        "split_date": split_date or data_date,
         "max_history": max_history,
         "active_days": active_days,
+        "text_template_parts": template_parts(text_template),
     }
     counts: dict[str, int] = {}
     for model in MODELS:
@@ -85,7 +133,8 @@ def run_features(settings: Settings, data_date: dt.date) -> dict[str, Any]:
     try:
         con.execute("set TimeZone = 'UTC'")
         max_history = max(200, settings.max_len + 2)
-        counts = build_features(con, settings.lake_dir, data_date, max_history, settings.active_days)
+        counts = build_features(con, settings.lake_dir, data_date, max_history, settings.active_days,
+                                settings.text_template)
         out = features_dir(settings.lake_dir, data_date)
         out.mkdir(parents=True, exist_ok=True)
         for mart in MARTS:

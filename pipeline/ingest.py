@@ -4,16 +4,17 @@ A landing file belongs to the data date its name starts with (``events/2026-11-2
 ``events/2026-11-21-late.csv``). Ingesting night D (re)ingests every date <= D whose files are new or changed
 since the ledger last saw them, so late files land in their own date and a first run loads history.
 
-Formats: JSONL, CSV (header line, one record per line) and Parquet, chosen by the file suffix or else by the
-``events_format`` / ``items_format`` setting; ``event_columns`` / ``item_columns`` map pipeline fields to source
-columns. Text files are streamed in blocks and split into lines with numpy (zero-copy Arrow slices); every
-format is reduced to the same text fields and validated by one SQL file per kind (``stg_events.sql``,
+Formats: JSONL, CSV (header line, one record per line) and Parquet, chosen by the file suffix or else by
+the ``events_format`` / ``items_format`` setting; ``event_columns`` / ``item_columns`` map pipeline fields to
+source columns. Text files are streamed in blocks and split into lines with numpy (zero-copy Arrow slices);
+every format is reduced to the same text fields and validated by one SQL file per kind (``stg_events.sql``,
 ``stg_items.sql``), so the rules live in one place.
 
 Every row read ends up accepted, dropped as a duplicate (events: same deterministic ``event_id`` on the same
 date; items: superseded by a later row) or quarantined with a reason; the ledger records the counts per file
-and they always reconcile. Partitions are written to a temporary folder and renamed into place, so a crash
-never leaves half a partition. A date whose quarantined fraction is above the threshold is not published.
+and they always reconcile. Each partition file is written under a temporary name beside it and renamed into
+place, so a crash never leaves half a partition. A date whose quarantined fraction is above the threshold is
+not published.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ TOP_REASONS = 3
 MAX_LISTED_FAILURES = 5
 SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv",
                   ".parquet": "parquet", ".pq": "parquet"}
+STREAMED_WRITE_ROWS = 50_000      # dates with more accepted rows (on average) are written one by one
+STREAM_BATCH_ROWS = 122_880
 RAW_LINES_SCHEMA = pa.schema([("file_no", pa.int32()), ("line_no", pa.int64()), ("raw", pa.large_binary())])
 
 
@@ -75,6 +78,8 @@ class Kind:
     fields: tuple[str, ...]            # pipeline fields read from the source
     required: tuple[str, ...]          # fields a CSV header / Parquet schema must have
     list_fields: tuple[str, ...] = ()  # fields holding lists (item attributes)
+    dictionary_columns: tuple[str, ...] = ()  # lake columns worth dictionary encoding (few distinct values)
+    out_order: str = "dt"              # a stable order of the lake rows (column names of stg_<name>_out)
 
     def sql(self, step: str = "") -> str:
         return f"staging/stg_{self.name}" + (f"_{step}" if step else "")
@@ -84,8 +89,11 @@ class Kind:
         return f"{self.name.removesuffix('s')}_fields"  # what stg_events.sql / stg_items.sql read
 
 
-EVENTS = Kind("events", "interactions", tuple(DEFAULT_EVENT_COLUMNS), ("user_id", "item_id", "timestamp"))
-ITEMS = Kind("items", "items", tuple(DEFAULT_ITEM_COLUMNS), ("item_id",), ("genres", "categories", "tags"))
+EVENTS = Kind("events", "interactions", tuple(DEFAULT_EVENT_COLUMNS), ("user_id", "item_id", "timestamp"),
+              dictionary_columns=("event_type", "dt", "source_file", "ingested_at"),
+              out_order="dt, source_file, line_no")
+ITEMS = Kind("items", "items", tuple(DEFAULT_ITEM_COLUMNS), ("item_id",), ("genres", "categories", "tags"),
+             dictionary_columns=("brand", "dt", "source_file", "ingested_at"), out_order="dt, item_id")
 
 
 @dataclass(frozen=True)
@@ -165,8 +173,8 @@ def iter_raw_lines(path: Path, block_bytes: int = READ_BLOCK_BYTES, max_line_byt
     Lines end at \\n, \\r\\n or a lone \\r; blank lines are not rows; line_no is the 1-based physical line.
     `raw` is a zero-copy slice of the block read: the line followed by its terminator (and any blank lines
     after it). A line longer than max_line_bytes is cut to its first max_line_bytes + 1 bytes and the rest is
-    skipped, so memory stays bounded and the row can be quarantined as too long. on_block sees every block read
-    (e.g. a checksum).
+    skipped, so memory stays bounded and the row can be quarantined as too long. on_block sees every block
+    read (e.g. a checksum).
     """
     line_no = 0
     carry = b""
@@ -190,7 +198,7 @@ def iter_raw_lines(path: Path, block_bytes: int = READ_BLOCK_BYTES, max_line_byt
                     break
                 continue
             buf = np.frombuffer(data, dtype=np.uint8)
-            ends = _line_ends(buf, eof)
+            ends = _line_ends(buf, eof, has_cr=b"\r" in data)
             if eof and (len(ends) == 0 or ends[-1] != len(buf) - 1):
                 ends = np.append(ends, len(buf))  # the last line has no terminator
             if len(ends):
@@ -209,11 +217,11 @@ def iter_raw_lines(path: Path, block_bytes: int = READ_BLOCK_BYTES, max_line_byt
                 break
 
 
-def _line_ends(buf: np.ndarray, eof: bool) -> np.ndarray:
+def _line_ends(buf: np.ndarray, eof: bool, has_cr: bool) -> np.ndarray:
     """Positions of line terminators: every \\n, and every \\r not followed by \\n (a \\r that ends a block
     before the end of the file may be half of a \\r\\n, so it waits for the next block)."""
     ends = np.flatnonzero(buf == 10)
-    cr = np.flatnonzero(buf == 13)
+    cr = np.flatnonzero(buf == 13) if has_cr else ()
     if len(cr):
         nxt = cr + 1
         lone = np.where(nxt == len(buf), eof, buf[np.minimum(nxt, len(buf) - 1)] != 10)
@@ -226,17 +234,19 @@ def _lines_batch(data: bytes, buf: np.ndarray, ends: np.ndarray, line_no: int) -
     starts[0] = 0
     starts[1:] = ends[:-1] + 1
     first = buf[np.minimum(starts, len(buf) - 1)]
-    keep = (starts < len(buf)) & (first != 10) & (first != 13)  # a line starting with a terminator is blank
-    kept = starts[keep]
-    if not len(kept):
+    blank = (starts >= len(buf)) | (first == 10) | (first == 13)  # a line starting with a terminator is blank
+    numbers = np.arange(line_no + 1, line_no + 1 + len(starts), dtype=np.int64)
+    if blank.any():
+        keep = ~blank
+        starts, ends, numbers = starts[keep], ends[keep], numbers[keep]
+    if not len(starts):
         return None
-    offsets = np.empty(len(kept) + 1, dtype=np.int64)
-    offsets[:-1] = kept
-    offsets[-1] = min(int(ends[keep][-1]) + 1, len(buf))
-    raw = pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(kept),
+    offsets = np.empty(len(starts) + 1, dtype=np.int64)
+    offsets[:-1] = starts
+    offsets[-1] = min(int(ends[-1]) + 1, len(buf))
+    raw = pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(starts),
                                            [None, pa.py_buffer(offsets), pa.py_buffer(data)])
-    numbers = line_no + 1 + np.flatnonzero(keep)
-    return pa.record_batch({"line_no": pa.array(numbers, pa.int64()), "raw": raw})
+    return pa.record_batch({"line_no": pa.array(numbers), "raw": raw})
 
 
 def _rest_after_long_line(data: bytes) -> tuple[bytes, bool]:
@@ -259,7 +269,7 @@ def csv_header(path: Path, delimiter: str, max_line_bytes: int) -> list[str] | N
 
 def _text_batches(files: list[SourceFile], settings: Settings, rows_read: dict[int, int],
                   hashers: dict[int, Any]) -> Iterator[pa.RecordBatch]:
-    """Raw lines of JSONL/CSV files (CSV headers left out) tagged with file_no; small files packed together."""
+    """Raw lines of JSONL/CSV files (CSV headers left out) tagged with file_no; small files are packed."""
     pending: list[pa.RecordBatch] = []
     for src in files:
         hasher = hashers.get(src.file_no)
@@ -305,7 +315,8 @@ def _parquet_batches(files: list[SourceFile], kind: Kind, mapping: dict[str, str
             for name in kind.fields:
                 source = mapping.get(name)
                 column = batch.column(source) if source in present else None
-                arrays.append(_as_text(column, n, schema.field(name).type, ts_format if name == "timestamp" else ""))
+                ts = ts_format if name == "timestamp" else ""
+                arrays.append(_as_text(column, n, schema.field(name).type, ts))
             rows_read[src.file_no] += n
             row += n
             yield pa.record_batch(arrays, schema=schema)
@@ -318,7 +329,8 @@ def _as_text(column: pa.Array | None, n: int, target: pa.DataType, ts_format: st
     if pa.types.is_list(target):
         if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
             return pc.cast(column, target)
-        return pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32)), pc.cast(column, pa.string()))
+        one_each = pa.array(np.arange(n + 1, dtype=np.int32))
+        return pa.ListArray.from_arrays(one_each, pc.cast(column, pa.string()))
     if ts_format and (pa.types.is_timestamp(column.type) or pa.types.is_date(column.type)):
         utc = pc.cast(pc.cast(column, pa.timestamp("us")) if pa.types.is_date(column.type) else column,
                       pa.timestamp("us", tz="UTC"))
@@ -364,10 +376,11 @@ def _sql_params(settings: Settings, kind: Kind) -> dict[str, Any]:
 
 
 def _file_layout(src: SourceFile, kind: Kind, settings: Settings) -> dict[str, Any]:
-    """One row of `ingest_files`: where the mapped fields are in a CSV header, which required ones are absent."""
+    """One row of `ingest_files`: where the mapped fields are in a CSV header; required ones absent."""
     mapping = _mapping(settings, kind)
     layout: dict[str, Any] = {"file_no": src.file_no, "source_file": src.path.name, "dt": src.day,
-                              "missing_columns": None, "n_columns": None, **{f"{f}_pos": None for f in kind.fields}}
+                              "missing_columns": None, "n_columns": None,
+                              **{f"{f}_pos": None for f in kind.fields}}
     names: list[str] | None = None
     if src.fmt == "csv":
         names = csv_header(src.path, settings.csv_delimiter, settings.max_line_bytes)
@@ -394,10 +407,10 @@ def _files_table(layouts: list[dict[str, Any]], kind: Kind) -> pa.Table:
 
 
 def _scratch_connection(tmp_dir: Path, settings: Settings) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB that spills to tmp_dir, so memory stays bounded on large inputs."""
-    tmp_dir.mkdir(parents=True, exist_ok=True)
+    """An in-memory DuckDB that spills to tmp_dir (created when needed), so memory stays bounded."""
     con = duckdb.connect()
     con.execute("set TimeZone = 'UTC'")
+    con.execute("set enable_progress_bar = false")
     con.execute("set memory_limit = $limit", {"limit": f"{settings.ingest_memory_mb}MB"})
     con.execute("set temp_directory = $dir", {"dir": str(tmp_dir)})
     if settings.ingest_threads:
@@ -416,13 +429,15 @@ def _stage(con: duckdb.DuckDBPyConnection, kind: Kind, files: list[SourceFile], 
         if not group:
             continue
         if fmt == "parquet":
-            batches = _parquet_batches(group, kind, _mapping(settings, kind), settings.timestamp_format, rows_read)
+            mapping = _mapping(settings, kind)
+            batches = _parquet_batches(group, kind, mapping, settings.timestamp_format, rows_read)
             con.register("source_rows", pa.RecordBatchReader.from_batches(_source_schema(kind), batches))
             steps = [(kind.sql("fields_parquet"), kind.fields_view)]
         else:
             batches = _text_batches(group, settings, rows_read, hashers)
             con.register("raw_lines", pa.RecordBatchReader.from_batches(RAW_LINES_SCHEMA, batches))
-            steps = [("staging/stg_ingest_lines", "ingest_lines"), (kind.sql(f"fields_{fmt}"), kind.fields_view)]
+            steps = [("staging/stg_ingest_lines", "ingest_lines"),
+                     (kind.sql(f"fields_{fmt}"), kind.fields_view)]
         for name, view in steps:
             relation(con, name, params).create_view(view, replace=True)
         validated = relation(con, kind.sql(), params)
@@ -450,8 +465,8 @@ def _known_items(con: duckdb.DuckDBPyConnection, settings: Settings, kind: Kind)
         con.execute("create table known_items (item_id varchar, first_dt date)")
 
 
-def _file_counts(con: duckdb.DuckDBPyConnection, kind: Kind, files: list[SourceFile], rows_read: dict[int, int],
-                 checksums: dict[Path, str]) -> list[FileCounts]:
+def _file_counts(con: duckdb.DuckDBPyConnection, kind: Kind, files: list[SourceFile],
+                 rows_read: dict[int, int], checksums: dict[Path, str]) -> list[FileCounts]:
     """Per-file counts of the batch; fails loudly if they do not reconcile with the rows read."""
     reasons: dict[int, dict[str, int]] = {}
     for file_no, reason, n in relation(con, "staging/stg_ingest_reasons").fetchall():
@@ -470,70 +485,125 @@ def _file_counts(con: duckdb.DuckDBPyConnection, kind: Kind, files: list[SourceF
 
 
 def _over_threshold(kind: Kind, counts: list[FileCounts], threshold: float) -> dict[dt.date, str]:
-    """Dates whose quarantined fraction of event rows is above the threshold, with a message naming the worst file."""
+    """Dates whose quarantined fraction of event rows is above the threshold, with a message naming the worst
+    file and its top reasons."""
     failed: dict[dt.date, str] = {}
     if kind is not EVENTS:
         return failed
-    for day in sorted({c.day for c in counts if c.day is not None}):
-        of_day = [c for c in counts if c.day == day]
+    for day, of_day in _by_day(counts).items():
         total, bad = sum(c.rows_read for c in of_day), sum(c.quarantined for c in of_day)
         if total and bad / total > threshold:
             worst = max(of_day, key=lambda c: (c.quarantined / max(c.rows_read, 1), c.quarantined))
             failed[day] = (
                 f"{day}: {bad} of {total} event rows quarantined ({bad / total:.1%}), above the threshold "
-                f"{threshold:.1%}; worst file {worst.source_file}: {top_reasons(worst.reasons)}. Nothing for {day} "
-                f"is published; see lake/quarantine/dt={day}/events.parquet"
+                f"{threshold:.1%}; worst file {worst.source_file}: {top_reasons(worst.reasons)}. "
+                f"Nothing for {day} is published; see lake/quarantine/dt={day}/events.parquet"
             )
     return failed
+
+
+def _by_day(counts: list[FileCounts]) -> dict[dt.date, list[FileCounts]]:
+    grouped: dict[dt.date, list[FileCounts]] = {}
+    for c in counts:
+        if c.day is not None:
+            grouped.setdefault(c.day, []).append(c)
+    return grouped
 
 
 # ---------------------------------------------------------------------------------------------- publishing
 
 
-def _publish(con: duckdb.DuckDBPyConnection, kind: Kind, settings: Settings, days: list[dt.date],
-             failed: dict[dt.date, str], tmp_dir: Path, ingested_at: dt.datetime) -> None:
-    """Write quarantine (every date) and accepted rows (dates not failed) by date, then rename into the lake."""
-    options = {"partition_by": ["dt"], "write_partition_columns": True, "filename_pattern": "part-{i}",
-               "compression": "zstd"}
-    relation(con, "staging/stg_ingest_quarantine", {"kind": kind.name, "ingested_at": ingested_at}).write_parquet(
-        str(tmp_dir / "quarantine"), **options)
-    published = [d for d in days if d not in failed]
-    out = relation(con, kind.sql("out"), {"dates": published, "ingested_at": ingested_at})
-    out.write_parquet(str(tmp_dir / "out"), **options)
-    empty = tmp_dir / "empty.parquet"
+def _publish(con: duckdb.DuckDBPyConnection, kind: Kind, settings: Settings, counts: list[FileCounts],
+             failed: dict[dt.date, str], ingested_at: dt.datetime) -> None:
+    """Replace each date's quarantine file and (unless the date failed) its lake partition.
+
+    Every file is written under a temporary name beside its target and renamed into place, so readers see the
+    old or the new file, never a partial one. Big dates are streamed one by one in source order; many small
+    dates come from one query ordered by date.
+    """
+    by_day = _by_day(counts)
+    bind = {"kind": kind.name, "ingested_at": ingested_at}
+    quarantine = settings.lake_dir / "quarantine"
+    rejected = relation(con, "staging/stg_ingest_quarantine", bind)
+    file_name = f"{kind.name}.parquet"
+    _write_by_date(rejected, list(by_day), kind, lambda day: quarantine / f"dt={day}" / file_name,
+                   keep_empty=False)
+    published = [d for d in by_day if d not in failed]
+    accepted = sum(c.accepted for d in published for c in by_day[d])
+    target = settings.lake_dir / kind.lake_table
+    path_of = lambda day: target / f"dt={day}" / "part-0.parquet"  # noqa: E731
+    if published and accepted >= STREAMED_WRITE_ROWS * len(published):
+        for day in published:
+            _write_by_date(relation(con, kind.sql("out"), {**bind, "dates": [day]}), [day], kind, path_of)
+    else:
+        ordered = relation(con, kind.sql("out"), {**bind, "dates": published}).order(kind.out_order)
+        _write_by_date(ordered, published, kind, path_of)
+
+
+def _write_by_date(rel: duckdb.DuckDBPyRelation, days: list[dt.date], kind: Kind,
+                   path_of: Callable[[dt.date], Path], keep_empty: bool = True) -> None:
+    """Stream a relation ordered by `dt` into one Parquet file per date (bounded memory, one writer open).
+
+    Dates of `days` without rows get an empty file (keep_empty) or lose their old file."""
+    reader = rel.to_arrow_reader(STREAM_BATCH_ROWS)
+    written: set[dt.date] = set()
+    current: _PartitionWriter | None = None
+    try:
+        for batch in reader:
+            runs = _date_runs(batch.column("dt"))
+            for day, start, stop in runs:
+                if current is None or current.day != day:
+                    if current is not None:
+                        current.commit()
+                    if day in written:
+                        raise IngestError(f"rows for {day} are not contiguous; cannot write its partition")
+                    current = _PartitionWriter(day, path_of(day), reader.schema, kind)
+                    written.add(day)
+                current.write(batch.slice(start, stop - start))
+        if current is not None:
+            current.commit()
+            current = None
+    finally:
+        if current is not None:
+            current.discard()
     for day in days:
-        part = f"dt={day.isoformat()}"
-        _replace_or_remove(_single_file(con, tmp_dir / "quarantine" / part),
-                           settings.lake_dir / "quarantine" / part / f"{kind.name}.parquet")
-        if day in failed:
-            continue
-        produced = _single_file(con, tmp_dir / "out" / part)
-        if produced is None:  # no accepted rows: an empty partition still replaces what the date had
-            if not empty.exists():
-                relation(con, kind.sql("out"), {"dates": [], "ingested_at": ingested_at}).write_parquet(
-                    str(empty), compression="zstd")
-            produced = tmp_dir / f"{part}.empty.parquet"
-            shutil.copyfile(empty, produced)
-        _replace_or_remove(produced, settings.lake_dir / kind.lake_table / part / "part-0.parquet")
+        if day not in written:
+            if keep_empty:
+                _PartitionWriter(day, path_of(day), reader.schema, kind).commit()
+            else:
+                path_of(day).unlink(missing_ok=True)
 
 
-def _single_file(con: duckdb.DuckDBPyConnection, folder: Path) -> Path | None:
-    """The one Parquet file DuckDB wrote for a partition (merged if it wrote several), or None."""
-    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
-    if len(files) <= 1:
-        return files[0] if files else None
-    merged = folder / "merged.parquet.tmp"
-    con.read_parquet([str(f) for f in files]).write_parquet(str(merged), compression="zstd")
-    return merged
+def _date_runs(column: pa.Array) -> list[tuple[dt.date, int, int]]:
+    """(date, start, stop) of each run of equal dates in a date32 column."""
+    days = column.cast(pa.int32()).to_numpy(zero_copy_only=False)
+    cuts = np.concatenate(([0], np.flatnonzero(np.diff(days)) + 1, [len(days)]))
+    epoch = dt.date(1970, 1, 1)
+    return [(epoch + dt.timedelta(days=int(days[a])), int(a), int(b))
+            for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a]
 
 
-def _replace_or_remove(source: Path | None, target: Path) -> None:
-    """Atomically put `source` at `target` (same file system), or remove `target` when there is no source."""
-    if source is None:
-        target.unlink(missing_ok=True)
-        return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    source.replace(target)
+class _PartitionWriter:
+    """One Parquet file written under a temporary name beside its target, renamed into place on commit."""
+
+    def __init__(self, day: dt.date, target: Path, schema: pa.Schema, kind: Kind) -> None:
+        self.day = day
+        self.target = target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+        self.writer = pq.ParquetWriter(self.tmp, schema, compression="zstd",
+                                       use_dictionary=list(kind.dictionary_columns))
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        self.writer.write_batch(batch)
+
+    def commit(self) -> None:
+        self.writer.close()
+        self.tmp.replace(self.target)
+
+    def discard(self) -> None:
+        self.writer.close()
+        self.tmp.unlink(missing_ok=True)
 
 
 def top_reasons(reasons: dict[str, int]) -> str:
@@ -555,7 +625,7 @@ def _ingest_batch(settings: Settings, kind: Kind, batch: list[tuple[dt.date, lis
             checksums[src.path] = file_sha256(src.path)
     hashers = {f.file_no: hashlib.sha256() for f in files if f.path not in checksums}
     tmp_dir = settings.lake_dir / "_tmp" / uuid.uuid4().hex
-    con = _scratch_connection(tmp_dir / "spill", settings)
+    con = _scratch_connection(tmp_dir, settings)
     try:
         con.register("ingest_files", _files_table([_file_layout(f, kind, settings) for f in files], kind))
         rows_read = _stage(con, kind, files, settings, hashers)
@@ -564,7 +634,7 @@ def _ingest_batch(settings: Settings, kind: Kind, batch: list[tuple[dt.date, lis
         _known_items(con, settings, kind)
         counts = _file_counts(con, kind, files, rows_read, checksums)
         failed = _over_threshold(kind, counts, settings.quarantine_threshold)
-        _publish(con, kind, settings, [day for day, _ in batch], failed, tmp_dir, ingested_at)
+        _publish(con, kind, settings, counts, failed, ingested_at)
         return BatchResult(counts, failed)
     finally:
         con.close()
@@ -665,8 +735,9 @@ def ingest(settings: Settings, data_date: dt.date) -> dict[str, Any]:
         for kind, by_date in sources.items():
             failures += _ingest_kind(settings, kind, by_date, data_date, previous, wh, ingested_at, summary)
     if failures:
-        more = f"; and {len(failures) - MAX_LISTED_FAILURES} more dates" if len(failures) > MAX_LISTED_FAILURES else ""
-        raise IngestQualityError("; ".join(failures[:MAX_LISTED_FAILURES]) + more)
+        more = len(failures) - MAX_LISTED_FAILURES
+        listed = "; ".join(failures[:MAX_LISTED_FAILURES]) + (f"; and {more} more dates" if more > 0 else "")
+        raise IngestQualityError(listed)
     log.info("ingest %s: %s", data_date, summary.get("events"))
     return summary
 
@@ -691,8 +762,9 @@ def _ingest_kind(settings: Settings, kind: Kind, by_date: dict[dt.date, list[Pat
         try:
             result = _ingest_batch(settings, kind, batch, checksums, ingested_at)
         except IngestError:
-            failed = [FileCounts(p.name, checksums.get(p, ""), day=day) for day, paths in batch for p in paths]
-            _record(wh, kind, [(c, "failed") for c in failed], ingested_at)
+            files = [(day, path) for day, paths in batch for path in paths]
+            _record(wh, kind, [(FileCounts(p.name, checksums.get(p, ""), day=d), "failed") for d, p in files],
+                    ingested_at)
             raise
         status = {day: "failed" if day in result.failed_days else "ok" for day, _ in batch}
         _record(wh, kind, [(c, status[c.day]) for c in result.counts if c.day is not None], ingested_at)

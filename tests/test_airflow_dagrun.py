@@ -53,6 +53,13 @@ class Home:
             """select dt, user_id, rank, item_id, score, source, model_name, model_version
                from recommendations where dt = $d order by user_id, rank""", d=day)
 
+    def lake_partition(self, day: dt.date) -> list[tuple]:
+        """The date's published Parquet partition, without generated_at."""
+        path = self.settings.lake_dir / "recommendations" / f"dt={day.isoformat()}" / "part-0.parquet"
+        with duckdb.connect() as con:
+            return con.execute("""select * exclude (generated_at) from read_parquet($p)
+                                  order by user_id, rank""", {"p": str(path)}).fetchall()
+
     def all_published(self) -> list[tuple]:
         return self.query("""select dt, user_id, rank, item_id, score, source, model_name, model_version
                              from recommendations order by dt, user_id, rank""")
@@ -123,15 +130,16 @@ def test_params_top_n_7_and_retrain_false_reuse_the_champion(home: Home) -> None
 def test_backfill_twice_publishes_identical_tables_and_ingest_noops(home: Home) -> None:
     for day in BACKFILL:
         assert run_dag(day, retrain=False) == "success", day
-    first = {day: home.published(day) for day in BACKFILL}
+    first = {day: (home.published(day), home.lake_partition(day)) for day in BACKFILL}
     (second_pass_started,) = home.query("select now()")[0]
 
     for day in BACKFILL:
         assert run_dag(day, retrain=False) == "success", day
 
     for day in BACKFILL:
-        assert first[day], f"nothing published for {day}"
-        assert home.published(day) == first[day], f"rerun of {day} changed the published table"
+        assert first[day][0], f"nothing published for {day}"
+        assert home.published(day) == first[day][0], f"rerun of {day} changed the warehouse table"
+        assert home.lake_partition(day) == first[day][1], f"rerun of {day} changed the lake partition"
     statuses = home.query("select distinct status from ingest_ledger where ingested_at >= $t",
                           t=second_pass_started)
     assert statuses == [("noop",)]

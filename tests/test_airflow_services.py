@@ -5,6 +5,7 @@ NIGHTLY_RECS_HOME, on a free port. The nightly DAG is triggered through REST API
 UI's trigger form does it, and polled until it succeeds; then a one-day `airflow backfill create`; the example
 consumer must have summarised what was published. Everything is stopped by process group at the end.
 
+Settings name a `gpu` pool and queue: `airflow_local` creates the pool, and embed/train must run in it.
 Landing drops end the day before the last closed day, so the scheduler's own run for the closed day (created
 as soon as the unpaused DAG is parsed, catchup=False) fails at ingest, and nothing downstream of it runs.
 """
@@ -79,10 +80,13 @@ class Api:
             time.sleep(2.0)
         raise AssertionError(f"{dag_id} run {run_id} not finished within {timeout_s:.0f} s: {run['state']}")
 
-    def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
+    def task_instances(self, dag_id: str, run_id: str) -> dict[str, dict]:
         status, body = self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
         assert status == 200, body
-        return {ti["task_id"]: ti["state"] for ti in body["task_instances"]}
+        return {ti["task_id"]: ti for ti in body["task_instances"]}
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
+        return {task_id: ti["state"] for task_id, ti in self.task_instances(dag_id, run_id).items()}
 
     def runs(self, dag_id: str) -> list[dict]:
         status, body = self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns?order_by=run_after")
@@ -112,7 +116,9 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
     generate(home / "landing", DemoConfig(**{**SMALL_DEMO, "days": DEMO_DAYS}, start_date=days[0]))
     # the services get a clean environment: none of this pytest process's in-process Airflow settings
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "NIGHTLY_RECS_"))}
+    # LocalExecutor runs every queue, so the gpu queue needs no worker here
     env.update({"NIGHTLY_RECS_HOME": str(home), "NIGHTLY_RECS_TASK_RETRIES": "0",
+                "NIGHTLY_RECS_GPU_POOL": "gpu", "NIGHTLY_RECS_GPU_QUEUE": "gpu",
                 "AIRFLOW__CORE__PARALLELISM": "2"})
     settings = load_settings(env=env)
     services = airflow_local.start(settings, airflow_local.free_port(), env)
@@ -152,13 +158,24 @@ def test_rest_triggered_run_with_conf_trains_and_publishes(airflow: Airflow) -> 
 
     final = airflow.api.wait_run(DAG_ID, run["dag_run_id"], RUN_TIMEOUT_S, airflow.services)
 
-    states = airflow.api.task_states(DAG_ID, run["dag_run_id"])
+    tis = airflow.api.task_instances(DAG_ID, run["dag_run_id"])
+    states = {task_id: ti["state"] for task_id, ti in tis.items()}
     assert final["state"] == "success", states
     assert set(states.values()) == {"success"}, states
+    routing = {task_id: (ti["pool"], ti["queue"]) for task_id, ti in tis.items()}
+    assert routing.pop("embed") == routing.pop("train") == ("gpu", "gpu"), "GPU tasks not routed"
+    assert set(routing.values()) == {("default_pool", "default")}
     rows = _published(airflow.settings, day)
     users = {user for user, _, _ in rows}
     assert users and len(rows) == 5 * len(users)
     assert {version for _, _, version in rows} == {"1"}
+    from mlflow import MlflowClient
+
+    uri = airflow.settings.mlflow_uri
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    tags = client.get_model_version(airflow.settings.model_name, "1").tags
+    assert tags["gate.forced"] == "true", "force_promote from the conf was not applied and recorded"
+    assert tags["dag_run_id"] == run["dag_run_id"]
 
 
 def test_scheduled_run_for_the_closed_day_without_data_fails_at_ingest(airflow: Airflow) -> None:

@@ -213,6 +213,7 @@ def test_airflow_services_environment(tmp_path: Path) -> None:
     assert env["AIRFLOW__API__HOST"] == "127.0.0.1" and env["AIRFLOW__API__PORT"] == "8123"
     assert env["AIRFLOW__API__BASE_URL"] == "http://127.0.0.1:8123"
     assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    assert env["AIRFLOW__CORE__PARALLELISM"] == "1", "a parallelism chosen by the caller wins"
     assert env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] == "False"
     assert len(env["AIRFLOW__API_AUTH__JWT_SECRET"].encode()) >= 64
     assert airflow_local.jwt_secret(settings.airflow_home) == env["AIRFLOW__API_AUTH__JWT_SECRET"], "kept"

@@ -1,7 +1,8 @@
 -- stg_events: validate source event fields from any landing format; the one place the event rules live.
 -- Every input row comes out exactly once: reason is null for an accepted row, otherwise it names why the row
--- is quarantined. event_id = md5 of the normalised fields (user, item, type, value, timestamp in microseconds),
--- so the same event read twice (in any format) has the same id.
+-- is quarantined. event_key = md5_number of the normalised fields (user, item, type, value, and the timestamp
+-- as hex epoch microseconds, joined by chr(31)), so the same event read twice (in any format) has the same key;
+-- the lake's event_id is its 32 hex digits (stg_events_out).
 -- grain: one row per source row (file_no, line_no).
 -- reads: event_fields(file_no, line_no, dt, raw, text, parse_error, user_id, item_id, event_type, value_raw,
 --        ts_raw), a view over stg_events_fields_<format>.
@@ -24,8 +25,8 @@ parsed as (
         trim(user_id) as user_id,
         trim(item_id) as item_id,
         lower(trim(coalesce(event_type, nullif($default_event_type, '')))) as event_type,
-        nullif(trim(value_raw), '') as value_raw,
-        nullif(trim(ts_raw), '') as ts_raw
+        nullif(value_raw, '') as value_raw,  -- casts below ignore surrounding spaces
+        nullif(ts_raw, '') as ts_raw
     from source
 ),
 
@@ -51,7 +52,8 @@ validated as (
             when length(user_id) > $max_field_chars or length(item_id) > $max_field_chars then 'field_too_long'
             when ts_raw is null then 'missing_timestamp'
             when event_ts is null then 'unparsable_timestamp'
-            when event_ts < $ts_min or event_ts >= cast(dt + interval 2 day as timestamptz)
+            -- the window ends with the day after the data date; compared in epoch microseconds (cheap)
+            when event_ts < $ts_min or epoch_us(event_ts) >= (cast(dt - date '1970-01-01' as bigint) + 2) * 86400000000
                 then 'timestamp_out_of_window'
             when event_type is null or not list_contains($allowed_event_types, event_type)
                 then 'unknown_event_type'
@@ -69,9 +71,9 @@ final as (
         cast(case when reason is not null then left(
             coalesce(replace(replace(text, chr(10), ''), chr(13), ''), cast(raw as varchar)), $max_raw_chars
         ) end as varchar) as raw_text,
-        cast(case when reason is null then md5(concat_ws(chr(31),
-            user_id, item_id, event_type, coalesce(cast(value as varchar), ''), cast(epoch_us(event_ts) as varchar)
-        )) end as varchar) as event_id,
+        cast(case when reason is null then md5_number(concat_ws(chr(31),
+            user_id, item_id, event_type, coalesce(cast(value as varchar), ''), hex(epoch_us(event_ts))
+        )) end as uhugeint) as event_key,
         cast(case when reason is null then user_id end as varchar) as user_id,
         cast(case when reason is null then item_id end as varchar) as item_id,
         cast(case when reason is null then event_type end as varchar) as event_type,

@@ -1,9 +1,9 @@
 -- stg_events_dedup: the accepted rows that repeat an earlier accepted row of the same data date (same
--- event_id); they are dropped and counted as duplicates. The first occurrence (by file, then line) is kept.
+-- event_key); they are dropped and counted as duplicates. The first occurrence (by file, then line) is kept.
 -- grain: one row per duplicate source row (file_no, line_no).
 -- reads: staged (the validated rows of every file of the batch, from stg_events). parameters: none.
 with accepted as (
-    select dt, event_id, file_no, line_no
+    select dt, event_key, file_no, line_no
     from staged
     where reason is null
 ),
@@ -11,7 +11,7 @@ with accepted as (
 ranked as (
     select
         *,
-        row_number() over (partition by dt, event_id order by file_no, line_no) as occurrence
+        row_number() over (partition by dt, event_key order by file_no, line_no) as occurrence
     from accepted
 ),
 

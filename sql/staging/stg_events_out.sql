@@ -1,5 +1,5 @@
 -- stg_events_out: the lake's interactions rows for the published dates of the batch, in source order.
--- grain: one row per accepted, deduplicated event (dt, event_id).
+-- grain: one row per accepted, deduplicated event (dt, event_id); event_id = the 32 hex digits of event_key.
 -- reads: staged (from stg_events), duplicates (from stg_events_dedup), ingest_files.
 -- parameters: $dates (the data dates to publish; dates over the quarantine threshold are left out),
 --             $ingested_at.
@@ -12,7 +12,10 @@ with accepted as (
 
 final as (
     select
-        cast(a.event_id as varchar) as event_id,
+        cast(case  -- 32 hex digits (hex() drops leading zeros)
+            when a.event_key >= cast(1 as uhugeint) << 124 then hex(a.event_key)
+            else lpad(hex(a.event_key), 32, '0')
+        end as varchar) as event_id,
         cast(a.user_id as varchar) as user_id,
         cast(a.item_id as varchar) as item_id,
         cast(a.event_type as varchar) as event_type,

@@ -24,7 +24,6 @@ final as (
         cast($ingested_at as timestamptz) as ingested_at
     from latest as l
     inner join ingest_files as f on l.file_no = f.file_no
-    order by l.dt, l.item_id
 )
 
 select * from final
