@@ -6,7 +6,7 @@ partition is and which model served it (`degraded` is true when training failed 
 the consumer never guesses "latest". This one writes `$NIGHTLY_RECS_HOME/consumer/daily_summary_<date>.json`.
 
 A DAG in another repository schedules on the same asset: `Asset(name="nightly_recs_recommendations",
-uri="file://<NIGHTLY_RECS_HOME>/lake/recommendations")`; name and URI must both match the producer's.
+uri="nightly-recs://nightly-recs/recommendations")`; name and URI must both match the producer's.
 """
 
 from __future__ import annotations

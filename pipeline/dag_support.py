@@ -32,13 +32,10 @@ def nightly_assets(settings: Any) -> dict[str, Any]:
     """The nightly DAG's assets, keyed like ASSET_NAMES: one definition for the producer and the consumer."""
     from airflow.sdk import Asset
 
-    uris = {
-        "interactions": (settings.lake_dir / "interactions").as_uri(),
-        "item_embeddings": (settings.lake_dir / "item_embeddings").as_uri(),
-        "model": f"mlflow-model://{settings.model_name}",
-        "recommendations": (settings.lake_dir / "recommendations").as_uri(),
-    }
-    return {key: Asset(name=ASSET_NAMES[key], uri=uris[key]) for key in ASSET_NAMES}
+    # Logical URIs: the asset keeps its identity when the lake moves (another home, object storage); where
+    # the data physically is travels in each event's `extra` (e.g. the Parquet partition).
+    return {key: Asset(name=ASSET_NAMES[key], uri=f"nightly-recs://{settings.model_name}/{key}")
+            for key in ASSET_NAMES}
 
 
 def closed_day(at: dt.datetime) -> dt.date:

@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import functools
 import hashlib
 import logging
 import re
 import shutil
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +57,8 @@ SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv
                   ".parquet": "parquet", ".pq": "parquet"}
 STREAMED_WRITE_ROWS = 50_000      # dates with more accepted rows (on average) are written one by one
 STREAM_BATCH_ROWS = 122_880
+WRITE_QUEUE = 4                   # Arrow batches waiting for the background Parquet writer
+UTF8_BOM = b"\xef\xbb\xbf"
 RAW_LINES_SCHEMA = pa.schema([("file_no", pa.int32()), ("line_no", pa.int64()), ("raw", pa.large_binary())])
 
 
@@ -180,11 +185,15 @@ def iter_raw_lines(path: Path, block_bytes: int = READ_BLOCK_BYTES, max_line_byt
     carry = b""
     skipping = False  # inside an over-long line whose start was already emitted
     with path.open("rb") as fh:
+        first = True
         while True:
             block = fh.read(block_bytes)
+            eof = not block
             if on_block is not None and block:
                 on_block(block)
-            eof = not block
+            if first and block.startswith(UTF8_BOM):
+                block = block[len(UTF8_BOM):]  # a byte order mark is not part of the first line
+            first = False
             data = carry + block if carry else block
             carry = b""
             if skipping:
@@ -263,7 +272,7 @@ def csv_header(path: Path, delimiter: str, max_line_bytes: int) -> list[str] | N
     first = next(iter_raw_lines(path, block_bytes=1 << 16, max_line_bytes=max_line_bytes), None)
     if first is None:
         return None
-    text = first.column("raw")[0].as_py().rstrip(b"\r\n").decode("utf-8", errors="replace").lstrip("\ufeff")
+    text = first.column("raw")[0].as_py().rstrip(b"\r\n").decode("utf-8", errors="replace")
     return [name.strip() for name in next(csv.reader([text], delimiter=delimiter), [])]
 
 
@@ -271,6 +280,7 @@ def _text_batches(files: list[SourceFile], settings: Settings, rows_read: dict[i
                   hashers: dict[int, Any]) -> Iterator[pa.RecordBatch]:
     """Raw lines of JSONL/CSV files (CSV headers left out) tagged with file_no; small files are packed."""
     pending: list[pa.RecordBatch] = []
+    pending_rows = 0
     for src in files:
         hasher = hashers.get(src.file_no)
         header_left = src.fmt == "csv"
@@ -284,9 +294,10 @@ def _text_batches(files: list[SourceFile], settings: Settings, rows_read: dict[i
             pending.append(pa.record_batch(
                 [pa.array(np.full(lines.num_rows, src.file_no, np.int32)), lines.column(0), lines.column(1)],
                 schema=RAW_LINES_SCHEMA))
-            if sum(b.num_rows for b in pending) >= COALESCE_ROWS:
+            pending_rows += lines.num_rows
+            if pending_rows >= COALESCE_ROWS:
                 yield _concat(pending)
-                pending = []
+                pending, pending_rows = [], 0
     if pending:
         yield _concat(pending)
 
@@ -407,7 +418,8 @@ def _files_table(layouts: list[dict[str, Any]], kind: Kind) -> pa.Table:
 
 
 def _scratch_connection(tmp_dir: Path, settings: Settings) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB that spills to tmp_dir (created when needed), so memory stays bounded."""
+    """An in-memory DuckDB that spills to tmp_dir (DuckDB creates it when needed), so memory stays bounded."""
+    tmp_dir.parent.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect()
     con.execute("set TimeZone = 'UTC'")
     con.execute("set enable_progress_bar = false")
@@ -518,20 +530,17 @@ def _publish(con: duckdb.DuckDBPyConnection, kind: Kind, settings: Settings, cou
     """Replace each date's quarantine file and (unless the date failed) its lake partition.
 
     Every file is written under a temporary name beside its target and renamed into place, so readers see the
-    old or the new file, never a partial one. Big dates are streamed one by one in source order; many small
-    dates come from one query ordered by date.
+    old or the new file, never a partial one. Big dates are streamed one by one (row order within a partition
+    is not significant: the key is dt + event_id); many small dates come from one query ordered by date.
     """
     by_day = _by_day(counts)
     bind = {"kind": kind.name, "ingested_at": ingested_at}
-    quarantine = settings.lake_dir / "quarantine"
     rejected = relation(con, "staging/stg_ingest_quarantine", bind)
-    file_name = f"{kind.name}.parquet"
-    _write_by_date(rejected, list(by_day), kind, lambda day: quarantine / f"dt={day}" / file_name,
-                   keep_empty=False)
+    quarantine_of = functools.partial(_partition_file, settings.lake_dir / "quarantine", f"{kind.name}.parquet")
+    _write_by_date(rejected, list(by_day), kind, quarantine_of, keep_empty=False)
     published = [d for d in by_day if d not in failed]
     accepted = sum(c.accepted for d in published for c in by_day[d])
-    target = settings.lake_dir / kind.lake_table
-    path_of = lambda day: target / f"dt={day}" / "part-0.parquet"  # noqa: E731
+    path_of = functools.partial(_partition_file, settings.lake_dir / kind.lake_table, "part-0.parquet")
     if published and accepted >= STREAMED_WRITE_ROWS * len(published):
         for day in published:
             _write_by_date(relation(con, kind.sql("out"), {**bind, "dates": [day]}), [day], kind, path_of)
@@ -540,38 +549,91 @@ def _publish(con: duckdb.DuckDBPyConnection, kind: Kind, settings: Settings, cou
         _write_by_date(ordered, published, kind, path_of)
 
 
+def _partition_file(folder: Path, name: str, day: dt.date) -> Path:
+    return folder / f"dt={day.isoformat()}" / name
+
+
 def _write_by_date(rel: duckdb.DuckDBPyRelation, days: list[dt.date], kind: Kind,
                    path_of: Callable[[dt.date], Path], keep_empty: bool = True) -> None:
-    """Stream a relation ordered by `dt` into one Parquet file per date (bounded memory, one writer open).
+    """Stream a relation ordered by `dt` into one Parquet file per date (bounded memory).
 
     Dates of `days` without rows get an empty file (keep_empty) or lose their old file."""
     reader = rel.to_arrow_reader(STREAM_BATCH_ROWS)
-    written: set[dt.date] = set()
-    current: _PartitionWriter | None = None
+    files = _DateFiles(reader.schema, kind, path_of)
     try:
         for batch in reader:
-            runs = _date_runs(batch.column("dt"))
-            for day, start, stop in runs:
-                if current is None or current.day != day:
-                    if current is not None:
-                        current.commit()
-                    if day in written:
-                        raise IngestError(f"rows for {day} are not contiguous; cannot write its partition")
-                    current = _PartitionWriter(day, path_of(day), reader.schema, kind)
-                    written.add(day)
-                current.write(batch.slice(start, stop - start))
-        if current is not None:
-            current.commit()
-            current = None
-    finally:
-        if current is not None:
-            current.discard()
+            for day, start, stop in _date_runs(batch.column("dt")):
+                files.add(day, batch.slice(start, stop - start))
+    except BaseException:
+        files.abort()
+        raise
+    files.close()
     for day in days:
-        if day not in written:
+        if day not in files.days:
             if keep_empty:
                 _PartitionWriter(day, path_of(day), reader.schema, kind).commit()
             else:
                 path_of(day).unlink(missing_ok=True)
+
+
+class _DateFiles:
+    """Writes batches that arrive ordered by date into one file per date. Parquet encoding runs on one
+    background thread, overlapping DuckDB producing the next batch; at most WRITE_QUEUE batches wait."""
+
+    def __init__(self, schema: pa.Schema, kind: Kind, path_of: Callable[[dt.date], Path]) -> None:
+        self.schema, self.kind, self.path_of = schema, kind, path_of
+        self.days: set[dt.date] = set()
+        self._last: dt.date | None = None
+        self._current: _PartitionWriter | None = None  # used on the worker thread only
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-parquet")
+        self._pending: deque[Future[None]] = deque()
+
+    def add(self, day: dt.date, batch: pa.RecordBatch) -> None:
+        if day != self._last:
+            if day in self.days:
+                raise IngestError(f"rows for {day} are not contiguous; cannot write its partition")
+            self.days.add(day)
+            self._last = day
+            self._submit(self._open, day)
+        self._submit(self._write, batch)
+
+    def close(self) -> None:
+        """Commit the last file; raises what the worker raised (after discarding the unfinished file)."""
+        try:
+            self._submit(self._finish, True)
+            while self._pending:
+                self._pending.popleft().result()
+        except BaseException:
+            self.abort()
+            raise
+        self._pool.shutdown(wait=True)
+
+    def abort(self) -> None:
+        """Stop the worker and discard the unfinished file (committed dates stay)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pending.clear()
+        try:
+            self._finish(commit=False)
+        except (OSError, pa.ArrowException) as err:
+            log.warning("could not discard an unfinished partition file: %s", err)
+
+    def _submit(self, fn: Callable[..., None], *args: Any) -> None:
+        self._pending.append(self._pool.submit(fn, *args))
+        while len(self._pending) > WRITE_QUEUE:
+            self._pending.popleft().result()
+
+    def _open(self, day: dt.date) -> None:
+        self._finish(commit=True)
+        self._current = _PartitionWriter(day, self.path_of(day), self.schema, self.kind)
+
+    def _write(self, batch: pa.RecordBatch) -> None:
+        assert self._current is not None, "a batch before its date's file was opened"
+        self._current.write(batch)
+
+    def _finish(self, commit: bool) -> None:
+        current, self._current = self._current, None
+        if current is not None:
+            current.commit() if commit else current.discard()
 
 
 def _date_runs(column: pa.Array) -> list[tuple[dt.date, int, int]]:
@@ -673,7 +735,6 @@ def _unchanged(files: list[Path], previous: list[FileCounts] | None, partition: 
 
 def _ledger_state(wh: duckdb.DuckDBPyConnection) -> dict[tuple[str, dt.date], list[FileCounts]]:
     """The per-file counts of the latest successful (ok or noop) ingest of every (kind, date)."""
-    wh.execute("alter table ingest_ledger add column if not exists unknown_items bigint")
     state: dict[tuple[str, dt.date], list[FileCounts]] = {}
     for kind, day, *values in relation(wh, "staging/stg_ingest_ledger_latest").fetchall():
         state.setdefault((kind, day), []).append(FileCounts(*values, day=day))

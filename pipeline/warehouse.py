@@ -31,7 +31,8 @@ SCHEMA = [
         duplicates bigint not null,
         status varchar not null,
         top_reasons varchar,
-        ingested_at timestamptz not null
+        ingested_at timestamptz not null,
+        unknown_items bigint
     )""",
     """create table if not exists runs (
         dt date not null,
@@ -110,18 +111,6 @@ def record_run(
                 "details": json.dumps(details, default=str, sort_keys=True),
             },
         )
-
-
-def last_ingested(con: duckdb.DuckDBPyConnection, day: dt.date, kind: str) -> dict[str, str]:
-    """{source_file: checksum} of the latest successful ingest of a date, or {} if none."""
-    rows = con.execute(
-        """select source_file, checksum from ingest_ledger
-           where dt = $dt and kind = $kind and status in ('ok', 'noop')
-             and ingested_at = (select max(ingested_at) from ingest_ledger
-                                where dt = $dt and kind = $kind and status in ('ok', 'noop'))""",
-        {"dt": day, "kind": kind},
-    ).fetchall()
-    return dict(rows)
 
 
 def night_results(path: Path, day: dt.date) -> dict[str, Any]:

@@ -21,12 +21,21 @@ normalised as (
         trim(coalesce(title, '')) as title,
         trim(coalesce(description, '')) as description,
         trim(coalesce(brand, '')) as brand,
-        list_filter(list_transform(flatten(list_transform(coalesce(genres, []), lambda g: string_split(g, '|'))),
-            lambda g: trim(g)), lambda g: g <> '') as genres,
-        list_filter(list_transform(flatten(list_transform(coalesce(categories, []), lambda g: string_split(g, '|'))),
-            lambda g: trim(g)), lambda g: g <> '') as categories,
-        list_filter(list_transform(flatten(list_transform(coalesce(tags, []), lambda g: string_split(g, '|'))),
-            lambda g: trim(g)), lambda g: g <> '') as tags,
+        list_filter(
+            list_transform(flatten(list_transform(coalesce(genres, []), lambda g: string_split(g, '|'))),
+                           lambda g: trim(g)),
+            lambda g: g <> ''
+        ) as genres,
+        list_filter(
+            list_transform(flatten(list_transform(coalesce(categories, []), lambda g: string_split(g, '|'))),
+                           lambda g: trim(g)),
+            lambda g: g <> ''
+        ) as categories,
+        list_filter(
+            list_transform(flatten(list_transform(coalesce(tags, []), lambda g: string_split(g, '|'))),
+                           lambda g: trim(g)),
+            lambda g: g <> ''
+        ) as tags,
         try_cast(updated_raw as timestamptz) as updated_at
     from source
 ),
