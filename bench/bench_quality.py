@@ -24,13 +24,15 @@ def run(args: list[str]) -> None:
 
 def main() -> None:
     events, items = prepare("amazon-scientific", OUT)
-    run(["--events", str(events), "--items", str(items), "--item-repr", "all",
-         "--json", str(OUT / "quality-amazon-scientific.json"), "--work-dir", str(OUT)])
-    run(["--events", str(events), "--items", str(items), "--item-repr", "all", "--cold-items", "0.1",
-         "--json", str(OUT / "quality-amazon-scientific-cold.json"), "--work-dir", str(OUT)])
+    common = ["--events", str(events), "--items", str(items), "--dataset-name", "amazon-scientific",
+              "--work-dir", str(OUT), "--patience", "6"]
+    run(common + ["--item-repr", "all", "--json", str(OUT / "quality-amazon-scientific.json")])
+    run(common + ["--item-repr", "all", "--cold-items", "0.1",
+                  "--json", str(OUT / "quality-amazon-scientific-cold.json")])
     events, items = prepare("ml-latest-small", OUT)
-    run(["--events", str(events), "--items", str(items), "--item-repr", "id+text", "--max-len", "200",
-         "--json", str(OUT / "quality-ml-latest-small.json"), "--work-dir", str(OUT)])
+    run(["--events", str(events), "--items", str(items), "--dataset-name", "ml-latest-small", "--work-dir", str(OUT),
+         "--item-repr", "id+text", "--max-len", "200", "--batch-size", "64", "--lr", "2e-3", "--patience", "8",
+         "--json", str(OUT / "quality-ml-latest-small.json")])
 
 
 if __name__ == "__main__":
