@@ -70,20 +70,6 @@ def stage_features(settings: Settings, data_date: dt.date) -> dict[str, Any]:
     return run_features(settings, data_date)
 
 
-def item_text(row: dict[str, Any], template: str) -> str:
-    """The string embedded for an item: the template filled from its fields, empty parts dropped."""
-    fields = {
-        "title": row.get("title") or "",
-        "description": row.get("description") or "",
-        "brand": row.get("brand") or "",
-        "genres": ", ".join(row.get("genres") or []),
-        "categories": ", ".join(row.get("categories") or []),
-        "tags": ", ".join(row.get("tags") or []),
-    }
-    rendered = template.format(**fields)
-    return ". ".join(part.strip() for part in rendered.split(". ") if part.strip(" .")).strip()
-
-
 @_ledger("embed")
 def stage_embed(settings: Settings, data_date: dt.date) -> dict[str, Any]:
     """Embed the current catalog's texts, encoding only texts not in the cache."""

@@ -13,7 +13,6 @@ import pytest
 
 from pipeline.config import DEFAULT_TEXT_TEMPLATE, load_settings
 from pipeline.features import MARTS, MODELS, build_features, run_features, template_parts
-from pipeline.nightly import item_text
 from pipeline.sql import GrainCheckError, check_grain
 
 RUN_DATE = dt.date(2026, 3, 10)
@@ -50,6 +49,21 @@ ITEMS = [
     ("i4", "2026-03-01", "Gloves", "", "", [], [], []),
     ("i5", "2026-03-01", "Goggles.", "Safety first. . Really", "3M", ["safety"], [], []),
 ]
+
+
+def item_text(row: dict, template: str) -> str:
+    """Reference implementation of the SQL-built item text: the template filled from the fields, empty parts
+    dropped."""
+    fields = {
+        "title": row.get("title") or "",
+        "description": row.get("description") or "",
+        "brand": row.get("brand") or "",
+        "genres": ", ".join(row.get("genres") or []),
+        "categories": ", ".join(row.get("categories") or []),
+        "tags": ", ".join(row.get("tags") or []),
+    }
+    rendered = template.format(**fields)
+    return ". ".join(part.strip() for part in rendered.split(". ") if part.strip(" .")).strip()
 
 
 _TS = pa.timestamp("us", tz="UTC")
