@@ -31,7 +31,8 @@ def main() -> None:
                   "--json", str(OUT / "quality-amazon-scientific-cold.json")])
     events, items = prepare("ml-latest-small", OUT)
     run(["--events", str(events), "--items", str(items), "--dataset-name", "ml-latest-small", "--work-dir", str(OUT),
-         "--item-repr", "id+text", "--max-len", "200", "--batch-size", "64", "--lr", "2e-3", "--patience", "8",
+         "--item-repr", "all", "--max-len", "200", "--batch-size", "64", "--lr", "2e-3", "--patience", "8",
+         "--time-budget-minutes", "17",
          "--json", str(OUT / "quality-ml-latest-small.json")])
 
 
