@@ -41,6 +41,15 @@ class Api:
     token: str = ""
 
     def call(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+        """One API call; a transient 5xx (SQLite busy while the scheduler writes) is retried a few times."""
+        for _ in range(5):
+            status, payload = self._call_once(method, path, body)
+            if status < 500:
+                break
+            time.sleep(1.0)
+        return status, payload
+
+    def _call_once(self, method: str, path: str, body: dict | None) -> tuple[int, dict]:
         headers = {"Content-Type": "application/json"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
