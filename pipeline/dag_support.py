@@ -8,9 +8,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import uuid
 from pathlib import Path
 from typing import Any
+
+from pipeline.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +164,7 @@ def write_daily_summary(extra: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"daily_summary_{data_date.isoformat()}.json"
-    tmp = out_dir / f".{target.name}.{uuid.uuid4().hex}.tmp"
-    tmp.write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    tmp.replace(target)
+    with atomic_path(target) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2), encoding="utf-8")
     log.info("daily summary for %s: %d rows, %d users -> %s", data_date, rows, users, target)
     return {**summary, "path": str(target)}

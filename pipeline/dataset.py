@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from pipeline.embed import embedding_matrix
 from pipeline.features import mart_path
 
 EMBEDDINGS_FILE = "item_embeddings.parquet"
@@ -79,8 +80,7 @@ def _text_matrix(path: Path, index: dict[str, int]) -> np.ndarray | None:
         return None
     table = pq.read_table(path)
     ids = table.column("item_id").to_pylist()
-    flat = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    vectors = flat.reshape(len(ids), -1).astype(np.float32)
+    vectors = embedding_matrix(table.column("embedding"))
     out = np.zeros((len(index) + 1, vectors.shape[1]), np.float32)
     for item, vec in zip(ids, vectors, strict=True):
         if item in index:

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.atomic import atomic_path
+
 log = logging.getLogger(__name__)
 
 EMBEDDINGS_DIRNAME = "item_embeddings"
@@ -269,9 +271,22 @@ def load_cache(lake_dir: Path, encoder: str, hashes: list[str] | None = None) ->
     keys = table.column("text_sha256").to_pylist()
     if not keys:
         return {}
-    flat = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    vectors = flat.reshape(len(keys), -1).astype(np.float32, copy=False)
+    vectors = embedding_matrix(table.column("embedding"))
     return dict(zip(keys, vectors, strict=True))
+
+
+def embedding_array(vectors: np.ndarray) -> Any:
+    """(n, dim) float32 -> Arrow fixed_size_list<float32, dim> (DuckDB sees FLOAT[dim])."""
+    import pyarrow as pa
+
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1), pa.float32())
+    return pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
+
+
+def embedding_matrix(column: Any) -> np.ndarray:
+    """An Arrow list-of-float column (one vector per row) -> (rows, dim) float32."""
+    flat = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return flat.reshape(len(column), -1).astype(np.float32, copy=False)
 
 
 def _write_cache_part(lake_dir: Path, encoder: str, rows: list[tuple[str, str]], vectors: np.ndarray) -> Path:
@@ -281,20 +296,18 @@ def _write_cache_part(lake_dir: Path, encoder: str, rows: list[tuple[str, str]],
 
     folder = _cache_dir(lake_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    dim = vectors.shape[1]
     table = pa.table(
         {
             "encoder": pa.array([encoder] * len(rows), pa.string()),
             "text_sha256": pa.array([h for h, _ in rows], pa.string()),
             "item_id": pa.array([i for _, i in rows], pa.string()),
-            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim),
+            "embedding": embedding_array(vectors),
             "created_at": pa.array([datetime.now(UTC)] * len(rows), pa.timestamp("us", tz="UTC")),
         }
     )
     final = folder / f"part-{uuid.uuid4().hex}.parquet"
-    tmp = folder / f".{final.name}.tmp"
-    pq.write_table(table, tmp, compression="zstd")
-    tmp.rename(final)
+    with atomic_path(final) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
     return final
 
 

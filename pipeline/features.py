@@ -10,13 +10,13 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import string
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
+from pipeline.atomic import atomic_path
 from pipeline.config import DEFAULT_TEXT_TEMPLATE, Settings
 from pipeline.sql import check_grain, create_table
 
@@ -138,10 +138,8 @@ def run_features(settings: Settings, data_date: dt.date) -> dict[str, Any]:
         out = features_dir(settings.lake_dir, data_date)
         out.mkdir(parents=True, exist_ok=True)
         for mart in MARTS:
-            target = out / f"{mart.table}.parquet"
-            tmp = out / f".{mart.table}.{uuid.uuid4().hex}.tmp"
-            con.table(mart.table).write_parquet(str(tmp), compression="zstd")
-            tmp.replace(target)
+            with atomic_path(out / f"{mart.table}.parquet") as tmp:
+                con.table(mart.table).write_parquet(str(tmp), compression="zstd")
     finally:
         con.close()
     log.info("features for %s: %s", data_date, counts)

@@ -33,6 +33,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from pipeline.atomic import atomic_path
 from pipeline.sql import relation
 
 log = logging.getLogger(__name__)
@@ -298,11 +299,5 @@ def _write_lines(fh: IO[bytes], lines: pa.Array) -> None:
 @contextmanager
 def _atomic_open(target: Path) -> Iterator[IO[bytes]]:
     """A file that appears at `target` (replacing it) only once it is completely written."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
-    try:
-        with tmp.open("wb") as fh:
-            yield fh
-        tmp.replace(target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(target) as tmp, tmp.open("wb") as fh:
+        yield fh

@@ -75,8 +75,9 @@ def stage_embed(settings: Settings, data_date: dt.date) -> dict[str, Any]:
     """Embed the current catalog's texts, encoding only texts not in the cache."""
     import pyarrow as pa
 
+    from pipeline.atomic import atomic_path
     from pipeline.dataset import EMBEDDINGS_FILE
-    from pipeline.embed import TextEncoder, embed_items
+    from pipeline.embed import TextEncoder, embed_items, embedding_array
 
     catalog = pq.read_table(mart_path(settings.lake_dir, data_date, "item_catalog"), columns=["item_id", "text"])
     ids, texts = catalog.column("item_id").to_pylist(), catalog.column("text").to_pylist()
@@ -84,14 +85,9 @@ def stage_embed(settings: Settings, data_date: dt.date) -> dict[str, Any]:
                                precision=settings.embed_precision, batch_tokens=settings.embed_batch_tokens)
     vectors, counts = embed_items(ids, texts, settings.lake_dir, encoder)
     out = mart_path(settings.lake_dir, data_date, "item_catalog").parent / EMBEDDINGS_FILE
-    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex}.tmp"
-    dim = vectors.shape[1]
-    table = pa.table({
-        "item_id": pa.array(ids, pa.string()),
-        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim),
-    })
-    pq.write_table(table, tmp)
-    tmp.replace(out)
+    table = pa.table({"item_id": pa.array(ids, pa.string()), "embedding": embedding_array(vectors)})
+    with atomic_path(out) as tmp:
+        pq.write_table(table, tmp)
     return {**counts, "encoder": encoder.id, "device": encoder.device, "precision": encoder.precision}
 
 
