@@ -19,15 +19,15 @@ ASSETS = nightly_assets(SETTINGS)
 
 DEFAULT_ARGS = {
     "owner": "nightly-recs",
-    "retries": SETTINGS.task_retries,
-    "retry_delay": dt.timedelta(seconds=SETTINGS.retry_delay_seconds),
+    "retries": SETTINGS.airflow.task_retries,
+    "retry_delay": dt.timedelta(seconds=SETTINGS.airflow.retry_delay_seconds),
     "retry_exponential_backoff": True,
     "max_retry_delay": dt.timedelta(hours=1),
-    "execution_timeout": dt.timedelta(minutes=SETTINGS.task_timeout_minutes),
+    "execution_timeout": dt.timedelta(minutes=SETTINGS.airflow.task_timeout_minutes),
 }
 # Where the accelerator-hungry tasks run: a pool bounds how many use the GPU at once, a queue routes them to
 # GPU workers (Celery/Kubernetes executors; LocalExecutor ignores queues).
-GPU = {"pool": SETTINGS.gpu_pool, "queue": SETTINGS.gpu_queue}
+GPU = {"pool": SETTINGS.airflow.gpu_pool, "queue": SETTINGS.airflow.gpu_queue}
 
 DOC_MD = __doc__ + """
 ### Data date
@@ -64,7 +64,7 @@ def _night() -> tuple[dt.date, dict]:
     doc_md=DOC_MD,
     params={
         "top_n": Param(
-            SETTINGS.top_n, type="integer", minimum=1, maximum=1000, title="Recommendations per user",
+            SETTINGS.serving.top_n, type="integer", minimum=1, maximum=1000, title="Recommendations per user",
             description="How many items to publish per active user (1..1000).",
         ),
         "retrain": Param(

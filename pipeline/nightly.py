@@ -27,10 +27,6 @@ from pipeline.features import mart_path
 log = logging.getLogger(__name__)
 
 
-class TrainingFailed(RuntimeError):
-    """Training could not produce a model (including an injected fault)."""
-
-
 def _ledger(stage: str) -> Callable[[Callable[..., dict[str, Any]]], Callable[..., dict[str, Any]]]:
     """Record every run of a stage (status, timings, returned counts or the error) in the `runs` ledger."""
 
@@ -40,10 +36,10 @@ def _ledger(stage: str) -> Callable[[Callable[..., dict[str, Any]]], Callable[..
             try:
                 result = fn(settings, data_date, *args, **kwargs)
             except Exception as err:
-                warehouse.record_run(settings.warehouse_path, data_date, stage, "failed", started,
+                warehouse.record_run(settings.paths.warehouse_path, data_date, stage, "failed", started,
                                      {"error": f"{type(err).__name__}: {err}"[:2000]})
                 raise
-            warehouse.record_run(settings.warehouse_path, data_date, stage, "ok", started, result,
+            warehouse.record_run(settings.paths.warehouse_path, data_date, stage, "ok", started, result,
                                  run_id=result.get("run_id"))
             return result
 
@@ -79,12 +75,12 @@ def stage_embed(settings: Settings, data_date: dt.date) -> dict[str, Any]:
     from pipeline.dataset import EMBEDDINGS_FILE
     from pipeline.embed import TextEncoder, embed_items, embedding_array
 
-    catalog = pq.read_table(mart_path(settings.lake_dir, data_date, "item_catalog"), columns=["item_id", "text"])
+    catalog = pq.read_table(mart_path(settings.paths.lake_dir, data_date, "item_catalog"), columns=["item_id", "text"])
     ids, texts = catalog.column("item_id").to_pylist(), catalog.column("text").to_pylist()
-    encoder = TextEncoder.load(settings.encoder_path or None, device=settings.embed_device,
-                               precision=settings.embed_precision, batch_tokens=settings.embed_batch_tokens)
-    vectors, counts = embed_items(ids, texts, settings.lake_dir, encoder)
-    out = mart_path(settings.lake_dir, data_date, "item_catalog").parent / EMBEDDINGS_FILE
+    encoder = TextEncoder.load(settings.model.encoder_path or None, device=settings.model.embed_device,
+                               precision=settings.model.embed_precision, batch_tokens=settings.model.embed_batch_tokens)
+    vectors, counts = embed_items(ids, texts, settings.paths.lake_dir, encoder)
+    out = mart_path(settings.paths.lake_dir, data_date, "item_catalog").parent / EMBEDDINGS_FILE
     table = pa.table({"item_id": pa.array(ids, pa.string()), "embedding": embedding_array(vectors)})
     with atomic_path(out) as tmp:
         pq.write_table(table, tmp)
@@ -105,19 +101,17 @@ def stage_train(settings: Settings, data_date: dt.date, max_epochs: int | None =
     from pipeline.report import plot_history
     from pipeline.train import TrainConfig, train_model
 
-    if settings.fail_training:
-        raise TrainingFailed("training failed: fault injected by setting fail_training")
     import torch
 
     log.info("torch threads: %d (interop %d)", torch.get_num_threads(), torch.get_num_interop_threads())
-    night = load_night(settings.lake_dir, data_date)
+    night = load_night(settings.paths.lake_dir, data_date)
     text_dim = 0 if night.text_emb is None else night.text_emb.shape[1]
-    item_repr = settings.item_repr if text_dim else "id"
-    model_config = ModelConfig(n_items=night.n_items, max_len=settings.max_len, item_repr=item_repr,
+    item_repr = settings.model.item_repr if text_dim else "id"
+    model_config = ModelConfig(n_items=night.n_items, max_len=settings.model.max_len, item_repr=item_repr,
                                text_dim=text_dim)
     init_state, warm_from = _warm_start_state(settings, night.item_ids)
-    epochs = max_epochs or (min(settings.max_epochs, settings.warm_start_epochs) if init_state else settings.max_epochs)
-    train_config = TrainConfig(max_epochs=epochs, seed=settings.seed, time_budget_s=settings.time_budget_minutes * 60)
+    epochs = max_epochs or (min(settings.training.max_epochs, settings.training.warm_start_epochs) if init_state else settings.training.max_epochs)
+    train_config = TrainConfig(max_epochs=epochs, seed=settings.training.seed, time_budget_s=settings.training.time_budget_minutes * 60)
     if init_state:  # a converged start: stop soon after the validation metric stops improving
         train_config = dataclasses.replace(train_config, patience=min(train_config.patience, 3))
     train_seqs = night.train_sequences()
@@ -155,7 +149,7 @@ def stage_train(settings: Settings, data_date: dt.date, max_epochs: int | None =
 def _warm_start_state(settings: Settings, item_ids: list[str]) -> tuple[dict[str, Any] | None, str | None]:
     """The champion's weights as a starting point for tonight, its ID rows moved to tonight's item index
     (new items start at zero; frozen buffers come from tonight). None when off or there is no champion."""
-    if not settings.warm_start:
+    if not settings.training.warm_start:
         return None, None
     import torch
 
@@ -214,7 +208,7 @@ def stage_register(
     tags = {"data_date": data_date.isoformat(), "dag_run_id": dag_run_id}
     run_id, version = registry.log_training(settings, folder / "bundle", params, flat, history, artifacts,
                                             tags, evaluation=metrics)
-    night = load_night(settings.lake_dir, data_date)
+    night = load_night(settings.paths.lake_dir, data_date)
     gate = registry.run_gate(
         settings, version, ModelBundle.load(folder / "bundle"), lambda bundle: evaluate_bundle(bundle, night),
         metrics["most_popular"]["ndcg@10"], force=force_promote, operator=operator or dag_run_id or "cli",
@@ -236,7 +230,7 @@ def stage_select_model(
 
     champion = registry.champion_version(settings)
     if champion is None:
-        raise RuntimeError(f"no '{registry.CHAMPION}' model in the registry {settings.model_name!r}; "
+        raise RuntimeError(f"no '{registry.CHAMPION}' model in the registry {settings.serving.model_name!r}; "
                            "the first night must train a model that beats most-popular")
     trained_tonight = registry.versions_for_date(settings, data_date.isoformat(), dag_run_id)
     degraded = retrain and not trained_tonight
@@ -254,10 +248,10 @@ def stage_recommend(settings: Settings, data_date: dt.date, top_n: int | None = 
     from pipeline.embed import resolve_device
     from pipeline.recommend import score_users
 
-    k = top_n or settings.top_n
+    k = top_n or settings.serving.top_n
     bundle, version = registry.load_bundle(settings, registry.CHAMPION)
     data = _scoring_input(settings, data_date)
-    table = score_users(bundle, data, k, settings.score_chunk_users, resolve_device())
+    table = score_users(bundle, data, k, settings.serving.score_chunk_users, resolve_device())
     staged = settings.home / "staging" / f"dt={data_date.isoformat()}" / f"recommendations-{uuid.uuid4().hex}.parquet"
     staged.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, staged)
@@ -269,16 +263,16 @@ def stage_recommend(settings: Settings, data_date: dt.date, top_n: int | None = 
 def _scoring_input(settings: Settings, data_date: dt.date) -> Any:
     from pipeline.recommend import ScoringInput
 
-    activity = pq.read_table(mart_path(settings.lake_dir, data_date, "user_activity")).to_pydict()
+    activity = pq.read_table(mart_path(settings.paths.lake_dir, data_date, "user_activity")).to_pydict()
     active = {u for u, a in zip(activity["user_id"], activity["is_active"], strict=True) if a}
-    seqs = pq.read_table(mart_path(settings.lake_dir, data_date, "user_sequences")).to_pydict()
-    seen_t = pq.read_table(mart_path(settings.lake_dir, data_date, "user_seen_items")).to_pydict()
+    seqs = pq.read_table(mart_path(settings.paths.lake_dir, data_date, "user_sequences")).to_pydict()
+    seen_t = pq.read_table(mart_path(settings.paths.lake_dir, data_date, "user_seen_items")).to_pydict()
     seen: dict[str, list[str]] = {}
     for u, i in zip(seen_t["user_id"], seen_t["item_id"], strict=True):
         seen.setdefault(u, []).append(i)
-    catalog = set(pq.read_table(mart_path(settings.lake_dir, data_date, "item_catalog"),
+    catalog = set(pq.read_table(mart_path(settings.paths.lake_dir, data_date, "item_catalog"),
                                 columns=["item_id"]).column("item_id").to_pylist())
-    pop = pq.read_table(mart_path(settings.lake_dir, data_date, "item_popularity")).to_pydict()
+    pop = pq.read_table(mart_path(settings.paths.lake_dir, data_date, "item_popularity")).to_pydict()
     popular = sorted(zip(pop["item_id"], pop["events_30d"], pop["events_all"], strict=True),
                      key=lambda r: (-r[1], -r[2], r[0]))
     users = [u for u in seqs["user_id"] if u in active]
@@ -296,9 +290,9 @@ def stage_publish(
 
     data = _scoring_input(settings, data_date)
     table = pq.read_table(staged)
-    seen = pq.read_table(mart_path(settings.lake_dir, data_date, "user_seen_items"))
-    return publish_validated(settings.warehouse_path, settings.lake_dir, data_date, table, data.user_ids,
-                             seen, sorted(data.catalog_ids), top_n, settings.model_name, model_version)
+    seen = pq.read_table(mart_path(settings.paths.lake_dir, data_date, "user_seen_items"))
+    return publish_validated(settings.paths.warehouse_path, settings.paths.lake_dir, data_date, table, data.user_ids,
+                             seen, sorted(data.catalog_ids), top_n, settings.serving.model_name, model_version)
 
 
 @_ledger("report")
@@ -307,7 +301,7 @@ def stage_report(settings: Settings, data_date: dt.date) -> dict[str, Any]:
     to the MLflow run when tonight registered one."""
     from pipeline.report import write_report
 
-    results = {"data_date": data_date.isoformat(), **warehouse.night_results(settings.warehouse_path, data_date)}
+    results = {"data_date": data_date.isoformat(), **warehouse.night_results(settings.paths.warehouse_path, data_date)}
     if results.get("train", {}).get("status") == "failed":
         results.pop("register", None)
     paths = write_report(settings, data_date, results)
@@ -332,10 +326,10 @@ def run_night(settings: Settings, data_date: dt.date, top_n: int | None = None, 
             results["train"] = stage_train(settings, data_date, max_epochs)
             results["register"] = stage_register(settings, data_date, results["train"]["candidate_dir"],
                                                  force_promote)
-        except TrainingFailed as err:
-            log.error("training failed, serving the current champion: %s", err)
+        except Exception:  # degraded mode, exactly as the DAG: any training or registration failure
+            log.exception("training or registration failed; serving the current champion (degraded)")
     results["select_model"] = stage_select_model(settings, data_date, retrain)
-    k = top_n or settings.top_n
+    k = top_n or settings.serving.top_n
     results["recommend"] = stage_recommend(settings, data_date, k)
     results["publish"] = stage_publish(settings, data_date, results["recommend"]["staged"], k,
                                        results["recommend"]["model_version"])

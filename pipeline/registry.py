@@ -90,14 +90,14 @@ class GateDecision:
 
 
 def _client(settings: Settings) -> MlflowClient:
-    if not MODEL_NAME_PATTERN.fullmatch(settings.model_name):
+    if not MODEL_NAME_PATTERN.fullmatch(settings.serving.model_name):
         raise ValueError(
-            f"setting model_name {settings.model_name!r} must match {MODEL_NAME_PATTERN.pattern}"
+            f"setting model_name {settings.serving.model_name!r} must match {MODEL_NAME_PATTERN.pattern}"
         )
     Path(settings.home / "mlflow").mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(settings.mlflow_uri)
-    mlflow.set_registry_uri(settings.mlflow_uri)
-    return MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)
+    mlflow.set_tracking_uri(settings.paths.mlflow_uri)
+    mlflow.set_registry_uri(settings.paths.mlflow_uri)
+    return MlflowClient(tracking_uri=settings.paths.mlflow_uri, registry_uri=settings.paths.mlflow_uri)
 
 
 def experiment_id(settings: Settings) -> str:
@@ -178,7 +178,7 @@ def log_training(
     """One MLflow run for one training: params, per-epoch and final metrics, artifacts, the model.
 
     `evaluation` ({model or baseline: {metric: value}}) is logged as a table. Registers the model as a new
-    version of settings.model_name with alias `challenger`; returns (run_id, version).
+    version of settings.serving.model_name with alias `challenger`; returns (run_id, version).
     """
     client = _client(settings)
     exp_id = experiment_id(settings)
@@ -197,11 +197,11 @@ def log_training(
             _log_evaluation(evaluation)
         info = _log_model(settings, bundle_dir)
         run_id = run.info.run_id
-    version = str(mlflow.register_model(info.model_uri, settings.model_name).version)
-    client.set_registered_model_alias(settings.model_name, CHALLENGER, version)
+    version = str(mlflow.register_model(info.model_uri, settings.serving.model_name).version)
+    client.set_registered_model_alias(settings.serving.model_name, CHALLENGER, version)
     for key, value in {**tags, "run_id": run_id}.items():
-        client.set_model_version_tag(settings.model_name, version, key, value)
-    log.info("registered %s version %s (run %s) as %s", settings.model_name, version, run_id, CHALLENGER)
+        client.set_model_version_tag(settings.serving.model_name, version, key, value)
+    log.info("registered %s version %s (run %s) as %s", settings.serving.model_name, version, run_id, CHALLENGER)
     return run_id, version
 
 
@@ -213,7 +213,7 @@ def _log_model(settings: Settings, bundle_dir: Path) -> Any:
             name="model",
             python_model=str(script),
             artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
-            model_config={"top_k": settings.top_n},
+            model_config={"top_k": settings.serving.top_n},
             pip_requirements=["nightly-recs", "torch", "numpy", "mlflow"],
         )
 
@@ -254,7 +254,7 @@ def log_report(settings: Settings, run_id: str, report: Path) -> None:
 def champion_version(settings: Settings) -> str | None:
     client = _client(settings)
     try:
-        return str(client.get_model_version_by_alias(settings.model_name, CHAMPION).version)
+        return str(client.get_model_version_by_alias(settings.serving.model_name, CHAMPION).version)
     except MlflowException:
         return None
 
@@ -264,7 +264,7 @@ def resolve_version(settings: Settings, version_or_alias: str) -> str:
     if version_or_alias.isdigit():
         return version_or_alias
     client = _client(settings)
-    return str(client.get_model_version_by_alias(settings.model_name, version_or_alias).version)
+    return str(client.get_model_version_by_alias(settings.serving.model_name, version_or_alias).version)
 
 
 def load_bundle(settings: Settings, version_or_alias: str = CHAMPION) -> tuple[ModelBundle, str]:
@@ -275,11 +275,11 @@ def load_bundle(settings: Settings, version_or_alias: str = CHAMPION) -> tuple[M
     version = resolve_version(settings, version_or_alias)
     with tempfile.TemporaryDirectory(dir=settings.home) as tmp:
         local = Path(mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{settings.model_name}/{version}", dst_path=tmp
+            artifact_uri=f"models:/{settings.serving.model_name}/{version}", dst_path=tmp
         ))
         flavor = Model.load(local).flavors["python_function"]
         bundle = ModelBundle.load(local / flavor["artifacts"][BUNDLE_ARTIFACT]["path"])
-    log.info("loaded %s version %s from the registry", settings.model_name, version)
+    log.info("loaded %s version %s from the registry", settings.serving.model_name, version)
     return bundle, version
 
 
@@ -292,7 +292,7 @@ def apply_gate(
 ) -> None:
     """Record the decision on the version as tags, and move `champion` if it passed."""
     client = _client(settings)
-    name = settings.model_name
+    name = settings.serving.model_name
     tags = {
         "gate.decision": "promoted" if decision.promote else "rejected",
         "gate.reason": decision.reason,
@@ -343,7 +343,7 @@ def run_gate(
         challenger_metrics[GATE_METRIC],
         None if champion_metrics is None else champion_metrics[GATE_METRIC],
         popular_ndcg,
-        settings.gate_tolerance,
+        settings.serving.gate_tolerance,
         force=force,
     )
     evidence = {
@@ -352,7 +352,7 @@ def run_gate(
         "champion_version": previous,
         "champion": None if champion_metrics is None else champion_metrics[GATE_METRIC],
         "most_popular": popular_ndcg,
-        "tolerance": settings.gate_tolerance,
+        "tolerance": settings.serving.gate_tolerance,
     }
     apply_gate(settings, version, decision, evidence, operator)
     return GateResult(version, decision.promote, decision.reason, decision.forced, previous,
@@ -360,7 +360,7 @@ def run_gate(
 
 
 def version_tags(settings: Settings, version: str) -> dict[str, str]:
-    return dict(_client(settings).get_model_version(settings.model_name, version).tags)
+    return dict(_client(settings).get_model_version(settings.serving.model_name, version).tags)
 
 
 def versions_for_date(settings: Settings, data_date: str, dag_run_id: str = "") -> list[str]:
@@ -368,7 +368,7 @@ def versions_for_date(settings: Settings, data_date: str, dag_run_id: str = "") 
     when dag_run_id is given (a rerun of a date must not count an earlier run's model as tonight's)."""
     client = _client(settings)
     try:
-        versions = client.search_model_versions(filter_string=f"name = '{settings.model_name}'")
+        versions = client.search_model_versions(filter_string=f"name = '{settings.serving.model_name}'")
     except MlflowException:
         return []
     found = [v.version for v in versions if v.tags.get("data_date") == data_date

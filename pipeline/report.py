@@ -16,6 +16,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from pipeline.catalog import Catalog
 from pipeline.config import Settings
 
 log = logging.getLogger(__name__)
@@ -97,9 +98,9 @@ def _published(settings: Settings, data_date: dt.date) -> dict[str, Any]:
     """Coverage and samples of the night as published in the warehouse."""
     from pipeline.features import mart_path
 
-    catalog = mart_path(settings.lake_dir, data_date, "item_catalog")
+    catalog = mart_path(settings.paths.lake_dir, data_date, "item_catalog")
     catalog_path = catalog if catalog.is_file() else None
-    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+    with duckdb.connect(str(settings.paths.warehouse_path), read_only=True) as con:
         return {"coverage": _coverage(con, data_date, catalog_path),
                 "samples": _sample_recommendations(con, data_date, catalog_path)}
 
@@ -130,12 +131,13 @@ def _comparison(metrics: dict[str, Any], gate: dict[str, Any]) -> dict[str, dict
 
 def write_report(settings: Settings, data_date: dt.date, results: dict[str, Any]) -> dict[str, str]:
     """Write reports/<date>.md and reports/<date>.json under the state folder; returns their paths."""
-    settings.reports_dir.mkdir(parents=True, exist_ok=True)
+    catalog = Catalog.of(settings)
+    catalog.reports_dir.mkdir(parents=True, exist_ok=True)
     metrics, gate = _evaluation(results.get("train") or {})
     published = _published(settings, data_date) if results.get("publish") else {}
     payload = {**results, "metrics": metrics, "gate": gate, **published}
-    md_path = settings.reports_dir / f"{data_date.isoformat()}.md"
-    json_path = settings.reports_dir / f"{data_date.isoformat()}.json"
+    md_path = catalog.report(data_date, ".md")
+    json_path = catalog.report(data_date, ".json")
     md_path.write_text(render_markdown(data_date, payload), encoding="utf-8")
     json_path.write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
     log.info("report written to %s", md_path)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import duckdb
 import pytest
+
+from pipeline.catalog import Catalog
 from conftest import SMALL_START, write_small_demo
 
 pytestmark = pytest.mark.slow
@@ -44,7 +46,7 @@ class Home:
     settings: object
 
     def query(self, sql: str, **params) -> list[tuple]:
-        with duckdb.connect(str(self.settings.warehouse_path), read_only=True) as con:
+        with duckdb.connect(str(self.settings.paths.warehouse_path), read_only=True) as con:
             return con.execute(sql, params).fetchall()
 
     def published(self, day: dt.date) -> list[tuple]:
@@ -55,7 +57,7 @@ class Home:
 
     def lake_partition(self, day: dt.date) -> list[tuple]:
         """The date's published Parquet partition, without generated_at."""
-        path = self.settings.lake_dir / "recommendations" / f"dt={day.isoformat()}" / "part-0.parquet"
+        path = self.settings.paths.lake_dir / "recommendations" / f"dt={day.isoformat()}" / "part-0.parquet"
         with duckdb.connect() as con:
             return con.execute("""select * exclude (generated_at) from read_parquet($p)
                                   order by user_id, rank""", {"p": str(path)}).fetchall()
@@ -72,14 +74,14 @@ class Home:
         return dict(rows)
 
     def report(self, day: dt.date) -> dict:
-        return json.loads((self.settings.reports_dir / f"{day.isoformat()}.json").read_text())
+        return json.loads((Catalog.of(self.settings).report(day, ".json")).read_text())
 
     def versions(self) -> list[str]:
         from mlflow import MlflowClient
 
-        uri = self.settings.mlflow_uri
+        uri = self.settings.paths.mlflow_uri
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-        return sorted(v.version for v in client.search_model_versions(f"name = '{self.settings.model_name}'"))
+        return sorted(v.version for v in client.search_model_versions(f"name = '{self.settings.serving.model_name}'"))
 
     def champion(self) -> str:
         from pipeline import registry
@@ -149,7 +151,10 @@ def test_degraded_night_publishes_with_the_previous_champion(
     home: Home, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     champion, versions = home.champion(), home.versions()
-    monkeypatch.setenv("NIGHTLY_RECS_FAIL_TRAINING", "true")
+    def broken_training(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("injected training fault")
+
+    monkeypatch.setattr("pipeline.train.train_model", broken_training)
 
     state = run_dag(DEGRADED)
 
@@ -160,7 +165,7 @@ def test_degraded_night_publishes_with_the_previous_champion(
     report = home.report(DEGRADED)
     assert report["select_model"]["degraded"] is True
     assert report["select_model"]["version"] == champion
-    md = (home.settings.reports_dir / f"{DEGRADED.isoformat()}.md").read_text()
+    md = (Catalog.of(home.settings).report(DEGRADED, ".md")).read_text()
     assert "DEGRADED" in md.upper()
 
 

@@ -144,7 +144,7 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
 
 
 def _published(settings, day: dt.date) -> list[tuple]:
-    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+    with duckdb.connect(str(settings.paths.warehouse_path), read_only=True) as con:
         return con.execute("select user_id, rank, model_version from recommendations where dt = $d "
                            "order by user_id, rank", {"d": day}).fetchall()
 
@@ -180,9 +180,9 @@ def test_rest_triggered_run_with_conf_trains_and_publishes(airflow: Airflow) -> 
     assert {version for _, _, version in rows} == {"1"}
     from mlflow import MlflowClient
 
-    uri = airflow.settings.mlflow_uri
+    uri = airflow.settings.paths.mlflow_uri
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    tags = client.get_model_version(airflow.settings.model_name, "1").tags
+    tags = client.get_model_version(airflow.settings.serving.model_name, "1").tags
     assert tags["gate.forced"] == "true", "force_promote from the conf was not applied and recorded"
     assert tags["dag_run_id"] == run["dag_run_id"]
 

@@ -11,6 +11,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from pipeline.catalog import Catalog
+
 REPO = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "transformers", "duckdb", "mlflow", "pyarrow", "pandas", "sklearn")
 
@@ -59,7 +61,7 @@ def test_every_task_has_retries_and_a_timeout(dag, monkeypatch: pytest.MonkeyPat
     # retries come from settings (0 in tests); the production default is 2 with exponential backoff
     from pipeline.config import load_settings
 
-    assert load_settings(env={}).task_retries >= 1
+    assert load_settings(env={}).airflow.task_retries >= 1
     for task in dag.tasks:
         assert task.retry_exponential_backoff, task.task_id
 
@@ -216,5 +218,5 @@ def test_airflow_services_environment(tmp_path: Path) -> None:
     assert env["AIRFLOW__CORE__PARALLELISM"] == "1", "a parallelism chosen by the caller wins"
     assert env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] == "False"
     assert len(env["AIRFLOW__API_AUTH__JWT_SECRET"].encode()) >= 64
-    assert airflow_local.jwt_secret(settings.airflow_home) == env["AIRFLOW__API_AUTH__JWT_SECRET"], "kept"
-    assert (settings.airflow_home / "jwt_secret").stat().st_mode & 0o077 == 0
+    assert airflow_local.jwt_secret(Catalog.of(settings).airflow_home) == env["AIRFLOW__API_AUTH__JWT_SECRET"], "kept"
+    assert (Catalog.of(settings).airflow_home / "jwt_secret").stat().st_mode & 0o077 == 0

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import duckdb
 import pytest
+
+from pipeline.catalog import Catalog
 from conftest import SMALL_START, write_small_demo
 
 pytestmark = pytest.mark.slow
@@ -43,11 +45,11 @@ def night(airflow_db, tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def _wh(night: dict) -> duckdb.DuckDBPyConnection:
-    return duckdb.connect(str(night["settings"].warehouse_path), read_only=True)
+    return duckdb.connect(str(night["settings"].paths.warehouse_path), read_only=True)
 
 
 def _seen_and_active(night: dict) -> tuple[dict[str, set[str]], set[str], set[str]]:
-    lake = night["settings"].lake_dir
+    lake = night["settings"].paths.lake_dir
     con = duckdb.connect()
     rows = con.execute(
         "select user_id, item_id from read_parquet($g) where dt <= $d",
@@ -68,7 +70,7 @@ def _seen_and_active(night: dict) -> tuple[dict[str, set[str]], set[str], set[st
 def test_run_succeeds_and_publishes_n_valid_rows_per_active_user(night: dict) -> None:
     assert night["state"] == "success"
     seen, active, catalog = _seen_and_active(night)
-    top_n = night["settings"].top_n
+    top_n = night["settings"].serving.top_n
     with _wh(night) as con:
         rows = con.execute(
             "select user_id, rank, item_id, score, source from recommendations where dt = $d order by user_id, rank",
@@ -91,15 +93,15 @@ def test_run_succeeds_and_publishes_n_valid_rows_per_active_user(night: dict) ->
 def test_champion_registered_in_mlflow(night: dict) -> None:
     from mlflow import MlflowClient
 
-    uri = night["settings"].mlflow_uri
+    uri = night["settings"].paths.mlflow_uri
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    version = client.get_model_version_by_alias(night["settings"].model_name, "champion")
+    version = client.get_model_version_by_alias(night["settings"].serving.model_name, "champion")
     assert version.tags["data_date"] == NIGHT.isoformat()
     assert version.tags["gate.decision"] == "promoted"
 
 
 def test_quarantine_holds_malformed_rows_with_reasons(night: dict) -> None:
-    lake = night["settings"].lake_dir
+    lake = night["settings"].paths.lake_dir
     rows = duckdb.sql(
         f"select reason, raw, line_no from read_parquet('{lake}/quarantine/*/events.parquet')"
     ).fetchall()
@@ -122,7 +124,7 @@ def test_rows_read_equal_accepted_plus_quarantined_plus_duplicates(night: dict) 
         ).fetchall()[0]
         (lake_rows,) = con.execute(
             "select count(*) from read_parquet($g)",
-            {"g": str(night["settings"].lake_dir / "interactions" / "*" / "*.parquet")},
+            {"g": str(night["settings"].paths.lake_dir / "interactions" / "*" / "*.parquet")},
         ).fetchall()[0]
     assert read == lines
     assert read == accepted + quarantined + duplicates
@@ -131,7 +133,7 @@ def test_rows_read_equal_accepted_plus_quarantined_plus_duplicates(night: dict) 
 
 
 def test_model_beats_most_popular_by_a_clear_margin(night: dict) -> None:
-    report = json.loads((night["settings"].reports_dir / f"{NIGHT}.json").read_text())
+    report = json.loads((Catalog.of(night["settings"]).report(NIGHT, ".json")).read_text())
     model, popular = report["metrics"]["model"], report["metrics"]["most_popular"]
     assert model["ndcg@10"] > 2.0 * popular["ndcg@10"], (model, popular)
 
@@ -149,8 +151,8 @@ def test_next_night_warm_starts_from_the_champion_and_goes_through_the_gate(nigh
     assert results["train"]["warm_start_from"] == "1"
     register = results["register"]
     assert register["version"] == "2" and register["previous_champion"] == "1"
-    client = MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)
-    tags = client.get_model_version(settings.model_name, "2").tags
+    client = MlflowClient(tracking_uri=settings.paths.mlflow_uri, registry_uri=settings.paths.mlflow_uri)
+    tags = client.get_model_version(settings.serving.model_name, "2").tags
     assert tags["gate.decision"] in ("promoted", "rejected") and tags["gate.reason"]
     served = results["select_model"]["version"]
     assert served == ("2" if register["promoted"] else "1")

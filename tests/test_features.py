@@ -299,7 +299,7 @@ def test_build_features_fails_on_an_empty_catalog(tmp_path: Path) -> None:
 
 def test_run_features_writes_every_mart_and_reruns_identically(tmp_path: Path) -> None:
     settings = load_settings(env={}, home=tmp_path / "home")
-    write_lake(settings.lake_dir, EVENTS, ITEMS)
+    write_lake(settings.paths.lake_dir, EVENTS, ITEMS)
     result = run_features(settings, RUN_DATE)
     out = Path(result["features_dir"])
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{m.table}.parquet" for m in MARTS)

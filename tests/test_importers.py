@@ -22,21 +22,21 @@ def read_jsonl(path: Path) -> list[dict]:
 def replay(root: Path, fmt: str, source: Path, items: Path | None = None) -> tuple[Settings, dict]:
     """Import a dataset into a fresh home and ingest every date up to the last one."""
     settings = load_settings(env={}, home=root)
-    counts = import_dataset(fmt, source, settings.landing_dir, items=items)
-    last = max(dt.date.fromisoformat(p.name[:10]) for p in (settings.landing_dir / "events").iterdir())
+    counts = import_dataset(fmt, source, settings.paths.landing_dir, items=items)
+    last = max(dt.date.fromisoformat(p.name[:10]) for p in (settings.paths.landing_dir / "events").iterdir())
     ingest(settings, last)
     return settings, counts
 
 
 def lake_totals(settings: Settings) -> dict[str, int]:
-    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+    with duckdb.connect(str(settings.paths.warehouse_path), read_only=True) as con:
         read, accepted, quarantined, duplicates = con.execute(
             "select sum(rows_read), sum(accepted), sum(quarantined), sum(duplicates) from ingest_ledger "
             "where kind = 'events' and status = 'ok'").fetchall()[0]
     with duckdb.connect() as con:
         (events, distinct) = con.execute(
             "select count(*), count(distinct event_id) from read_parquet($g)",
-            {"g": str(settings.lake_dir / "interactions" / "*" / "*.parquet")}).fetchall()[0]
+            {"g": str(settings.paths.lake_dir / "interactions" / "*" / "*.parquet")}).fetchall()[0]
     return {"read": read, "accepted": accepted, "quarantined": quarantined, "duplicates": duplicates,
             "events": events, "distinct": distinct}
 
@@ -44,7 +44,7 @@ def lake_totals(settings: Settings) -> dict[str, int]:
 def catalog(settings: Settings) -> list[tuple]:
     with duckdb.connect() as con:
         return con.execute("select item_id, title, genres, tags from read_parquet($g) order by item_id",
-                           {"g": str(settings.lake_dir / "items" / "*" / "*.parquet")}).fetchall()
+                           {"g": str(settings.paths.lake_dir / "items" / "*" / "*.parquet")}).fetchall()
 
 
 # ---------------------------------------------------------------------------------------------- replays

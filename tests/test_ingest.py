@@ -35,7 +35,7 @@ def event(user: str = "u1", item: str = "i1", kind: str = "view", ts: str = "202
 
 
 def land(settings: Settings, name: str, content: bytes | str, kind: str = "events") -> Path:
-    path = settings.landing_dir / kind / name
+    path = settings.paths.landing_dir / kind / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(content.encode() if isinstance(content, str) else content)
     return path
@@ -43,7 +43,7 @@ def land(settings: Settings, name: str, content: bytes | str, kind: str = "event
 
 def lake(settings: Settings, query: str, **params: Any) -> list[tuple]:
     """Run a query over the lake: {interactions}, {quarantine} and {items} stand for the Parquet globs."""
-    globs = {name: f"read_parquet('{settings.lake_dir / name}/*/*.parquet', hive_partitioning = false)"
+    globs = {name: f"read_parquet('{settings.paths.lake_dir / name}/*/*.parquet', hive_partitioning = false)"
              for name in ("interactions", "quarantine", "items")}
     with duckdb.connect() as con:
         con.execute("set TimeZone = 'UTC'")
@@ -51,7 +51,7 @@ def lake(settings: Settings, query: str, **params: Any) -> list[tuple]:
 
 
 def ledger(settings: Settings) -> list[dict[str, Any]]:
-    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+    with duckdb.connect(str(settings.paths.warehouse_path), read_only=True) as con:
         cur = con.execute("select * from ingest_ledger order by ingested_at, dt, kind, source_file")
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
@@ -168,7 +168,7 @@ def test_a_csv_header_without_a_mapped_column_quarantines_its_rows_and_fails_the
 
 def test_parquet_events_read_native_types_and_missing_optional_columns(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, default_event_type="view", quarantine_threshold=0.5)
-    path = settings.landing_dir / "events" / f"{DAY}-shop.parquet"
+    path = settings.paths.landing_dir / "events" / f"{DAY}-shop.parquet"
     path.parent.mkdir(parents=True)
     pq.write_table(pa.table({
         "user_id": pa.array([1, 2, None], pa.int64()),
@@ -190,7 +190,7 @@ def test_the_same_event_has_the_same_id_in_every_format(tmp_path: Path) -> None:
     rows = [("u1", "i1", "view", None, "2026-11-21T10:00:00Z"), ("u2", "i2", "rating", 4.0, "2026-11-21T11:00:00Z")]
     for fmt in ("jsonl", "csv", "parquet"):
         settings = make_settings(tmp_path / fmt)
-        path = settings.landing_dir / "events" / f"{DAY}.{fmt}"
+        path = settings.paths.landing_dir / "events" / f"{DAY}.{fmt}"
         path.parent.mkdir(parents=True)
         table = pa.table({name: [r[i] for r in rows] for i, name in
                           enumerate(["user_id", "item_id", "event_type", "value", "timestamp"])})
@@ -222,7 +222,7 @@ def test_files_of_one_date_in_different_formats_are_deduplicated_together(tmp_pa
 
 def test_a_parquet_column_that_cannot_be_text_is_a_format_error(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
-    path = settings.landing_dir / "events" / f"{DAY}.parquet"
+    path = settings.paths.landing_dir / "events" / f"{DAY}.parquet"
     path.parent.mkdir(parents=True)
     pq.write_table(pa.table({"user_id": [{"a": 1}], "item_id": ["i"], "timestamp": ["2026-11-21T10:00:00Z"],
                              "event_type": ["view"]}), path)
@@ -263,7 +263,7 @@ def test_catalog_files_in_every_format_become_item_versions(tmp_path: Path) -> N
     ]), kind="items")
     land(settings, "2026-11-20-b.csv", 'item_id,title,genres\nb,"B, the film",Action|Drama\n', kind="items")
     pq.write_table(pa.table({"item_id": ["c"], "title": ["C"], "tags": [["t1", "t2"]]}),
-                   settings.landing_dir / "items" / "2026-11-20-c.parquet")
+                   settings.paths.landing_dir / "items" / "2026-11-20-c.parquet")
 
     summary = ingest(settings, DAY)
 
@@ -289,8 +289,8 @@ def test_too_many_bad_rows_fail_the_night_naming_the_file_and_reasons(tmp_path: 
                                                  rf"{DAY}-b\.jsonl: broken_json \(2\), unknown_event_type \(1\)"):
         ingest(settings, DAY)
 
-    assert not (settings.lake_dir / "interactions" / f"dt={DAY}").exists()
-    assert (settings.lake_dir / "interactions" / "dt=2026-11-20" / "part-0.parquet").is_file()
+    assert not (settings.paths.lake_dir / "interactions" / f"dt={DAY}").exists()
+    assert (settings.paths.lake_dir / "interactions" / "dt=2026-11-20" / "part-0.parquet").is_file()
     assert lake(settings, "select count(*) from {quarantine}") == [(3,)]
     rows = {(r["dt"], r["source_file"]): r for r in ledger(settings)}
     assert rows[(DAY, f"{DAY}-b.jsonl")]["status"] == "failed"
@@ -341,6 +341,6 @@ def test_partitions_leave_no_temporary_files_behind(tmp_path: Path) -> None:
     land(settings, f"{DAY}.jsonl", event() + "\n{bad\n")
     ingest(settings, DAY)
 
-    files = sorted(str(p.relative_to(settings.lake_dir)) for p in settings.lake_dir.rglob("*") if p.is_file())
+    files = sorted(str(p.relative_to(settings.paths.lake_dir)) for p in settings.paths.lake_dir.rglob("*") if p.is_file())
 
     assert files == [f"interactions/dt={DAY}/part-0.parquet", f"quarantine/dt={DAY}/events.parquet"]

@@ -85,13 +85,13 @@ def property_settings(root: Path) -> Settings:
 
 
 def ledger_rows(settings: Settings) -> list[tuple]:
-    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+    with duckdb.connect(str(settings.paths.warehouse_path), read_only=True) as con:
         return con.execute("select status, rows_read, accepted, quarantined, duplicates from ingest_ledger "
                            "where kind = 'events' order by ingested_at").fetchall()
 
 
 def event_ids(settings: Settings) -> list[str]:
-    parts = sorted((settings.lake_dir / "interactions").glob("dt=*/part-0.parquet"))
+    parts = sorted((settings.paths.lake_dir / "interactions").glob("dt=*/part-0.parquet"))
     if not parts:
         return []
     with duckdb.connect() as con:
@@ -119,7 +119,7 @@ def ingest_and_account(settings: Settings, rows: int) -> tuple[str, list[tuple]]
 def check_file(data: bytes, suffix: str, header: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         settings = property_settings(Path(tmp))
-        path = settings.landing_dir / "events" / f"{DAY}.{suffix}"
+        path = settings.paths.landing_dir / "events" / f"{DAY}.{suffix}"
         path.parent.mkdir(parents=True)
         path.write_bytes(data)
         rows = expected_rows(data, header)

@@ -232,7 +232,7 @@ def test_run_has_params_metrics_per_epoch_and_artifacts(history: dict) -> None:
     from mlflow import MlflowClient
 
     settings = history["settings"]
-    client = MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)
+    client = MlflowClient(tracking_uri=settings.paths.mlflow_uri, registry_uri=settings.paths.mlflow_uri)
     experiment = client.get_experiment_by_name(registry.EXPERIMENT)
     assert experiment.artifact_location == (settings.home / "mlflow" / "artifacts").resolve().as_uri()
     run = client.get_run(history["runs"]["3"])
@@ -250,6 +250,5 @@ def test_run_has_params_metrics_per_epoch_and_artifacts(history: dict) -> None:
 
 
 def test_model_name_must_be_a_plain_name(tmp_path: Path) -> None:
-    settings = load_settings(env={"NIGHTLY_RECS_HOME": str(tmp_path), "NIGHTLY_RECS_MODEL_NAME": "bad' name"})
-    with pytest.raises(ValueError, match="model_name"):
-        registry.champion_version(settings)
+    with pytest.raises(ValueError, match="model_name"):  # refused when the settings load, before MLflow
+        load_settings(env={"NIGHTLY_RECS_HOME": str(tmp_path), "NIGHTLY_RECS_MODEL_NAME": "bad' name"})

@@ -1,0 +1,156 @@
+"""The data catalog: the one module that knows where every dataset lives.
+
+Every location is a function of the path settings (and of the data date where a dataset is keyed by it).
+Stages ask the catalog; nothing else composes lake, landing, model, report or warehouse paths, so moving a
+dataset (for example the lake to object storage) touches this file only. `tests/test_architecture.py` checks
+that no other module builds these paths.
+
+Layout under the state home (defaults; landing, lake, warehouse and MLflow can each be pointed elsewhere):
+
+    landing/events/<D>.jsonl ...           the source's daily drops (events/, items/)
+    lake/interactions/dt=D/part-0.parquet  accepted events of D
+    lake/items/dt=D/part-0.parquet         item versions received on D
+    lake/quarantine/dt=D/<kind>.parquet    rejected rows of D with their reason
+    lake/features/dt=D/<mart>.parquet      the night's marts (sql/marts/)
+    lake/features/dt=D/item_embeddings.parquet   the night's catalog embeddings, one row per item
+    lake/item_embeddings/                  the embedding cache, keyed by (encoder, text hash)
+    lake/recommendations/dt=D/part-0.parquet     the published table's partition
+    models/dt=D/<candidate>/               a night's candidate models (bundle, metrics, curves)
+    staging/dt=D/                          scored tables waiting for validation
+    reports/<D>.md, <D>.json               the nightly report
+    warehouse.duckdb                       published tables and ledgers
+    mlflow/mlflow.db, mlflow/artifacts/    tracking and registry
+    airflow/                               the local Airflow home
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.config import PathSettings, Settings
+
+LAKE_TABLES = ("interactions", "items", "quarantine", "recommendations")
+DEMO_MARKER = ".demo.json"
+NIGHT_EMBEDDINGS = "item_embeddings"
+
+
+def _dt(data_date: dt.date) -> str:
+    return f"dt={data_date.isoformat()}"
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Locations of every dataset, from the path settings."""
+
+    paths: PathSettings
+
+    @classmethod
+    def of(cls, settings: Settings) -> Catalog:
+        return cls(settings.paths)
+
+    # --- landing (the source) ---
+    @property
+    def landing(self) -> Path:
+        return self.paths.landing_dir
+
+    def landing_dir(self, kind: str) -> Path:
+        """Folder of one kind of drop: 'events' or 'items'."""
+        assert kind in ("events", "items"), f"unknown landing kind {kind!r}"
+        return self.paths.landing_dir / kind
+
+    def landing_file(self, kind: str, data_date: dt.date, suffix: str = ".jsonl") -> Path:
+        return self.landing_dir(kind) / f"{data_date.isoformat()}{suffix}"
+
+    @property
+    def demo_marker(self) -> Path:
+        return self.paths.landing_dir / DEMO_MARKER
+
+    # --- lake ---
+    @property
+    def lake(self) -> Path:
+        return self.paths.lake_dir
+
+    def lake_table(self, table: str) -> Path:
+        assert table in LAKE_TABLES, f"unknown lake table {table!r}"
+        return self.paths.lake_dir / table
+
+    def partition(self, table: str, data_date: dt.date) -> Path:
+        """The folder of one date of a lake table."""
+        return self.lake_table(table) / _dt(data_date)
+
+    def partition_file(self, table: str, data_date: dt.date, name: str = "part-0.parquet") -> Path:
+        return self.partition(table, data_date) / name
+
+    def partition_glob(self, table: str) -> str:
+        """Every data file of a lake table (temporary files never match)."""
+        return str(self.lake_table(table) / "dt=*" / "*.parquet")
+
+    def quarantine_file(self, kind: str, data_date: dt.date) -> Path:
+        return self.partition_file("quarantine", data_date, f"{kind}.parquet")
+
+    # --- features and embeddings ---
+    def features_dir(self, data_date: dt.date) -> Path:
+        return self.paths.lake_dir / "features" / _dt(data_date)
+
+    def mart(self, data_date: dt.date, name: str) -> Path:
+        return self.features_dir(data_date) / f"{name}.parquet"
+
+    def night_embeddings(self, data_date: dt.date) -> Path:
+        """The catalog's text embeddings for the night, one row per item of item_catalog."""
+        return self.mart(data_date, NIGHT_EMBEDDINGS)
+
+    @property
+    def embedding_cache(self) -> Path:
+        return self.paths.lake_dir / "item_embeddings"
+
+    # --- models, staging, reports ---
+    def candidates_dir(self, data_date: dt.date) -> Path:
+        return self.paths.home / "models" / _dt(data_date)
+
+    def new_candidate(self, data_date: dt.date) -> Path:
+        """A fresh folder for one training of the night (retries never overwrite each other)."""
+        return self.candidates_dir(data_date) / uuid.uuid4().hex[:12]
+
+    def staging_dir(self, data_date: dt.date) -> Path:
+        return self.paths.home / "staging" / _dt(data_date)
+
+    def new_staged_recommendations(self, data_date: dt.date) -> Path:
+        return self.staging_dir(data_date) / f"recommendations-{uuid.uuid4().hex}.parquet"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.paths.home / "reports"
+
+    def report(self, data_date: dt.date, suffix: str) -> Path:
+        """The nightly report: suffix '.md' or '.json'."""
+        return self.reports_dir / f"{data_date.isoformat()}{suffix}"
+
+    def consumer_summary_dir(self) -> Path:
+        return self.paths.home / "consumer"
+
+    # --- services ---
+    @property
+    def warehouse(self) -> Path:
+        return self.paths.warehouse_path
+
+    @property
+    def mlflow_uri(self) -> str:
+        return self.paths.mlflow_uri
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.paths.home / "mlflow"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.mlflow_dir / "artifacts"
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.paths.home / "airflow"
+
+    def airflow_run_log(self, data_date: dt.date) -> Path:
+        return self.airflow_home / "runs" / f"{data_date.isoformat()}.log"
