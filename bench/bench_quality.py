@@ -14,7 +14,7 @@ from prepare_datasets import prepare
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "out"
-CLI = [sys.executable, "-m", "pipeline.cli", "benchmark", "quality"]
+CLI = [sys.executable, "-m", "pipeline.tools.cli", "benchmark", "quality"]
 
 
 def run(args: list[str]) -> None:

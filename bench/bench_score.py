@@ -34,9 +34,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline.bundle import ModelBundle
-from pipeline.model import ModelConfig, SeqRecModel
-from pipeline.recommend import ScoringInput, score_users
+from pipeline.recsys.bundle import ModelBundle
+from pipeline.recsys.model import ModelConfig, SeqRecModel
+from pipeline.recsys.score import ScoringInput, score_users
 
 STATUS = Path("/proc/self/status")
 GLIBC_RETURNS_LARGE_BLOCKS = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}

@@ -1,6 +1,6 @@
 """nightly_recommendations: every night at 02:00 UTC, recommendations from the day that just closed.
 
-Only wiring lives here: each task calls one stage function of `pipeline.nightly` and returns a small dict.
+Only wiring lives here: each task calls one stage function of `pipeline.stages` and returns a small dict.
 Heavy libraries (torch, transformers, duckdb, mlflow) are imported inside the stage functions, never at parse.
 """
 
@@ -93,7 +93,7 @@ def nightly_recommendations() -> None:
         """Landing files -> validated lake partitions. Fails without retry above the quarantine threshold."""
         from pipeline.dag_support import fail_without_retry
         from pipeline.ingest import IngestQualityError
-        from pipeline.nightly import stage_ingest
+        from pipeline.stages import stage_ingest
 
         try:
             return stage_ingest(SETTINGS, _night()[0])
@@ -103,14 +103,14 @@ def nightly_recommendations() -> None:
     @task
     def features() -> dict:
         """Lake -> the night's feature marts (DuckDB SQL)."""
-        from pipeline.nightly import stage_features
+        from pipeline.stages import stage_features
 
         return stage_features(SETTINGS, _night()[0])
 
     @task(outlets=[ASSETS["item_embeddings"]], **GPU)
     def embed() -> dict:
         """Text embeddings of the catalog; only texts not in the cache are encoded."""
-        from pipeline.nightly import stage_embed
+        from pipeline.stages import stage_embed
 
         return stage_embed(SETTINGS, _night()[0])
 
@@ -118,7 +118,7 @@ def nightly_recommendations() -> None:
     def train() -> dict:
         """Train a challenger (skipped when retrain=false)."""
         from pipeline.dag_support import skip_unless_retrain
-        from pipeline.nightly import stage_train
+        from pipeline.stages import stage_train
 
         day, params = skip_unless_retrain(*_night())
         return stage_train(SETTINGS, day, params["max_epochs"])
@@ -127,7 +127,7 @@ def nightly_recommendations() -> None:
     def register(candidate: dict) -> dict:
         """Log the challenger to MLflow and run the champion/challenger gate."""
         from pipeline.dag_support import audit_force_promote
-        from pipeline.nightly import stage_register
+        from pipeline.stages import stage_register
 
         context = get_current_context()
         return stage_register(SETTINGS, data_date_from_context(context), candidate["candidate_dir"],
@@ -138,7 +138,7 @@ def nightly_recommendations() -> None:
     def select_model() -> dict:
         """The model that serves tonight: the champion; degraded if tonight's training failed."""
         from pipeline.dag_support import require_upstream_result
-        from pipeline.nightly import stage_select_model
+        from pipeline.stages import stage_select_model
 
         context = get_current_context()
         require_upstream_result(context, "embed")
@@ -148,7 +148,7 @@ def nightly_recommendations() -> None:
     @task
     def recommend(chosen: dict) -> dict:
         """Score every active user with the champion; stage the table."""
-        from pipeline.nightly import stage_recommend
+        from pipeline.stages import stage_recommend
 
         day, params = _night()
         return stage_recommend(SETTINGS, day, int(params["top_n"]))
@@ -157,7 +157,7 @@ def nightly_recommendations() -> None:
     def publish(staged: dict, chosen: dict) -> dict:
         """Validate and atomically publish; the asset event carries the date, path and serving model."""
         from pipeline.dag_support import attach_asset_extra, publish_summary
-        from pipeline.nightly import stage_publish
+        from pipeline.stages import stage_publish
 
         day = _night()[0]
         result = stage_publish(SETTINGS, day, staged["staged"], staged["top_n"], staged["model_version"])
@@ -167,7 +167,7 @@ def nightly_recommendations() -> None:
     @task
     def report() -> dict:
         """The nightly report (Markdown + JSON), attached to tonight's MLflow run."""
-        from pipeline.nightly import stage_report
+        from pipeline.stages import stage_report
 
         return stage_report(SETTINGS, _night()[0])
 

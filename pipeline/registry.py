@@ -34,7 +34,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel
 
-from pipeline.bundle import ModelBundle
+from pipeline.recsys.bundle import ModelBundle
 from pipeline.config import Settings
 
 log = logging.getLogger(__name__)

@@ -54,7 +54,7 @@ SMALL_START = dt.date(2026, 10, 1)
 
 
 def write_small_demo(landing: Path, days: int | None = None) -> dict[str, int]:
-    from pipeline.demo_data import DemoConfig, generate
+    from pipeline.tools.demo_data import DemoConfig, generate
 
     config = DemoConfig(**{**SMALL_DEMO, "days": days or SMALL_DEMO["days"]}, start_date=SMALL_START)
     return generate(landing, config)

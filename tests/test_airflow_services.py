@@ -1,6 +1,6 @@
 """Real Airflow: api-server, scheduler (LocalExecutor, SQLite), dag-processor and triggerer on loopback.
 
-Started with the same code as `make airflow` (pipeline.airflow_local), in a temporary AIRFLOW_HOME and
+Started with the same code as `make airflow` (pipeline.tools.airflow_local), in a temporary AIRFLOW_HOME and
 NIGHTLY_RECS_HOME, on a free port. The nightly DAG is triggered through REST API v2 with a conf, the way the
 UI's trigger form does it, and polled until it succeeds; then a one-day `airflow backfill create`; the example
 consumer must have summarised what was published. Everything is stopped by process group at the end.
@@ -113,10 +113,10 @@ class Airflow:
 
 @pytest.fixture(scope="module")
 def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
-    from pipeline import airflow_local
+    from pipeline.tools import airflow_local
     from pipeline.config import load_settings
     from pipeline.dag_support import closed_day
-    from pipeline.demo_data import DemoConfig, generate
+    from pipeline.tools.demo_data import DemoConfig, generate
 
     root = tmp_path_factory.mktemp("services")
     home = root / "home"

@@ -1,4 +1,4 @@
-"""Tests for the synthetic demo source system (pipeline.demo_data)."""
+"""Tests for the synthetic demo source system (pipeline.tools.demo_data)."""
 from __future__ import annotations
 
 import collections
@@ -9,7 +9,7 @@ import pathlib
 
 import pytest
 
-from pipeline.demo_data import DemoConfig, generate
+from pipeline.tools.demo_data import DemoConfig, generate
 
 SMALL = DemoConfig(n_users=400, n_items=240, n_topics=6, days=12, seed=3)
 NOISY = DemoConfig(n_users=600, n_items=300, n_topics=6, days=15, malformed_rate=0.02,

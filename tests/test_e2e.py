@@ -143,7 +143,7 @@ def test_next_night_warm_starts_from_the_champion_and_goes_through_the_gate(nigh
     registers a new version and records the gate's decision on it."""
     from mlflow import MlflowClient
 
-    from pipeline.nightly import run_night
+    from pipeline.stages import run_night
 
     settings = night["settings"]
     next_day = NIGHT + dt.timedelta(days=1)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.evaluate import (
+from pipeline.recsys.evaluate import (
     evaluate_baselines,
     evaluate_model,
     popularity_scores,
@@ -16,7 +16,7 @@ from pipeline.evaluate import (
     recent_popularity_scores,
     transition_matrix,
 )
-from pipeline.model import ModelConfig
+from pipeline.recsys.model import ModelConfig
 
 
 def test_rank_metrics_hand_computed() -> None:

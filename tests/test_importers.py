@@ -11,7 +11,7 @@ import pytest
 from conftest import shared_dataset
 
 from pipeline.config import Settings, load_settings
-from pipeline.importers import ImportFormatError, import_dataset
+from pipeline.tools.importers import ImportFormatError, import_dataset
 from pipeline.ingest import ingest
 
 

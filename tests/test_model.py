@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from pipeline.model import ModelConfig, SeqRecModel
+from pipeline.recsys.model import ModelConfig, SeqRecModel
 
 N_ITEMS = 30
 TEXT_DIM = 16

@@ -8,9 +8,9 @@ import pyarrow as pa
 import pytest
 import torch
 
-from pipeline.bundle import ModelBundle
-from pipeline.model import ModelConfig, SeqRecModel
-from pipeline.recommend import Ragged, ScoringInput, left_pad, lookup, score_users
+from pipeline.recsys.bundle import ModelBundle
+from pipeline.recsys.model import ModelConfig, SeqRecModel
+from pipeline.recsys.score import Ragged, ScoringInput, left_pad, lookup, score_users
 
 N_ITEMS = 50
 ITEM_IDS = [f"i{j:02d}" for j in range(1, N_ITEMS + 1)]

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.evaluate import evaluate_model
-from pipeline.model import ModelConfig
-from pipeline.train import TrainConfig, train_model
+from pipeline.recsys.evaluate import evaluate_model
+from pipeline.recsys.model import ModelConfig
+from pipeline.recsys.train import TrainConfig, train_model
 
 N_USERS, N_ITEMS = 300, 200
 

@@ -38,7 +38,7 @@ def airflow_env(settings: Settings) -> dict[str, str]:
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.demo_data import DemoConfig, generate
+    from pipeline.tools.demo_data import DemoConfig, generate
 
     events = settings.paths.landing_dir / "events"
     if args.if_empty and events.is_dir() and any(events.iterdir()):
@@ -69,7 +69,7 @@ def next_data_date(settings: Settings) -> dt.date:
 
 def ensure_demo_covers(settings: Settings, day: dt.date) -> None:
     """If the landing folder is the demo source and `day` has no drop yet, let the source produce it."""
-    from pipeline.demo_data import DemoConfig, generate
+    from pipeline.tools.demo_data import DemoConfig, generate
 
     marker = settings.paths.landing_dir / DEMO_MARKER
     if not marker.is_file() or (settings.paths.landing_dir / "events" / f"{day.isoformat()}.jsonl").is_file():
@@ -89,7 +89,7 @@ def run_dag_logged(settings: Settings, data_date: dt.date, conf: dict[str, Any])
     log_path = Catalog.of(settings).airflow_home / "runs" / f"{data_date.isoformat()}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     print(f"running the night of {data_date} through Airflow (log: {log_path}) ...", flush=True)
-    cmd = [sys.executable, "-m", "pipeline.cli", "dag-run", "--date", data_date.isoformat(), "--conf",
+    cmd = [sys.executable, "-m", "pipeline.tools.cli", "dag-run", "--date", data_date.isoformat(), "--conf",
            json.dumps(conf), "--in-process"]
     with log_path.open("w") as fh:
         proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ}, check=False)
@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("benchmark", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     quality = bench_sub.add_parser("quality", help="offline quality: model vs baselines, full ranking")
-    from pipeline import quality_benchmark
+    from pipeline.tools import quality_benchmark
 
     quality_benchmark.add_arguments(quality)
     sub.add_parser("airflow-standalone", help="start Airflow (UI, scheduler) on 127.0.0.1 with the project's DAGs")
@@ -208,14 +208,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "benchmark":
-        from pipeline import quality_benchmark
+        from pipeline.tools import quality_benchmark
 
         return quality_benchmark.run(args)
     settings = load_settings()
     if args.command == "demo-data":
         return _demo(args, settings)
     if args.command == "night":
-        from pipeline.nightly import run_night
+        from pipeline.stages import run_night
 
         run_night(settings, args.date, args.top_n, not args.no_retrain, args.max_epochs, args.force_promote)
         print_summary(settings, args.date)
@@ -235,14 +235,14 @@ def main(argv: list[str] | None = None) -> int:
         print_summary(settings, args.date)
         return 0
     if args.command == "import":
-        from pipeline.importers import import_dataset
+        from pipeline.tools.importers import import_dataset
 
         landing = args.landing or settings.paths.landing_dir
         counts = import_dataset(args.format, args.path, landing, items=args.items)
         log.info("imported %s into %s: %s", args.path, landing, counts)
         return 0
     if args.command == "airflow-standalone":
-        from pipeline.airflow_local import standalone
+        from pipeline.tools.airflow_local import standalone
 
         return standalone(settings)
     return 2

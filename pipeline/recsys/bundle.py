@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.model import ModelConfig, SeqRecModel
+from pipeline.recsys.model import ModelConfig, SeqRecModel
 
 
 @dataclass

@@ -72,7 +72,7 @@ def stage_embed(settings: Settings, data_date: dt.date) -> dict[str, Any]:
     import pyarrow as pa
 
     from pipeline.atomic import atomic_path
-    from pipeline.dataset import EMBEDDINGS_FILE
+    from pipeline.recsys.data import EMBEDDINGS_FILE
     from pipeline.embed import TextEncoder, embed_items, embedding_array
 
     catalog = pq.read_table(mart_path(settings.paths.lake_dir, data_date, "item_catalog"), columns=["item_id", "text"])
@@ -94,12 +94,12 @@ def _night_dir(settings: Settings, data_date: dt.date) -> Path:
 @_ledger("train")
 def stage_train(settings: Settings, data_date: dt.date, max_epochs: int | None = None) -> dict[str, Any]:
     """Train a candidate on the night's leave-one-out split; evaluate it and the baselines on the test items."""
-    from pipeline.bundle import ModelBundle
-    from pipeline.dataset import load_night
-    from pipeline.evaluate import evaluate_baselines, evaluate_model
-    from pipeline.model import ModelConfig
+    from pipeline.recsys.bundle import ModelBundle
+    from pipeline.recsys.data import load_night
+    from pipeline.recsys.evaluate import evaluate_baselines, evaluate_model
+    from pipeline.recsys.model import ModelConfig
     from pipeline.report import plot_history
-    from pipeline.train import TrainConfig, train_model
+    from pipeline.recsys.train import TrainConfig, train_model
 
     import torch
 
@@ -175,7 +175,7 @@ def _warm_start_state(settings: Settings, item_ids: list[str]) -> tuple[dict[str
 def evaluate_bundle(bundle: Any, night: Any) -> dict[str, float]:
     """A model bundle on the night's leave-one-out test items, mapped through the bundle's own item index
     (items it does not know are dropped from inputs and count as misses as targets)."""
-    from pipeline.evaluate import evaluate_model
+    from pipeline.recsys.evaluate import evaluate_model
 
     index = bundle.index
     inputs = [bundle.encode([night.item_ids[i - 1] for i in seq]) for seq in night.test_inputs()]
@@ -191,8 +191,8 @@ def stage_register(
     """Log the candidate to MLflow as a new version (`challenger`), re-evaluate the champion on the same split,
     and promote the challenger to `champion` only if it wins (or an operator forces it, recorded as such)."""
     from pipeline import registry
-    from pipeline.bundle import ModelBundle
-    from pipeline.dataset import load_night
+    from pipeline.recsys.bundle import ModelBundle
+    from pipeline.recsys.data import load_night
 
     folder = Path(candidate_dir)
     metrics = json.loads((folder / "metrics.json").read_text())
@@ -246,7 +246,7 @@ def stage_recommend(settings: Settings, data_date: dt.date, top_n: int | None = 
 
     from pipeline import registry
     from pipeline.embed import resolve_device
-    from pipeline.recommend import score_users
+    from pipeline.recsys.score import score_users
 
     k = top_n or settings.serving.top_n
     bundle, version = registry.load_bundle(settings, registry.CHAMPION)
@@ -261,7 +261,7 @@ def stage_recommend(settings: Settings, data_date: dt.date, top_n: int | None = 
 
 
 def _scoring_input(settings: Settings, data_date: dt.date) -> Any:
-    from pipeline.recommend import ScoringInput
+    from pipeline.recsys.score import ScoringInput
 
     activity = pq.read_table(mart_path(settings.paths.lake_dir, data_date, "user_activity")).to_pydict()
     active = {u for u, a in zip(activity["user_id"], activity["is_active"], strict=True) if a}

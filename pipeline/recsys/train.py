@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.evaluate import evaluate_model
-from pipeline.model import ModelConfig, SeqRecModel
+from pipeline.recsys.evaluate import evaluate_model
+from pipeline.recsys.model import ModelConfig, SeqRecModel
 
 log = logging.getLogger(__name__)
 

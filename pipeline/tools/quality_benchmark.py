@@ -6,7 +6,7 @@ earlier = training; users with fewer than 3 events are training only. Every item
 plus any item seen in events) is ranked; items already in the user's input history are removed.
 `--cold-items F` removes every interaction of a random fraction F of the items from TRAINING only (their text
 stays known) and reports recall@10 on test targets that are such cold items, next to random ranking.
-The model code is exactly what the nightly run uses (`pipeline.model`, `pipeline.train`, `pipeline.evaluate`).
+The model code is exactly what the nightly run uses (`pipeline.recsys.model`, `pipeline.recsys.train`, `pipeline.recsys.evaluate`).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.evaluate import evaluate_baselines, evaluate_model
-from pipeline.model import ITEM_REPRS, ModelConfig
-from pipeline.train import TrainConfig, train_model
+from pipeline.recsys.evaluate import evaluate_baselines, evaluate_model
+from pipeline.recsys.model import ITEM_REPRS, ModelConfig
+from pipeline.recsys.train import TrainConfig, train_model
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from pipeline.bundle import ModelBundle
+from pipeline.recsys.bundle import ModelBundle
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.cli import airflow_env, ensure_demo_covers
+from pipeline.tools.cli import airflow_env, ensure_demo_covers
 from pipeline.catalog import Catalog
 from pipeline.config import REPO_ROOT, Settings
 from pipeline.dag_support import closed_day

@@ -1,0 +1,1 @@
+"""Tools around the production path: the CLI, the demo source, dataset importers, the local Airflow, benchmarks."""
