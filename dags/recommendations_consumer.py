@@ -16,6 +16,7 @@ import datetime as dt
 import pendulum
 from airflow.sdk import dag, get_current_context, task
 
+from pipeline.catalog import Catalog
 from pipeline.config import load_settings
 from pipeline.dag_support import nightly_assets
 
@@ -45,7 +46,7 @@ def recommendations_consumer() -> None:
         from pipeline.dag_support import events_extras, write_daily_summary
 
         extras = events_extras(get_current_context()["triggering_asset_events"])
-        return [write_daily_summary(extra, SETTINGS.home / "consumer") for extra in extras]
+        return [write_daily_summary(extra, Catalog.of(SETTINGS).consumer_summary_dir()) for extra in extras]
 
     summarise_published_dates()
 

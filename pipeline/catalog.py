@@ -41,6 +41,13 @@ def _dt(data_date: dt.date) -> str:
     return f"dt={data_date.isoformat()}"
 
 
+def landing_path(landing: Path, kind: str, data_date: dt.date, suffix: str = ".jsonl") -> Path:
+    """The source's drop of one kind ('events' or 'items') for one date, under a landing folder (tools that
+    write sources, such as the demo and the importers, use this with a folder of their own)."""
+    assert kind in ("events", "items"), f"unknown landing kind {kind!r}"
+    return landing / kind / f"{data_date.isoformat()}{suffix}"
+
+
 @dataclass(frozen=True)
 class Catalog:
     """Locations of every dataset, from the path settings."""
@@ -62,7 +69,7 @@ class Catalog:
         return self.paths.landing_dir / kind
 
     def landing_file(self, kind: str, data_date: dt.date, suffix: str = ".jsonl") -> Path:
-        return self.landing_dir(kind) / f"{data_date.isoformat()}{suffix}"
+        return landing_path(self.paths.landing_dir, kind, data_date, suffix)
 
     @property
     def demo_marker(self) -> Path:

@@ -264,55 +264,70 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {err}") from err
 
 
+class _Collected:
+    """Values per section, where each came from, and the errors found so far."""
+
+    def __init__(self, home: Path) -> None:
+        self.values: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
+        self.values["paths"].update(_default_paths(home))
+        self.origin: dict[str, str] = {}
+        self.errors: list[str] = []
+
+    def put(self, name: str, value: Any, source: str) -> None:
+        if name == "home":
+            self.errors.append(f"home: set it with NIGHTLY_RECS_HOME, not in {source}")
+        elif name not in SECTION_OF:
+            self.errors.append(f"{name}: unknown setting (from {source})")
+        else:
+            self.values[SECTION_OF[name]][name] = value
+            self.origin[name] = source
+
+    def read_file(self, path: Path) -> None:
+        for key, value in _read_file(path).items():
+            if key not in SECTIONS or not isinstance(value, dict):
+                self.put(key, value, f"file {path}")
+                continue
+            for name, inner in value.items():
+                if SECTION_OF.get(name, key) != key:
+                    self.errors.append(f"{key}.{name}: belongs to section [{SECTION_OF[name]}] (in {path})")
+                else:
+                    self.put(name, inner, f"file {path} [{key}]")
+
+    def read_env(self, env: dict[str, str]) -> None:
+        for name in SECTION_OF:
+            key = f"NIGHTLY_RECS_{name.upper()}"
+            if key not in env or name == "home":
+                continue
+            try:
+                self.put(name, _from_env(name, env[key]), f"environment variable {key}")
+            except ValueError as err:
+                self.errors.append(f"{SECTION_OF[name]}.{name}: {err} (from environment variable {key})")
+
+    def build(self) -> Settings:
+        sections: dict[str, Any] = {}
+        for section, cls in SECTIONS.items():
+            try:
+                sections[section] = cls(**self.values[section])
+            except ValidationError as err:
+                for e in err.errors():
+                    name = str(e["loc"][0]) if e["loc"] else ""
+                    label = f"{section}.{name}" if name else section
+                    self.errors.append(f"{label}: {e['msg']} (got {e.get('input')!r}, from "
+                                       f"{self.origin.get(name, 'default')})")
+        if self.errors:
+            raise ConfigError("invalid settings:\n  " + "\n  ".join(self.errors))
+        return Settings(**sections)
+
+
 def load_settings(env: dict[str, str] | None = None, **overrides: Any) -> Settings:
     """Build Settings from defaults, the TOML file, the environment and keyword overrides (flat names)."""
     env = dict(os.environ if env is None else env)
     home = Path(overrides.pop("home", None) or env.get("NIGHTLY_RECS_HOME") or REPO_ROOT / "var").resolve()
-    values: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
-    values["paths"].update(_default_paths(home))
-    origin: dict[str, str] = {}
-    errors: list[str] = []
-
-    def put(name: str, value: Any, source: str) -> None:
-        if name == "home":
-            errors.append(f"home: set it with NIGHTLY_RECS_HOME, not in {source}")
-        elif name not in SECTION_OF:
-            errors.append(f"{name}: unknown setting (from {source})")
-        else:
-            values[SECTION_OF[name]][name] = value
-            origin[name] = source
-
+    collected = _Collected(home)
     config_file = Path(env.get("NIGHTLY_RECS_CONFIG") or home / "settings.toml")
     if config_file.is_file():
-        for key, value in _read_file(config_file).items():
-            if key in SECTIONS and isinstance(value, dict):
-                for name, inner in value.items():
-                    if SECTION_OF.get(name, key) != key:
-                        errors.append(f"{key}.{name}: belongs to section [{SECTION_OF[name]}] (in {config_file})")
-                    else:
-                        put(name, inner, f"file {config_file} [{key}]")
-            else:
-                put(key, value, f"file {config_file}")
-    for name in SECTION_OF:
-        key = f"NIGHTLY_RECS_{name.upper()}"
-        if key in env and name != "home":
-            try:
-                put(name, _from_env(name, env[key]), f"environment variable {key}")
-            except ValueError as err:
-                errors.append(f"{SECTION_OF[name]}.{name}: {err} (from environment variable {key})")
+        collected.read_file(config_file)
+    collected.read_env(env)
     for name, value in overrides.items():
-        put(name, value, "keyword override")
-    sections: dict[str, Any] = {}
-    for section, cls in SECTIONS.items():
-        try:
-            sections[section] = cls(**values[section])
-        except ValidationError as err:
-            for e in err.errors():
-                name = str(e["loc"][0]) if e["loc"] else ""
-                where = origin.get(name, "default")
-                label = f"{section}.{name}" if name else section
-                errors.append(f"{label}: {e['msg']} (got {e.get('input')!r}, from {where})")
-    if errors:
-        raise ConfigError("invalid settings:\n  " + "\n  ".join(errors))
-    return Settings(**sections)
-
+        collected.put(name, value, "keyword override")
+    return collected.build()

@@ -15,6 +15,7 @@ vector is never looked up again.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import logging
@@ -30,10 +31,11 @@ from typing import Any
 import numpy as np
 
 from pipeline.atomic import atomic_path
+from pipeline.catalog import Catalog
+from pipeline.config import ModelSettings
 
 log = logging.getLogger(__name__)
 
-EMBEDDINGS_DIRNAME = "item_embeddings"
 DEFAULT_BATCH_TOKENS = 8192      # padded tokens per forward pass; ~30 MB of activations per layer for MiniLM
 MAX_SEQ_LENGTH_CAP = 512         # used when the model folder states no max_seq_length
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -253,15 +255,10 @@ def encode_texts(
     return TextEncoder.load(model_path, device).encode(texts, batch_size=batch_size)
 
 
-def _cache_dir(lake_dir: Path) -> Path:
-    return lake_dir / EMBEDDINGS_DIRNAME
-
-
-def load_cache(lake_dir: Path, encoder: str, hashes: list[str] | None = None) -> dict[str, np.ndarray]:
+def load_cache(folder: Path, encoder: str, hashes: list[str] | None = None) -> dict[str, np.ndarray]:
     """Cached vectors of one encoder keyed by text sha256 (only `hashes`, when given)."""
     import pyarrow.dataset as ds
 
-    folder = _cache_dir(lake_dir)
     if not folder.is_dir() or not any(folder.glob("*.parquet")):
         return {}
     wanted = ds.field("encoder") == encoder
@@ -289,12 +286,11 @@ def embedding_matrix(column: Any) -> np.ndarray:
     return flat.reshape(len(column), -1).astype(np.float32, copy=False)
 
 
-def _write_cache_part(lake_dir: Path, encoder: str, rows: list[tuple[str, str]], vectors: np.ndarray) -> Path:
+def _write_cache_part(folder: Path, encoder: str, rows: list[tuple[str, str]], vectors: np.ndarray) -> Path:
     """Append new vectors as one Parquet part, written to a temp name then renamed (atomic)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    folder = _cache_dir(lake_dir)
     folder.mkdir(parents=True, exist_ok=True)
     table = pa.table(
         {
@@ -325,29 +321,29 @@ def _first_item_per_text(
 def embed_items(
     item_ids: list[str],
     texts: list[str],
-    lake_dir: Path,
+    cache_dir: Path,
     encoder: TextEncoder,
     batch_size: int | None = None,
     progress: bool = False,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Vectors for the given items, encoding only texts whose (encoder id, sha256) is not cached yet.
+    """Vectors for the given items, encoding only texts whose (encoder id, sha256) is not in the cache folder.
 
     A changed text has a new sha256, so its old vector is simply never looked up again; identical texts are
     encoded once. Returns (vectors aligned with item_ids, counts {"items", "texts", "cached", "encoded",
     "encode_seconds"}).
     """
     hashes = [text_sha256(t) for t in texts]
-    cache = load_cache(lake_dir, encoder.id, hashes)
+    cache = load_cache(cache_dir, encoder.id, hashes)
     missing = [(h, i, t) for h, i, t in _first_item_per_text(item_ids, texts, hashes) if h not in cache]
     started = time.perf_counter()
     if missing:
         new_vectors = encoder.encode([t for _, _, t in missing], batch_size=batch_size, progress=progress)
-        _write_cache_part(lake_dir, encoder.id, [(h, i) for h, i, _ in missing], new_vectors)
+        _write_cache_part(cache_dir, encoder.id, [(h, i) for h, i, _ in missing], new_vectors)
         cache.update(zip((h for h, _, _ in missing), new_vectors, strict=True))
     seconds = time.perf_counter() - started
     vectors = np.stack([cache[h] for h in hashes]) if hashes else np.zeros((0, encoder.dim), np.float32)
     if vectors.shape[1] != encoder.dim:
-        raise ValueError(f"{_cache_dir(lake_dir)}: cached vectors of {encoder.id} have {vectors.shape[1]} "
+        raise ValueError(f"{cache_dir}: cached vectors of {encoder.id} have {vectors.shape[1]} "
                          f"dimensions, the encoder has {encoder.dim}")
     distinct = len(set(hashes))
     counts = {"items": len(item_ids), "texts": distinct, "cached": distinct - len(missing),
@@ -355,3 +351,20 @@ def embed_items(
     log.info("embeddings for %d items (%d texts): %d encoded in %.1f s, %d from cache",
              len(item_ids), distinct, len(missing), seconds, counts["cached"])
     return vectors.astype(np.float32, copy=False), counts
+
+
+def embed_catalog(cfg: ModelSettings, catalog: Catalog, data_date: dt.date) -> dict[str, Any]:
+    """Embed the night's item catalog (item_catalog.text), encoding only texts not in the cache, and write the
+    night's vectors, one row per catalog item, where the model's data loader reads them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    items = pq.read_table(catalog.mart(data_date, "item_catalog"), columns=["item_id", "text"])
+    ids, texts = items.column("item_id").to_pylist(), items.column("text").to_pylist()
+    encoder = TextEncoder.load(cfg.encoder_path or None, device=cfg.embed_device, precision=cfg.embed_precision,
+                               batch_tokens=cfg.embed_batch_tokens)
+    vectors, counts = embed_items(ids, texts, catalog.embedding_cache, encoder)
+    table = pa.table({"item_id": pa.array(ids, pa.string()), "embedding": embedding_array(vectors)})
+    with atomic_path(catalog.night_embeddings(data_date)) as tmp:
+        pq.write_table(table, tmp)
+    return {**counts, "encoder": encoder.id, "device": encoder.device, "precision": encoder.precision}

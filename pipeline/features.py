@@ -11,13 +11,13 @@ import datetime as dt
 import logging
 import string
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import duckdb
 
 from pipeline.atomic import atomic_path
-from pipeline.config import DEFAULT_TEXT_TEMPLATE, Settings
+from pipeline.catalog import Catalog
+from pipeline.config import DEFAULT_TEXT_TEMPLATE, TEMPLATE_FIELDS, Settings
 from pipeline.sql import check_grain, create_table
 
 log = logging.getLogger(__name__)
@@ -57,10 +57,6 @@ MODELS = (
 MARTS = tuple(m for m in MODELS if m.path.startswith("marts/"))
 
 
-# Placeholders a text template may use; item_catalog.sql fills each one from the column of that name.
-TEMPLATE_FIELDS = ("title", "description", "brand", "genres", "categories", "tags")
-
-
 def template_parts(template: str) -> list[str]:
     """Split a text template like "{title}. {genres}" into literals and placeholders for item_catalog.sql.
 
@@ -88,17 +84,9 @@ def template_parts(template: str) -> list[str]:
     return parts
 
 
-def features_dir(lake_dir: Path, data_date: dt.date) -> Path:
-    return lake_dir / "features" / f"dt={data_date.isoformat()}"
-
-
-def mart_path(lake_dir: Path, data_date: dt.date, mart: str) -> Path:
-    return features_dir(lake_dir, data_date) / f"{mart}.parquet"
-
-
 def build_features(
     con: duckdb.DuckDBPyConnection,
-    lake_dir: Path,
+    catalog: Catalog,
     data_date: dt.date,
     max_history: int,
     active_days: int,
@@ -111,8 +99,8 @@ def build_features(
     Raises GrainCheckError (naming the table and column) when a model breaks its grain.
     """
     params: dict[str, Any] = {
-        "interactions_glob": str(lake_dir / "interactions" / "*" / "*.parquet"),
-        "items_glob": str(lake_dir / "items" / "*" / "*.parquet"),
+        "interactions_glob": catalog.partition_glob("interactions"),
+        "items_glob": catalog.partition_glob("items"),
         "run_date": data_date,
         "split_date": split_date or data_date,
         "max_history": max_history,
@@ -133,12 +121,12 @@ def run_features(settings: Settings, data_date: dt.date) -> dict[str, Any]:
     try:
         con.execute("set TimeZone = 'UTC'")
         max_history = max(200, settings.model.max_len + 2)
-        counts = build_features(con, settings.paths.lake_dir, data_date, max_history, settings.serving.active_days,
+        catalog = Catalog.of(settings)
+        counts = build_features(con, catalog, data_date, max_history, settings.serving.active_days,
                                 settings.model.text_template)
-        out = features_dir(settings.paths.lake_dir, data_date)
-        out.mkdir(parents=True, exist_ok=True)
+        out = catalog.features_dir(data_date)
         for mart in MARTS:
-            with atomic_path(out / f"{mart.table}.parquet") as tmp:
+            with atomic_path(catalog.mart(data_date, mart.table)) as tmp:
                 con.table(mart.table).write_parquet(str(tmp), compression="zstd")
     finally:
         con.close()

@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import warehouse
+from pipeline.catalog import Catalog
 from pipeline.sql import relation
 
 log = logging.getLogger(__name__)
@@ -118,13 +119,8 @@ def night_table(
     return pa.table(columns).cast(PUBLISHED_SCHEMA)
 
 
-def partition_dir(lake_dir: Path, data_date: dt.date) -> Path:
-    return lake_dir / "recommendations" / f"dt={data_date.isoformat()}"
-
-
 def publish(
-    warehouse_path: Path,
-    lake_dir: Path,
+    catalog: Catalog,
     data_date: dt.date,
     table: pa.Table,
     model_name: str,
@@ -140,7 +136,7 @@ def publish(
     step = checkpoint or (lambda _name: None)
     generated_at = generated_at or dt.datetime.now(dt.UTC)
     night = night_table(table, data_date, model_name, model_version, generated_at)
-    folder = partition_dir(lake_dir, data_date)
+    folder, warehouse_path = catalog.partition("recommendations", data_date), catalog.warehouse
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob(".part-*.tmp"):  # left by a publish that was killed
         stale.unlink()
@@ -183,8 +179,7 @@ def _replace_slice(warehouse_path: Path, data_date: dt.date, night: pa.Table, st
 
 
 def publish_validated(
-    warehouse_path: Path,
-    lake_dir: Path,
+    catalog: Catalog,
     data_date: dt.date,
     table: pa.Table,
     expected_users: list[str],
@@ -197,5 +192,5 @@ def publish_validated(
 ) -> dict[str, Any]:
     """validate() then publish(): a table that breaks a rule publishes nothing."""
     validate(table, expected_users, seen, catalog_ids, top_n)
-    return publish(warehouse_path, lake_dir, data_date, table, model_name, model_version,
+    return publish(catalog, data_date, table, model_name, model_version,
                    checkpoint=checkpoint)

@@ -22,7 +22,6 @@ import csv
 import json
 import logging
 import math
-import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -34,8 +33,9 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel
 
-from pipeline.recsys.bundle import ModelBundle
+from pipeline.catalog import Catalog
 from pipeline.config import Settings
+from pipeline.recsys.bundle import ModelBundle
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,6 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 BUNDLE_ARTIFACT = "bundle"
 GATE_METRIC = "ndcg@10"
-MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 PYFUNC_SCRIPT = (
     "import mlflow\n"
     "from pipeline.registry import BundlePyfunc\n"
@@ -90,14 +89,11 @@ class GateDecision:
 
 
 def _client(settings: Settings) -> MlflowClient:
-    if not MODEL_NAME_PATTERN.fullmatch(settings.serving.model_name):
-        raise ValueError(
-            f"setting model_name {settings.serving.model_name!r} must match {MODEL_NAME_PATTERN.pattern}"
-        )
-    Path(settings.home / "mlflow").mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(settings.paths.mlflow_uri)
-    mlflow.set_registry_uri(settings.paths.mlflow_uri)
-    return MlflowClient(tracking_uri=settings.paths.mlflow_uri, registry_uri=settings.paths.mlflow_uri)
+    catalog = Catalog.of(settings)
+    catalog.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(catalog.mlflow_uri)
+    mlflow.set_registry_uri(catalog.mlflow_uri)
+    return MlflowClient(tracking_uri=catalog.mlflow_uri, registry_uri=catalog.mlflow_uri)
 
 
 def experiment_id(settings: Settings) -> str:
@@ -106,7 +102,7 @@ def experiment_id(settings: Settings) -> str:
     exp = client.get_experiment_by_name(EXPERIMENT)
     if exp is not None:
         return exp.experiment_id
-    artifacts = (settings.home / "mlflow" / "artifacts").resolve()
+    artifacts = Catalog.of(settings).mlflow_artifacts.resolve()
     artifacts.mkdir(parents=True, exist_ok=True)
     return client.create_experiment(EXPERIMENT, artifact_location=artifacts.as_uri())
 

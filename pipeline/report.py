@@ -96,11 +96,9 @@ def _coverage(con: duckdb.DuckDBPyConnection, data_date: dt.date, catalog: Path 
 
 def _published(settings: Settings, data_date: dt.date) -> dict[str, Any]:
     """Coverage and samples of the night as published in the warehouse."""
-    from pipeline.features import mart_path
-
-    catalog = mart_path(settings.paths.lake_dir, data_date, "item_catalog")
-    catalog_path = catalog if catalog.is_file() else None
-    with duckdb.connect(str(settings.paths.warehouse_path), read_only=True) as con:
+    items = Catalog.of(settings).mart(data_date, "item_catalog")
+    catalog_path = items if items.is_file() else None
+    with duckdb.connect(str(Catalog.of(settings).warehouse), read_only=True) as con:
         return {"coverage": _coverage(con, data_date, catalog_path),
                 "samples": _sample_recommendations(con, data_date, catalog_path)}
 

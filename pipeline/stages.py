@@ -12,7 +12,6 @@ import datetime as dt
 import json
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipeline import warehouse
+from pipeline.catalog import Catalog
 from pipeline.config import Settings
-from pipeline.features import mart_path
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +35,10 @@ def _ledger(stage: str) -> Callable[[Callable[..., dict[str, Any]]], Callable[..
             try:
                 result = fn(settings, data_date, *args, **kwargs)
             except Exception as err:
-                warehouse.record_run(settings.paths.warehouse_path, data_date, stage, "failed", started,
+                warehouse.record_run(Catalog.of(settings).warehouse, data_date, stage, "failed", started,
                                      {"error": f"{type(err).__name__}: {err}"[:2000]})
                 raise
-            warehouse.record_run(settings.paths.warehouse_path, data_date, stage, "ok", started, result,
+            warehouse.record_run(Catalog.of(settings).warehouse, data_date, stage, "ok", started, result,
                                  run_id=result.get("run_id"))
             return result
 
@@ -69,42 +68,25 @@ def stage_features(settings: Settings, data_date: dt.date) -> dict[str, Any]:
 @_ledger("embed")
 def stage_embed(settings: Settings, data_date: dt.date) -> dict[str, Any]:
     """Embed the current catalog's texts, encoding only texts not in the cache."""
-    import pyarrow as pa
+    from pipeline.embed import embed_catalog
 
-    from pipeline.atomic import atomic_path
-    from pipeline.recsys.data import EMBEDDINGS_FILE
-    from pipeline.embed import TextEncoder, embed_items, embedding_array
-
-    catalog = pq.read_table(mart_path(settings.paths.lake_dir, data_date, "item_catalog"), columns=["item_id", "text"])
-    ids, texts = catalog.column("item_id").to_pylist(), catalog.column("text").to_pylist()
-    encoder = TextEncoder.load(settings.model.encoder_path or None, device=settings.model.embed_device,
-                               precision=settings.model.embed_precision, batch_tokens=settings.model.embed_batch_tokens)
-    vectors, counts = embed_items(ids, texts, settings.paths.lake_dir, encoder)
-    out = mart_path(settings.paths.lake_dir, data_date, "item_catalog").parent / EMBEDDINGS_FILE
-    table = pa.table({"item_id": pa.array(ids, pa.string()), "embedding": embedding_array(vectors)})
-    with atomic_path(out) as tmp:
-        pq.write_table(table, tmp)
-    return {**counts, "encoder": encoder.id, "device": encoder.device, "precision": encoder.precision}
-
-
-def _night_dir(settings: Settings, data_date: dt.date) -> Path:
-    return settings.home / "models" / f"dt={data_date.isoformat()}"
+    return embed_catalog(settings.model, Catalog.of(settings), data_date)
 
 
 @_ledger("train")
 def stage_train(settings: Settings, data_date: dt.date, max_epochs: int | None = None) -> dict[str, Any]:
     """Train a candidate on the night's leave-one-out split; evaluate it and the baselines on the test items."""
+    import torch
+
     from pipeline.recsys.bundle import ModelBundle
     from pipeline.recsys.data import load_night
     from pipeline.recsys.evaluate import evaluate_baselines, evaluate_model
     from pipeline.recsys.model import ModelConfig
-    from pipeline.report import plot_history
     from pipeline.recsys.train import TrainConfig, train_model
-
-    import torch
+    from pipeline.report import plot_history
 
     log.info("torch threads: %d (interop %d)", torch.get_num_threads(), torch.get_num_interop_threads())
-    night = load_night(settings.paths.lake_dir, data_date)
+    night = load_night(Catalog.of(settings), data_date)
     text_dim = 0 if night.text_emb is None else night.text_emb.shape[1]
     item_repr = settings.model.item_repr if text_dim else "id"
     model_config = ModelConfig(n_items=night.n_items, max_len=settings.model.max_len, item_repr=item_repr,
@@ -120,7 +102,7 @@ def stage_train(settings: Settings, data_date: dt.date, max_epochs: int | None =
     test_inputs = night.test_inputs()
     metrics = {"model": evaluate_model(model, test_inputs, night.loo_test)}
     metrics.update(evaluate_baselines(train_seqs, test_inputs, night.loo_test, night.n_items))
-    out = _night_dir(settings, data_date) / uuid.uuid4().hex[:12]
+    out = Catalog.of(settings).new_candidate(data_date)
     bundle_dir = ModelBundle(model, night.item_ids).save(out / "bundle")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out / "train.json").write_text(json.dumps({
@@ -208,7 +190,7 @@ def stage_register(
     tags = {"data_date": data_date.isoformat(), "dag_run_id": dag_run_id}
     run_id, version = registry.log_training(settings, folder / "bundle", params, flat, history, artifacts,
                                             tags, evaluation=metrics)
-    night = load_night(settings.paths.lake_dir, data_date)
+    night = load_night(Catalog.of(settings), data_date)
     gate = registry.run_gate(
         settings, version, ModelBundle.load(folder / "bundle"), lambda bundle: evaluate_bundle(bundle, night),
         metrics["most_popular"]["ndcg@10"], force=force_promote, operator=operator or dag_run_id or "cli",
@@ -252,7 +234,7 @@ def stage_recommend(settings: Settings, data_date: dt.date, top_n: int | None = 
     bundle, version = registry.load_bundle(settings, registry.CHAMPION)
     data = _scoring_input(settings, data_date)
     table = score_users(bundle, data, k, settings.serving.score_chunk_users, resolve_device())
-    staged = settings.home / "staging" / f"dt={data_date.isoformat()}" / f"recommendations-{uuid.uuid4().hex}.parquet"
+    staged = Catalog.of(settings).new_staged_recommendations(data_date)
     staged.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, staged)
     sources = pa.table(table).column("source").to_pylist()
@@ -263,16 +245,16 @@ def stage_recommend(settings: Settings, data_date: dt.date, top_n: int | None = 
 def _scoring_input(settings: Settings, data_date: dt.date) -> Any:
     from pipeline.recsys.score import ScoringInput
 
-    activity = pq.read_table(mart_path(settings.paths.lake_dir, data_date, "user_activity")).to_pydict()
+    activity = pq.read_table(Catalog.of(settings).mart(data_date, "user_activity")).to_pydict()
     active = {u for u, a in zip(activity["user_id"], activity["is_active"], strict=True) if a}
-    seqs = pq.read_table(mart_path(settings.paths.lake_dir, data_date, "user_sequences")).to_pydict()
-    seen_t = pq.read_table(mart_path(settings.paths.lake_dir, data_date, "user_seen_items")).to_pydict()
+    seqs = pq.read_table(Catalog.of(settings).mart(data_date, "user_sequences")).to_pydict()
+    seen_t = pq.read_table(Catalog.of(settings).mart(data_date, "user_seen_items")).to_pydict()
     seen: dict[str, list[str]] = {}
     for u, i in zip(seen_t["user_id"], seen_t["item_id"], strict=True):
         seen.setdefault(u, []).append(i)
-    catalog = set(pq.read_table(mart_path(settings.paths.lake_dir, data_date, "item_catalog"),
+    catalog = set(pq.read_table(Catalog.of(settings).mart(data_date, "item_catalog"),
                                 columns=["item_id"]).column("item_id").to_pylist())
-    pop = pq.read_table(mart_path(settings.paths.lake_dir, data_date, "item_popularity")).to_pydict()
+    pop = pq.read_table(Catalog.of(settings).mart(data_date, "item_popularity")).to_pydict()
     popular = sorted(zip(pop["item_id"], pop["events_30d"], pop["events_all"], strict=True),
                      key=lambda r: (-r[1], -r[2], r[0]))
     users = [u for u in seqs["user_id"] if u in active]
@@ -290,8 +272,8 @@ def stage_publish(
 
     data = _scoring_input(settings, data_date)
     table = pq.read_table(staged)
-    seen = pq.read_table(mart_path(settings.paths.lake_dir, data_date, "user_seen_items"))
-    return publish_validated(settings.paths.warehouse_path, settings.paths.lake_dir, data_date, table, data.user_ids,
+    seen = pq.read_table(Catalog.of(settings).mart(data_date, "user_seen_items"))
+    return publish_validated(Catalog.of(settings), data_date, table, data.user_ids,
                              seen, sorted(data.catalog_ids), top_n, settings.serving.model_name, model_version)
 
 
@@ -301,7 +283,7 @@ def stage_report(settings: Settings, data_date: dt.date) -> dict[str, Any]:
     to the MLflow run when tonight registered one."""
     from pipeline.report import write_report
 
-    results = {"data_date": data_date.isoformat(), **warehouse.night_results(settings.paths.warehouse_path, data_date)}
+    results = {"data_date": data_date.isoformat(), **warehouse.night_results(Catalog.of(settings).warehouse, data_date)}
     if results.get("train", {}).get("status") == "failed":
         results.pop("register", None)
     paths = write_report(settings, data_date, results)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from conftest import SMALL_START, write_small_demo
 
 from pipeline.catalog import Catalog
-from conftest import SMALL_START, write_small_demo
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent

@@ -113,9 +113,9 @@ class Airflow:
 
 @pytest.fixture(scope="module")
 def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
-    from pipeline.tools import airflow_local
     from pipeline.config import load_settings
     from pipeline.dag_support import closed_day
+    from pipeline.tools import airflow_local
     from pipeline.tools.demo_data import DemoConfig, generate
 
     root = tmp_path_factory.mktemp("services")

@@ -202,8 +202,8 @@ def test_daily_summary_of_a_published_partition(tmp_path: Path) -> None:
 
 
 def test_airflow_services_environment(tmp_path: Path) -> None:
-    from pipeline.tools import airflow_local
     from pipeline.config import load_settings
+    from pipeline.tools import airflow_local
 
     settings = load_settings(env={"NIGHTLY_RECS_HOME": str(tmp_path)})
     base = {"PATH": "/usr/bin", "AIRFLOW__CORE__PARALLELISM": "1"}

@@ -13,7 +13,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.embed import (
-    EMBEDDINGS_DIRNAME,
     TextEncoder,
     check_sentence_transformers_layout,
     default_encoder_path,
@@ -118,7 +117,7 @@ def test_second_call_is_served_from_the_cache(encoder: TextEncoder, spy: EncodeS
     assert (counts["encoded"], counts["cached"]) == (0, 12)
     assert spy.calls == [texts]  # the second call never reached the model
     np.testing.assert_array_equal(first, second)
-    part = next((tmp_path / EMBEDDINGS_DIRNAME).glob("*.parquet"))
+    part = next(tmp_path.glob("*.parquet"))
     table = pq.read_table(part)
     assert table.column_names == ["encoder", "text_sha256", "item_id", "embedding", "created_at"]
     assert set(table.column("encoder").to_pylist()) == {encoder.id}

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.catalog import Catalog
 from pipeline.config import DEFAULT_TEXT_TEMPLATE, load_settings
 from pipeline.features import MARTS, MODELS, build_features, run_features, template_parts
 from pipeline.sql import GrainCheckError, check_grain
@@ -117,7 +118,8 @@ def _build(
 ) -> tuple[duckdb.DuckDBPyConnection, dict[str, int]]:
     con = duckdb.connect()
     con.execute("set TimeZone = 'America/New_York'")  # dates must still be UTC days
-    counts = build_features(con, lake, RUN_DATE, max_history=max_history, active_days=7, **kwargs)
+    catalog = Catalog.of(load_settings(env={}, home=lake.parent))
+    counts = build_features(con, catalog, RUN_DATE, max_history=max_history, active_days=7, **kwargs)
     return con, counts
 
 

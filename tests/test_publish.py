@@ -22,10 +22,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import warehouse
+from pipeline.catalog import Catalog
+from pipeline.config import load_settings
 from pipeline.publish import (
     CHECKS,
     PublishValidationError,
-    partition_dir,
     publish,
     publish_validated,
     validate,
@@ -131,8 +132,16 @@ def as_tuples(table: pa.Table, version: str) -> list[tuple]:
     return [(r["user_id"], r["rank"], r["item_id"], r["score"], r["source"], version) for r in rows]
 
 
+def at(home: Path) -> Catalog:
+    return Catalog.of(load_settings(env={}, home=home))
+
+
+def partition_dir(home: Path, day: dt.date) -> Path:
+    return at(home).partition("recommendations", day)
+
+
 def publish_checked(tmp_path: Path, day: dt.date, table: pa.Table, version: str) -> dict:
-    return publish_validated(tmp_path / "wh.duckdb", tmp_path / "lake", day, table, USERS, seen_table(),
+    return publish_validated(at(tmp_path), day, table, USERS, seen_table(),
                              CATALOG, TOP_N, "test-recs", version)
 
 
@@ -153,9 +162,9 @@ def test_broken_rule_blocks_publishing_and_keeps_previous_night(tmp_path: Path, 
     with pytest.raises(PublishValidationError, match=message) as err:
         publish_checked(tmp_path, NEXT, as_table(rows), "2")
     assert set(err.value.violations) == {rule}, "each case breaks exactly one rule"
-    assert night_rows(tmp_path / "wh.duckdb", NIGHT) == as_tuples(as_table(valid_rows()), "1")
-    assert night_rows(tmp_path / "wh.duckdb", NEXT) == []
-    assert not partition_dir(tmp_path / "lake", NEXT).exists()
+    assert night_rows(at(tmp_path).warehouse, NIGHT) == as_tuples(as_table(valid_rows()), "1")
+    assert night_rows(at(tmp_path).warehouse, NEXT) == []
+    assert not partition_dir(tmp_path, NEXT).exists()
     assert pq.read_table(before["parquet"]).num_rows == len(USERS) * TOP_N
 
 
@@ -173,7 +182,7 @@ def test_rerun_replaces_only_its_date_and_latest_view_follows(tmp_path: Path) ->
     publish_checked(tmp_path, NIGHT, as_table(valid_rows()), "1")
     publish_checked(tmp_path, NEXT, as_table(valid_rows(offset=1)), "2")
     result = publish_checked(tmp_path, NEXT, as_table(valid_rows(offset=2)), "3")
-    wh = tmp_path / "wh.duckdb"
+    wh = at(tmp_path).warehouse
     assert night_rows(wh, NIGHT) == as_tuples(as_table(valid_rows()), "1")
     assert night_rows(wh, NEXT) == as_tuples(as_table(valid_rows(offset=2)), "3")
     with warehouse.connect(wh) as con:
@@ -183,7 +192,7 @@ def test_rerun_replaces_only_its_date_and_latest_view_follows(tmp_path: Path) ->
     assert latest == [(NEXT, "3")] and per_key == 1
     lake = pq.read_table(result["parquet"])
     assert lake.num_rows == len(USERS) * TOP_N and set(lake.column("model_version").to_pylist()) == {"3"}
-    assert [p.name for p in partition_dir(tmp_path / "lake", NEXT).iterdir()] == ["part-0.parquet"]
+    assert [p.name for p in partition_dir(tmp_path, NEXT).iterdir()] == ["part-0.parquet"]
     files = str(tmp_path / "lake" / "recommendations" / "*" / "*.parquet")
     with duckdb.connect() as con:
         lake_counts = con.execute("select count(*), count(distinct dt) from read_parquet($files)",
@@ -203,7 +212,7 @@ def large_night(n_users: int, offset: int) -> pa.Table:
                      "score": (100.0 - ranks).astype(np.float64), "source": np.full(n_users * 10, "model")})
 
 
-def child_main(wh: str, lake: str, day: str, marker: str, kill_step: str, n_users: int) -> None:
+def child_main(home: str, day: str, marker: str, kill_step: str, n_users: int) -> None:
     """Publish a large night and stall at kill_step (after writing the marker) until the parent kills us."""
 
     def checkpoint(step: str) -> None:
@@ -211,7 +220,7 @@ def child_main(wh: str, lake: str, day: str, marker: str, kill_step: str, n_user
             Path(marker).write_text(step)
             time.sleep(600)
 
-    publish(Path(wh), Path(lake), dt.date.fromisoformat(day), large_night(n_users, 7), "test-recs", "child",
+    publish(at(Path(home)), dt.date.fromisoformat(day), large_night(n_users, 7), "test-recs", "child",
             checkpoint=checkpoint)
 
 
@@ -220,13 +229,14 @@ LARGE_USERS = 60_000
 
 @pytest.mark.parametrize("kill_step", ["parquet_written", "rows_inserted", "committed"])
 def test_sigkill_mid_publish_keeps_previous_night_and_rerun_completes(tmp_path: Path, kill_step: str) -> None:
-    wh, lake = tmp_path / "wh.duckdb", tmp_path / "lake"
+    catalog = at(tmp_path)
+    wh = catalog.warehouse
     previous = large_night(LARGE_USERS, 0)
-    publish(wh, lake, NIGHT, previous, "test-recs", "parent")
+    publish(catalog, NIGHT, previous, "test-recs", "parent")
     old_next = large_night(LARGE_USERS // 2, 3)  # an earlier run of D+1, which the child replaces
-    publish(wh, lake, NEXT, old_next, "test-recs", "old")
+    publish(catalog, NEXT, old_next, "test-recs", "old")
     marker = tmp_path / "marker"
-    child = subprocess.Popen([sys.executable, __file__, str(wh), str(lake), NEXT.isoformat(), str(marker),
+    child = subprocess.Popen([sys.executable, __file__, str(tmp_path), NEXT.isoformat(), str(marker),
                               kill_step, str(LARGE_USERS)])
     try:
         deadline = time.monotonic() + 120
@@ -254,21 +264,21 @@ def test_sigkill_mid_publish_keeps_previous_night_and_rerun_completes(tmp_path: 
         assert (counts[NEXT], next_versions) == (previous.num_rows, [("child",)])
     else:  # killed before the commit: D+1 is entirely the earlier run's
         assert (counts[NEXT], next_versions) == (old_next.num_rows, [("old",)])
-    lake_previous = pq.read_table(partition_dir(lake, NIGHT) / "part-0.parquet")
+    lake_previous = pq.read_table(partition_dir(tmp_path, NIGHT) / "part-0.parquet")
     assert lake_previous.column("item_id").equals(previous.column("item_id"))
-    lake_next = pq.read_table(partition_dir(lake, NEXT) / "part-0.parquet")  # renamed only after the commit
+    lake_next = pq.read_table(partition_dir(tmp_path, NEXT) / "part-0.parquet")  # renamed only after the commit
     lake_versions = set(lake_next.column("model_version").to_pylist())
     assert (lake_next.num_rows, lake_versions) == (old_next.num_rows, {"old"})
 
-    rerun = publish(wh, lake, NEXT, large_night(LARGE_USERS, 7), "test-recs", "rerun")
+    rerun = publish(catalog, NEXT, large_night(LARGE_USERS, 7), "test-recs", "rerun")
     assert rerun["rows"] == previous.num_rows
     with warehouse.connect(wh) as con:
         assert dict(con.execute("select dt, count(*) from recommendations group by dt").fetchall()) == {
             NIGHT: previous.num_rows, NEXT: previous.num_rows}
         assert con.execute("select distinct model_version from recommendations where dt = $d",
                            {"d": NEXT}).fetchall() == [("rerun",)]
-    assert [p.name for p in partition_dir(lake, NEXT).iterdir()] == ["part-0.parquet"]
+    assert [p.name for p in partition_dir(tmp_path, NEXT).iterdir()] == ["part-0.parquet"]
 
 
 if __name__ == "__main__":
-    child_main(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], int(sys.argv[6]))
+    child_main(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))

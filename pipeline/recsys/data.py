@@ -13,10 +13,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from pipeline.catalog import Catalog
 from pipeline.embed import embedding_matrix
-from pipeline.features import mart_path
-
-EMBEDDINGS_FILE = "item_embeddings.parquet"
 
 
 @dataclass
@@ -51,16 +49,16 @@ class NightData:
         return [np.append(t, v) for t, v in zip(self.loo_train, self.loo_valid, strict=True)]
 
 
-def load_night(lake_dir: Path, data_date: dt.date) -> NightData:
-    catalog = pq.read_table(mart_path(lake_dir, data_date, "item_catalog"), columns=["item_id"])
-    seqs = pq.read_table(mart_path(lake_dir, data_date, "user_sequences"), columns=["user_id", "item_ids"])
-    loo = pq.read_table(mart_path(lake_dir, data_date, "split_leave_one_out")).to_pydict()
-    catalog_ids = set(catalog.column("item_id").to_pylist())
+def load_night(catalog: Catalog, data_date: dt.date) -> NightData:
+    items = pq.read_table(catalog.mart(data_date, "item_catalog"), columns=["item_id"])
+    seqs = pq.read_table(catalog.mart(data_date, "user_sequences"), columns=["user_id", "item_ids"])
+    loo = pq.read_table(catalog.mart(data_date, "split_leave_one_out")).to_pydict()
+    catalog_ids = set(items.column("item_id").to_pylist())
     sequences = seqs.column("item_ids").to_pylist()
     interacted = {i for seq in sequences for i in seq}
     item_ids = sorted(catalog_ids | interacted)
     index = {item: i + 1 for i, item in enumerate(item_ids)}
-    text_emb = _text_matrix(mart_path(lake_dir, data_date, "item_catalog").parent / EMBEDDINGS_FILE, index)
+    text_emb = _text_matrix(catalog.night_embeddings(data_date), index)
     return NightData(
         item_ids=item_ids,
         user_ids=seqs.column("user_id").to_pylist(),

@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.tools.cli import airflow_env, ensure_demo_covers
 from pipeline.catalog import Catalog
 from pipeline.config import REPO_ROOT, Settings
 from pipeline.dag_support import closed_day
+from pipeline.tools.demo_source import ensure_demo_covers
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +55,76 @@ def jwt_secret(airflow_home: Path) -> str:
     return path.read_text().strip()
 
 
+def airflow_env(settings: Settings) -> dict[str, str]:
+    """Environment for an Airflow home under the state folder, with the project's DAGs and SQLite."""
+    home = Catalog.of(settings).airflow_home
+    return {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "NIGHTLY_RECS_HOME": str(settings.home),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "MLFLOW_TRACKING_URI": settings.paths.mlflow_uri,
+    }
+
+
+def next_data_date(settings: Settings) -> dt.date:
+    """The day after the last published night; on a fresh home, two days before the last landing drop."""
+    from pipeline import warehouse
+    from pipeline.ingest import landing_files
+
+    catalog = Catalog.of(settings)
+    with warehouse.connect(catalog.warehouse) as con:
+        (last,) = con.execute("select max(dt) from recommendations").fetchall()[0]
+    if last is not None:
+        return last + dt.timedelta(days=1)
+    dates = sorted(landing_files(catalog.landing_dir("events")))
+    if not dates:
+        raise SystemExit(f"no landing files in {catalog.landing_dir('events')}: run `nightly-recs demo-data`")
+    return dates[max(0, len(dates) - 3)]
+
+
+def run_dag_logged(settings: Settings, data_date: dt.date, conf: dict[str, Any]) -> str:
+    """Run the DAG in a child process whose (verbose) Airflow output goes to a log file; returns the state."""
+    log_path = Catalog.of(settings).airflow_run_log(data_date)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    print(f"running the night of {data_date} through Airflow (log: {log_path}) ...", flush=True)
+    cmd = [sys.executable, "-m", "pipeline.tools.cli", "dag-run", "--date", data_date.isoformat(), "--conf",
+           json.dumps(conf), "--in-process"]
+    with log_path.open("w") as fh:
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ}, check=False)
+    lines = log_path.read_text(errors="replace").splitlines()
+    state = next((ln.split(": ", 1)[1] for ln in reversed(lines) if ln.startswith("DAG run state: ")), "failed")
+    if proc.returncode != 0 or state != "success":
+        print("\n".join(lines[-40:]))
+    return state
+
+
+def run_dag(settings: Settings, data_date: dt.date, conf: dict[str, Any] | None = None) -> str:
+    """Run the nightly DAG once through Airflow (dag.test, in process); returns the run's final state."""
+    os.environ.update(airflow_env(settings))
+    Catalog.of(settings).airflow_home.mkdir(parents=True, exist_ok=True)
+    if not (Catalog.of(settings).airflow_home / "airflow.db").is_file():
+        subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], check=True,
+                       env={**os.environ}, stdout=subprocess.DEVNULL)
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(REPO_ROOT / "dags" / "nightly_recommendations.py"))
+    if bag.import_errors:
+        raise SystemExit(f"DAG import errors: {bag.import_errors}")
+    dag = bag.get_dag("nightly_recommendations")
+    logical = dt.datetime.combine(data_date + dt.timedelta(days=1), dt.time(2), tzinfo=dt.UTC)
+    run = dag.test(logical_date=logical, run_conf={"data_date": data_date.isoformat(), **(conf or {})})
+    return str(run.state)
+
+
 def services_env(settings: Settings, port: int, base: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of every component: `base` (default: this process's), then the project's Airflow home
-    (cli.airflow_env), LocalExecutor and loopback:`port`.
+    (airflow_env), LocalExecutor and loopback:`port`.
 
     Only tuning knobs set in `base` win over the project's values (PARALLELISM, API workers, parsing
     processes); where the services live and how they find each other (home, DAG folder, host, port, base
@@ -217,7 +284,7 @@ def standalone(settings: Settings) -> int:
     """Run Airflow on 127.0.0.1 until Ctrl-C (or SIGTERM); 1 if a component fails."""
     port = int(os.environ.get("AIRFLOW__API__PORT") or DEFAULT_PORT)
     # the scheduler runs the last closed day as soon as the DAG is parsed: on the demo source, drop its data
-    ensure_demo_covers(settings, closed_day(dt.datetime.now(dt.UTC)))
+    ensure_demo_covers(Catalog.of(settings), closed_day(dt.datetime.now(dt.UTC)))
     try:
         services = start(settings, port)
     except AirflowStartError as err:

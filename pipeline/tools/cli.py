@@ -1,4 +1,11 @@
-"""`nightly-recs`: run the night, a DAG run through Airflow, the demo source, importers and benchmarks."""
+"""`nightly-recs`: run one stage or the whole night for a date, a DAG run through Airflow, the demo source,
+importers and benchmarks.
+
+Each stage command (`ingest`, `features`, `embed`, `train`, `register`, `select`, `recommend`, `publish`,
+`report`) runs that stage of `pipeline.stages` for `--date D` and prints its result as JSON. A stage that needs
+an earlier stage's output (the candidate folder, the staged table) takes it from that stage's latest ledger
+entry for the date, or from a flag.
+"""
 
 from __future__ import annotations
 
@@ -6,121 +13,66 @@ import argparse
 import datetime as dt
 import json
 import logging
-import os
-import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pipeline.catalog import Catalog
-from pipeline.config import REPO_ROOT, Settings, load_settings
+from pipeline.config import Settings, load_settings
 
 log = logging.getLogger("nightly-recs")
 
-DEMO_MARKER = ".demo.json"
+STAGE_COMMANDS = ("ingest", "features", "embed", "train", "register", "select", "recommend", "publish", "report")
 
 
-def airflow_env(settings: Settings) -> dict[str, str]:
-    """Environment for an Airflow home under the state folder, with the project's DAGs and SQLite."""
-    home = Catalog.of(settings).airflow_home
-    return {
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-        "AIRFLOW__CORE__PARALLELISM": "4",
-        "NIGHTLY_RECS_HOME": str(settings.home),
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "MLFLOW_TRACKING_URI": settings.paths.mlflow_uri,
-    }
+def _parse_date(value: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not a YYYY-MM-DD date: {value!r}") from err
 
 
-def _demo(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.tools.demo_data import DemoConfig, generate
-
-    events = settings.paths.landing_dir / "events"
-    if args.if_empty and events.is_dir() and any(events.iterdir()):
-        log.info("landing folder %s already has events; not generating demo data", events)
-        return 0
-    config = DemoConfig(days=args.days, seed=args.seed)
-    counts = generate(settings.paths.landing_dir, config)
-    marker = {"days": config.days, "seed": config.seed, "start_date": config.start_date.isoformat()}
-    (settings.paths.landing_dir / DEMO_MARKER).write_text(json.dumps(marker))
-    log.info("demo data in %s: %s", settings.paths.landing_dir, counts)
-    return 0
-
-
-def next_data_date(settings: Settings) -> dt.date:
-    """The day after the last published night; on a fresh home, two days before the last landing drop."""
+def _earlier(settings: Settings, day: dt.date, stage: str, command: str) -> dict[str, Any]:
+    """The latest successful result of an earlier stage for the date, from the ledger."""
     from pipeline import warehouse
-    from pipeline.ingest import landing_files
 
-    with warehouse.connect(settings.paths.warehouse_path) as con:
-        (last,) = con.execute("select max(dt) from recommendations").fetchall()[0]
-    if last is not None:
-        return last + dt.timedelta(days=1)
-    dates = sorted(landing_files(settings.paths.landing_dir / "events"))
-    if not dates:
-        raise SystemExit(f"no landing files in {settings.paths.landing_dir / 'events'}: run `nightly-recs demo-data`")
-    return dates[max(0, len(dates) - 3)]
+    result = warehouse.night_results(Catalog.of(settings).warehouse, day).get(stage)
+    if not result or result.get("status") == "failed":
+        raise SystemExit(f"no successful `{stage}` for {day} in the ledger: run `nightly-recs {command} --date "
+                         f"{day}` first")
+    return result
 
 
-def ensure_demo_covers(settings: Settings, day: dt.date) -> None:
-    """If the landing folder is the demo source and `day` has no drop yet, let the source produce it."""
-    from pipeline.tools.demo_data import DemoConfig, generate
+def run_stage(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    """Run one stage command for args.date and return its result dict."""
+    from pipeline import stages
 
-    marker = settings.paths.landing_dir / DEMO_MARKER
-    if not marker.is_file() or (settings.paths.landing_dir / "events" / f"{day.isoformat()}.jsonl").is_file():
-        return
-    info = json.loads(marker.read_text())
-    start = dt.date.fromisoformat(info["start_date"])
-    days = (day - start).days + 1
-    if days <= info["days"]:
-        return
-    log.info("demo source: producing drops up to %s", day)
-    generate(settings.paths.landing_dir, DemoConfig(days=days, seed=info["seed"], start_date=start))
-    marker.write_text(json.dumps({**info, "days": days}))
-
-
-def run_dag_logged(settings: Settings, data_date: dt.date, conf: dict[str, Any]) -> str:
-    """Run the DAG in a child process whose (verbose) Airflow output goes to a log file; returns the state."""
-    log_path = Catalog.of(settings).airflow_home / "runs" / f"{data_date.isoformat()}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    print(f"running the night of {data_date} through Airflow (log: {log_path}) ...", flush=True)
-    cmd = [sys.executable, "-m", "pipeline.tools.cli", "dag-run", "--date", data_date.isoformat(), "--conf",
-           json.dumps(conf), "--in-process"]
-    with log_path.open("w") as fh:
-        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ}, check=False)
-    lines = log_path.read_text(errors="replace").splitlines()
-    state = next((ln.split(": ", 1)[1] for ln in reversed(lines) if ln.startswith("DAG run state: ")), "failed")
-    if proc.returncode != 0 or state != "success":
-        print("\n".join(lines[-40:]))
-    return state
-
-
-def run_dag(settings: Settings, data_date: dt.date, conf: dict[str, Any] | None = None) -> str:
-    """Run the nightly DAG once through Airflow (dag.test, in process); returns the run's final state."""
-    os.environ.update(airflow_env(settings))
-    Catalog.of(settings).airflow_home.mkdir(parents=True, exist_ok=True)
-    if not (Catalog.of(settings).airflow_home / "airflow.db").is_file():
-        subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], check=True,
-                       env={**os.environ}, stdout=subprocess.DEVNULL)
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(REPO_ROOT / "dags" / "nightly_recommendations.py"))
-    if bag.import_errors:
-        raise SystemExit(f"DAG import errors: {bag.import_errors}")
-    dag = bag.get_dag("nightly_recommendations")
-    logical = dt.datetime.combine(data_date + dt.timedelta(days=1), dt.time(2), tzinfo=dt.UTC)
-    run = dag.test(logical_date=logical, run_conf={"data_date": data_date.isoformat(), **(conf or {})})
-    return str(run.state)
+    day: dt.date = args.date
+    simple: dict[str, Callable[[Settings, dt.date], dict[str, Any]]] = {
+        "ingest": stages.stage_ingest, "features": stages.stage_features, "embed": stages.stage_embed,
+        "report": stages.stage_report,
+    }
+    if args.command in simple:
+        return simple[args.command](settings, day)
+    if args.command == "train":
+        return stages.stage_train(settings, day, args.max_epochs)
+    if args.command == "register":
+        candidate = args.candidate or _earlier(settings, day, "train", "train")["candidate_dir"]
+        return stages.stage_register(settings, day, str(candidate), args.force_promote, operator="cli")
+    if args.command == "select":
+        return stages.stage_select_model(settings, day, not args.no_retrain)
+    if args.command == "recommend":
+        return stages.stage_recommend(settings, day, args.top_n)
+    staged = _earlier(settings, day, "recommend", "recommend")
+    return stages.stage_publish(settings, day, args.staged or staged["staged"], staged["top_n"],
+                                staged["model_version"])
 
 
 def print_summary(settings: Settings, data_date: dt.date) -> None:
-    """What a person wants to see after a night: volumes, quality vs popularity, model, output, samples."""
-    path = Catalog.of(settings).report(data_date, ".json")
+    """What a person wants to see after a night: volumes, quality vs baselines, model, output, samples."""
+    catalog = Catalog.of(settings)
+    path = catalog.report(data_date, ".json")
     if not path.is_file():
         print(f"no report for {data_date} at {path}")
         return
@@ -145,7 +97,7 @@ def print_summary(settings: Settings, data_date: dt.date) -> None:
     pub = r.get("publish") or {}
     out.append(f"published {pub.get('rows')} rows for {pub.get('users')} users -> table `recommendations` in "
                f"{pub.get('warehouse')} and {pub.get('parquet')}")
-    out.append(f"report: {Catalog.of(settings).report(data_date, '.md')}")
+    out.append(f"report: {catalog.report(data_date, '.md')}")
     user = None
     for s in r.get("samples", []):
         if s["user_id"] != user:
@@ -155,29 +107,52 @@ def print_summary(settings: Settings, data_date: dt.date) -> None:
     print("\n".join(out))
 
 
-def _parse_date(value: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(value)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"not a YYYY-MM-DD date: {value!r}") from err
+def _add_stage_commands(sub: Any) -> None:
+    helps = {
+        "ingest": "landing files -> validated lake partitions (quarantine, ledger)",
+        "features": "lake -> the night's feature marts (DuckDB SQL in sql/)",
+        "embed": "item texts -> embeddings (only new or changed texts are encoded)",
+        "train": "train a candidate model and evaluate it against the baselines",
+        "register": "log the candidate to MLflow and run the champion/challenger gate",
+        "select": "which model serves tonight (degraded if tonight's training failed)",
+        "recommend": "score every active user with the champion; stage the table",
+        "publish": "validate the staged table and publish it atomically",
+        "report": "write the nightly report (Markdown + JSON)",
+    }
+    for name in STAGE_COMMANDS:
+        p = sub.add_parser(name, help=helps[name])
+        p.add_argument("--date", type=_parse_date, required=True, help="the data date, YYYY-MM-DD")
+        if name == "train":
+            p.add_argument("--max-epochs", type=int)
+        if name == "register":
+            p.add_argument("--candidate", type=Path, help="candidate folder (default: the date's last training)")
+            p.add_argument("--force-promote", action="store_true")
+        if name == "select":
+            p.add_argument("--no-retrain", action="store_true", help="tonight was not meant to train")
+        if name == "recommend":
+            p.add_argument("--top-n", type=int)
+        if name == "publish":
+            p.add_argument("--staged", help="staged table (default: the date's last recommend)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nightly-recs", description=__doc__)
+    parser = argparse.ArgumentParser(prog="nightly-recs", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_stage_commands(sub)
 
-    demo = sub.add_parser("demo-data", help="write the demo source's landing files")
-    demo.add_argument("--days", type=int, default=60)
-    demo.add_argument("--seed", type=int, default=7)
-    demo.add_argument("--if-empty", action="store_true", help="do nothing if landing/events has files")
-
-    night = sub.add_parser("night", help="run the whole night without Airflow")
+    night = sub.add_parser("night", help="run every stage of a date in order, without Airflow")
     night.add_argument("--date", type=_parse_date, required=True)
     night.add_argument("--top-n", type=int)
     night.add_argument("--no-retrain", action="store_true")
     night.add_argument("--max-epochs", type=int)
     night.add_argument("--force-promote", action="store_true")
+
+    demo = sub.add_parser("demo-data", help="write the demo source's landing files")
+    demo.add_argument("--days", type=int, default=60)
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--if-empty", action="store_true", help="do nothing if landing/events has files")
 
     dag_run = sub.add_parser("dag-run", help="run the nightly DAG through Airflow (dag.test) and summarise")
     dag_run.add_argument("--date", default="next", help="YYYY-MM-DD, or 'next' (after the last published night)")
@@ -203,6 +178,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _dag_run(settings: Settings, args: argparse.Namespace) -> int:
+    from pipeline.tools import airflow_local
+    from pipeline.tools.demo_source import ensure_demo_covers
+
+    day = airflow_local.next_data_date(settings) if args.date == "next" else _parse_date(args.date)
+    ensure_demo_covers(Catalog.of(settings), day)
+    if args.in_process:
+        state = airflow_local.run_dag(settings, day, json.loads(args.conf))
+        print(f"DAG run state: {state}")
+        return 0 if state == "success" else 1
+    state = airflow_local.run_dag_logged(settings, day, json.loads(args.conf))
+    print_summary(settings, day)
+    print(f"DAG run state: {state}")
+    return 0 if state == "success" else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -212,8 +203,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return quality_benchmark.run(args)
     settings = load_settings()
-    if args.command == "demo-data":
-        return _demo(args, settings)
+    if args.command in STAGE_COMMANDS:
+        print(json.dumps(run_stage(settings, args), indent=2, default=str))
+        return 0
     if args.command == "night":
         from pipeline.stages import run_night
 
@@ -221,23 +213,20 @@ def main(argv: list[str] | None = None) -> int:
         print_summary(settings, args.date)
         return 0
     if args.command == "dag-run":
-        day = next_data_date(settings) if args.date == "next" else _parse_date(args.date)
-        ensure_demo_covers(settings, day)
-        if args.in_process:
-            state = run_dag(settings, day, json.loads(args.conf))
-            print(f"DAG run state: {state}")
-            return 0 if state == "success" else 1
-        state = run_dag_logged(settings, day, json.loads(args.conf))
-        print_summary(settings, day)
-        print(f"DAG run state: {state}")
-        return 0 if state == "success" else 1
+        return _dag_run(settings, args)
     if args.command == "summary":
         print_summary(settings, args.date)
+        return 0
+    if args.command == "demo-data":
+        from pipeline.tools.demo_source import write_demo_source
+
+        counts = write_demo_source(Catalog.of(settings), args.days, args.seed, args.if_empty)
+        log.info("demo source in %s: %s", Catalog.of(settings).landing, counts or "unchanged")
         return 0
     if args.command == "import":
         from pipeline.tools.importers import import_dataset
 
-        landing = args.landing or settings.paths.landing_dir
+        landing = args.landing or Catalog.of(settings).landing
         counts = import_dataset(args.format, args.path, landing, items=args.items)
         log.info("imported %s into %s: %s", args.path, landing, counts)
         return 0

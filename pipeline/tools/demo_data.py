@@ -35,6 +35,8 @@ import pathlib
 
 import numpy as np
 
+from pipeline.catalog import landing_path
+
 logger = logging.getLogger(__name__)
 
 HORIZON_DAYS = 60  # item releases and user joins are spread over this fixed horizon (not `days`)
@@ -408,10 +410,10 @@ def generate(landing_dir: pathlib.Path, config: DemoConfig) -> dict[str, int]:
         users, items, ts = _day_events(rng, st, uni, config, day, (epoch_day + day) * 86400)
         lines = _event_lines(rng, uni, users, items, ts, user_ids)
         noisy, n_dup, n_bad = _inject_noise(rng, lines, config)
-        _write(landing_dir / "events" / f"{date.isoformat()}.jsonl", noisy)
+        _write(landing_path(landing_dir, "events", date), noisy)
         catalog = _catalog_lines(rng, uni, day, date)
         if catalog:
-            _write(landing_dir / "items" / f"{date.isoformat()}.jsonl", catalog)
+            _write(landing_path(landing_dir, "items", date), catalog)
         counts["events"] += len(lines)
         counts["duplicates"] += n_dup
         counts["malformed"] += n_bad
