@@ -119,8 +119,6 @@ def _comparison(metrics: dict[str, Any], gate: dict[str, Any]) -> dict[str, dict
     if "model" in metrics:
         rows["challenger"] = metrics["model"]
     champion = gate.get("champion_metrics")
-    if champion is None and gate.get("champion_ndcg@10") is not None:
-        champion = {"ndcg@10": gate["champion_ndcg@10"]}
     if champion is not None:
         rows[f"champion (version {gate.get('champion_version')})"] = champion
     rows.update({name: m for name, m in metrics.items() if name != "model"})
