@@ -34,8 +34,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel
 
-from pipeline.recsys.bundle import ModelBundle
 from pipeline.config import Settings
+from pipeline.recsys.bundle import ModelBundle
 
 log = logging.getLogger(__name__)
 
@@ -62,21 +62,17 @@ class BundlePyfunc(PythonModel):
 
     def predict(self, context: Any, model_input: list[list[str]], params: dict[str, Any] | None = None
                 ) -> list[list[str]]:
-        import numpy as np
-        import torch
+        from pipeline.recsys.data import left_pad
 
         max_len = self.bundle.model.config.max_len
-        encoded = [self.bundle.encode(list(items))[-max_len:] for items in model_input]
+        encoded = [self.bundle.encode(list(items)) for items in model_input]
         known = [i for i, seq in enumerate(encoded) if len(seq)]
         out: list[list[str]] = [[] for _ in encoded]
         if not known:
             return out
-        width = max(len(encoded[i]) for i in known)
-        seqs = np.zeros((len(known), width), dtype=np.int64)  # (B, L) left-padded
-        for row, i in enumerate(known):
-            seqs[row, width - len(encoded[i]) :] = encoded[i]
+        seqs = left_pad([encoded[i] for i in known], max_len)  # (B, L)
         k = min(self.top_k, self.bundle.model.config.n_items)
-        ids, _ = self.bundle.model.recommend(torch.from_numpy(seqs), k)
+        ids, _ = self.bundle.model.recommend(seqs, k)  # seen items excluded (recsys.model.top_k_unseen)
         for row, i in enumerate(known):
             out[i] = [self.bundle.item_ids[j - 1] for j in ids[row].tolist()]
         return out
