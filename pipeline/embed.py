@@ -49,15 +49,6 @@ def default_encoder_path() -> str:
     return str(get_model_path())
 
 
-def resolve_device(device: str | None = None) -> str:
-    """"auto" (or None/"") -> cuda when available, else cpu; anything else is returned as given."""
-    import torch
-
-    if device and device != "auto":
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def resolve_precision(precision: str, device: str) -> str:
     """"auto" -> bf16 on CUDA with bf16 (fp16 on older GPUs) and on CPUs with native bf16, else fp32."""
     import torch
@@ -187,9 +178,11 @@ class TextEncoder:
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"encoder folder {path} has no config.json (not a Hugging Face model)")
         check_sentence_transformers_layout(path)
+        from pipeline.device import resolve_device
+
         if num_threads:
             torch.set_num_threads(num_threads)
-        dev = resolve_device(device)
+        dev = str(resolve_device(device or "auto"))
         prec = resolve_precision(precision, dev)
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[prec]
         tokenizer = AutoTokenizer.from_pretrained(str(path))

@@ -178,6 +178,18 @@ def _replace_slice(warehouse_path: Path, data_date: dt.date, night: pa.Table, st
     return int(rows)
 
 
+def validation_inputs(catalog: Catalog, data_date: dt.date) -> tuple[list[str], pa.Table, list[str]]:
+    """What the publishing rules check against, each mart read once: the users to serve (active users with a
+    history, as scoring selects them), their seen items (user_id, item_id) and the catalog's item ids."""
+    activity = pq.read_table(catalog.mart(data_date, "user_activity"), columns=["user_id", "is_active"])
+    active = set(activity.filter(activity["is_active"]).column("user_id").to_pylist())
+    users = [u for u in pq.read_table(catalog.mart(data_date, "user_sequences"), columns=["user_id"])
+             .column("user_id").to_pylist() if u in active]
+    seen = pq.read_table(catalog.mart(data_date, "user_seen_items"), columns=["user_id", "item_id"])
+    items = pq.read_table(catalog.mart(data_date, "item_catalog"), columns=["item_id"]).column("item_id")
+    return users, seen, sorted(items.to_pylist())
+
+
 def publish_validated(
     catalog: Catalog,
     data_date: dt.date,

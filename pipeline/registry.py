@@ -61,21 +61,17 @@ class BundlePyfunc(PythonModel):
 
     def predict(self, context: Any, model_input: list[list[str]], params: dict[str, Any] | None = None
                 ) -> list[list[str]]:
-        import numpy as np
-        import torch
+        from pipeline.recsys.data import left_pad
 
         max_len = self.bundle.model.config.max_len
-        encoded = [self.bundle.encode(list(items))[-max_len:] for items in model_input]
+        encoded = [self.bundle.encode(list(items)) for items in model_input]
         known = [i for i, seq in enumerate(encoded) if len(seq)]
         out: list[list[str]] = [[] for _ in encoded]
         if not known:
             return out
-        width = max(len(encoded[i]) for i in known)
-        seqs = np.zeros((len(known), width), dtype=np.int64)  # (B, L) left-padded
-        for row, i in enumerate(known):
-            seqs[row, width - len(encoded[i]) :] = encoded[i]
+        seqs = left_pad([encoded[i] for i in known], max_len)  # (B, L)
         k = min(self.top_k, self.bundle.model.config.n_items)
-        ids, _ = self.bundle.model.recommend(torch.from_numpy(seqs), k)
+        ids, _ = self.bundle.model.recommend(seqs, k)  # seen items excluded (recsys.model.top_k_unseen)
         for row, i in enumerate(known):
             out[i] = [self.bundle.item_ids[j - 1] for j in ids[row].tolist()]
         return out
@@ -159,6 +155,20 @@ def decide(
 
 
 # ---- tracking ----------------------------------------------------------------------------------------------
+
+
+def run_params(train_info: dict[str, Any], data_date: Any) -> dict[str, Any]:
+    """MLflow params of a training: the model and training configs, flattened with prefixes."""
+    return {**{f"model.{k}": v for k, v in train_info["model_config"].items()},
+            **{f"train.{k}": v for k, v in train_info["train_config"].items()},
+            "data_date": str(data_date), "n_users": train_info["n_users"]}
+
+
+def run_metrics(evaluation: dict[str, dict[str, float]], train_info: dict[str, Any]) -> dict[str, float]:
+    """MLflow metrics of a training: test_<model or baseline>_<metric> and train_<metric>."""
+    flat = {f"test_{name}_{k}": v for name, m in evaluation.items() for k, v in m.items()}
+    flat.update({f"train_{k}": v for k, v in train_info["train_metrics"].items()})
+    return flat
 
 
 def log_training(

@@ -7,7 +7,6 @@ small JSON-able dicts (paths, counts, versions) that travel between tasks as XCo
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import logging
@@ -16,7 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow.parquet as pq
 
 from pipeline import warehouse
@@ -76,46 +74,21 @@ def stage_embed(settings: Settings, data_date: dt.date) -> dict[str, Any]:
 @_ledger("train")
 def stage_train(settings: Settings, data_date: dt.date, max_epochs: int | None = None) -> dict[str, Any]:
     """Train a candidate on the night's leave-one-out split; evaluate it and the baselines on the test items."""
-    import torch
-
-    from pipeline.recsys.bundle import ModelBundle
+    from pipeline.recsys.candidate import model_config_for, train_candidate
     from pipeline.recsys.data import load_night
-    from pipeline.recsys.evaluate import evaluate_baselines, evaluate_model
-    from pipeline.recsys.model import ModelConfig
-    from pipeline.recsys.train import TrainConfig, train_model
-    from pipeline.report import plot_history
+    from pipeline.recsys.train import TrainConfig
 
-    log.info("torch threads: %d (interop %d)", torch.get_num_threads(), torch.get_num_interop_threads())
-    night = load_night(Catalog.of(settings), data_date)
-    text_dim = 0 if night.text_emb is None else night.text_emb.shape[1]
-    item_repr = settings.model.item_repr if text_dim else "id"
-    model_config = ModelConfig(n_items=night.n_items, max_len=settings.model.max_len, item_repr=item_repr,
-                               text_dim=text_dim)
+    catalog = Catalog.of(settings)
+    night = load_night(catalog, data_date)
     init_state, warm_from = _warm_start_state(settings, night.item_ids)
-    epochs = max_epochs or (min(settings.training.max_epochs, settings.training.warm_start_epochs) if init_state else settings.training.max_epochs)
-    train_config = TrainConfig(max_epochs=epochs, seed=settings.training.seed, time_budget_s=settings.training.time_budget_minutes * 60)
-    if init_state:  # a converged start: stop soon after the validation metric stops improving
-        train_config = dataclasses.replace(train_config, patience=min(train_config.patience, 3))
-    train_seqs = night.train_sequences()
-    model, train_metrics, history = train_model(model_config, train_config, train_seqs, night.loo_train,
-                                                night.loo_valid, text_emb=night.text_emb, init_state=init_state)
-    test_inputs = night.test_inputs()
-    metrics = {"model": evaluate_model(model, test_inputs, night.loo_test)}
-    metrics.update(evaluate_baselines(train_seqs, test_inputs, night.loo_test, night.n_items))
-    out = Catalog.of(settings).new_candidate(data_date)
-    bundle_dir = ModelBundle(model, night.item_ids).save(out / "bundle")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (out / "train.json").write_text(json.dumps({
-        "model_config": dataclasses.asdict(model_config),
-        "train_config": dataclasses.asdict(train_config),
-        "train_metrics": train_metrics,
-        "history": history,
-        "n_users": len(night.user_ids),
-        "n_train_sequences": len(train_seqs),
-    }, indent=2, default=str))
-    plot_history(history, out / "training_curves.png")
-    log.info("candidate ndcg@10 %.4f vs most-popular %.4f", metrics["model"]["ndcg@10"],
-             metrics["most_popular"]["ndcg@10"])
+    training = settings.training
+    epochs = max_epochs or (min(training.max_epochs, training.warm_start_epochs) if init_state
+                            else training.max_epochs)
+    candidate = train_candidate(night, model_config_for(night, settings.model),
+                                TrainConfig.from_settings(settings, max_epochs=epochs), init_state)
+    out = catalog.new_candidate(data_date)
+    bundle_dir = candidate.save(out)
+    metrics, train_metrics = candidate.metrics, candidate.train_info["train_metrics"]
     return {
         "candidate_dir": str(out),
         "bundle_dir": str(bundle_dir),
@@ -129,40 +102,20 @@ def stage_train(settings: Settings, data_date: dt.date, max_epochs: int | None =
 
 
 def _warm_start_state(settings: Settings, item_ids: list[str]) -> tuple[dict[str, Any] | None, str | None]:
-    """The champion's weights as a starting point for tonight, its ID rows moved to tonight's item index
-    (new items start at zero; frozen buffers come from tonight). None when off or there is no champion."""
+    """The champion's weights as a starting point for tonight, remapped to tonight's item index
+    (recsys.bundle.warm_start_state). None when off or there is no champion."""
     if not settings.training.warm_start:
         return None, None
-    import torch
-
     from pipeline import registry
+    from pipeline.recsys.bundle import warm_start_state
 
     version = registry.champion_version(settings)
     if version is None:
         return None, None
     bundle, _ = registry.load_bundle(settings, version)
-    state = {k: v for k, v in bundle.model.state_dict().items() if k not in ("text_emb", "item_counts")}
-    if "id_emb.weight" in state:
-        old, index = state["id_emb.weight"], bundle.index
-        pairs = [(i + 1, index[item]) for i, item in enumerate(item_ids) if item in index]
-        new = torch.zeros(len(item_ids) + 1, old.shape[1], dtype=old.dtype)
-        if pairs:
-            dst, src = zip(*pairs, strict=True)
-            new[list(dst)] = old[list(src)]
-        state["id_emb.weight"] = new
+    state = warm_start_state(bundle, item_ids)
     log.info("warm start from champion version %s (%d known items)", version, len(bundle.index))
     return state, version
-
-
-def evaluate_bundle(bundle: Any, night: Any) -> dict[str, float]:
-    """A model bundle on the night's leave-one-out test items, mapped through the bundle's own item index
-    (items it does not know are dropped from inputs and count as misses as targets)."""
-    from pipeline.recsys.evaluate import evaluate_model
-
-    index = bundle.index
-    inputs = [bundle.encode([night.item_ids[i - 1] for i in seq]) for seq in night.test_inputs()]
-    targets = np.array([index.get(night.item_ids[t - 1], 0) for t in night.loo_test], np.int64)
-    return evaluate_model(bundle.model, inputs, targets)
 
 
 @_ledger("register")
@@ -175,21 +128,17 @@ def stage_register(
     from pipeline import registry
     from pipeline.recsys.bundle import ModelBundle
     from pipeline.recsys.data import load_night
+    from pipeline.recsys.evaluate import evaluate_bundle
 
     folder = Path(candidate_dir)
     metrics = json.loads((folder / "metrics.json").read_text())
     train_info = json.loads((folder / "train.json").read_text())
-    params = {**{f"model.{k}": v for k, v in train_info["model_config"].items()},
-              **{f"train.{k}": v for k, v in train_info["train_config"].items()},
-              "data_date": data_date.isoformat(), "n_users": train_info["n_users"]}
-    flat = {f"test_{name}_{k}": v for name, m in metrics.items() for k, v in m.items()}
-    flat.update({f"train_{k}": v for k, v in train_info["train_metrics"].items()})
-    history = train_info["history"]
     artifacts = {name: folder / name for name in ("metrics.json", "train.json", "training_curves.png")
                  if (folder / name).is_file()}
     tags = {"data_date": data_date.isoformat(), "dag_run_id": dag_run_id}
-    run_id, version = registry.log_training(settings, folder / "bundle", params, flat, history, artifacts,
-                                            tags, evaluation=metrics)
+    run_id, version = registry.log_training(settings, folder / "bundle", registry.run_params(train_info, data_date),
+                                            registry.run_metrics(metrics, train_info), train_info["history"],
+                                            artifacts, tags, evaluation=metrics)
     night = load_night(Catalog.of(settings), data_date)
     gate = registry.run_gate(
         settings, version, ModelBundle.load(folder / "bundle"), lambda bundle: evaluate_bundle(bundle, night),
@@ -227,13 +176,12 @@ def stage_recommend(settings: Settings, data_date: dt.date, top_n: int | None = 
     import pyarrow as pa
 
     from pipeline import registry
-    from pipeline.embed import resolve_device
-    from pipeline.recsys.score import score_users
+    from pipeline.recsys.score import score_users, scoring_input
 
     k = top_n or settings.serving.top_n
     bundle, version = registry.load_bundle(settings, registry.CHAMPION)
-    data = _scoring_input(settings, data_date)
-    table = score_users(bundle, data, k, settings.serving.score_chunk_users, resolve_device())
+    data = scoring_input(Catalog.of(settings), data_date)
+    table = score_users(bundle, data, k, settings.serving.score_chunk_users, settings.model.device)
     staged = Catalog.of(settings).new_staged_recommendations(data_date)
     staged.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, staged)
@@ -242,39 +190,17 @@ def stage_recommend(settings: Settings, data_date: dt.date, top_n: int | None = 
             "rows": table.num_rows, "popular_fallback_rows": sources.count("popular")}
 
 
-def _scoring_input(settings: Settings, data_date: dt.date) -> Any:
-    from pipeline.recsys.score import ScoringInput
-
-    activity = pq.read_table(Catalog.of(settings).mart(data_date, "user_activity")).to_pydict()
-    active = {u for u, a in zip(activity["user_id"], activity["is_active"], strict=True) if a}
-    seqs = pq.read_table(Catalog.of(settings).mart(data_date, "user_sequences")).to_pydict()
-    seen_t = pq.read_table(Catalog.of(settings).mart(data_date, "user_seen_items")).to_pydict()
-    seen: dict[str, list[str]] = {}
-    for u, i in zip(seen_t["user_id"], seen_t["item_id"], strict=True):
-        seen.setdefault(u, []).append(i)
-    catalog = set(pq.read_table(Catalog.of(settings).mart(data_date, "item_catalog"),
-                                columns=["item_id"]).column("item_id").to_pylist())
-    pop = pq.read_table(Catalog.of(settings).mart(data_date, "item_popularity")).to_pydict()
-    popular = sorted(zip(pop["item_id"], pop["events_30d"], pop["events_all"], strict=True),
-                     key=lambda r: (-r[1], -r[2], r[0]))
-    users = [u for u in seqs["user_id"] if u in active]
-    hist = dict(zip(seqs["user_id"], seqs["item_ids"], strict=True))
-    return ScoringInput(user_ids=users, histories=[hist[u] for u in users], seen=[seen.get(u, []) for u in users],
-                        catalog_ids=catalog, popular=[(i, float(a)) for i, a, _ in popular])
-
-
 @_ledger("publish")
 def stage_publish(
     settings: Settings, data_date: dt.date, staged: str, top_n: int, model_version: str | None
 ) -> dict[str, Any]:
     """Validate the staged table against the publishing rules, then publish it atomically."""
-    from pipeline.publish import publish_validated
+    from pipeline.publish import publish_validated, validation_inputs
 
-    data = _scoring_input(settings, data_date)
-    table = pq.read_table(staged)
-    seen = pq.read_table(Catalog.of(settings).mart(data_date, "user_seen_items"))
-    return publish_validated(Catalog.of(settings), data_date, table, data.user_ids,
-                             seen, sorted(data.catalog_ids), top_n, settings.serving.model_name, model_version)
+    catalog = Catalog.of(settings)
+    users, seen, items = validation_inputs(catalog, data_date)
+    return publish_validated(catalog, data_date, pq.read_table(staged), users, seen, items, top_n,
+                             settings.serving.model_name, model_version)
 
 
 @_ledger("report")
@@ -283,7 +209,8 @@ def stage_report(settings: Settings, data_date: dt.date) -> dict[str, Any]:
     to the MLflow run when tonight registered one."""
     from pipeline.report import write_report
 
-    results = {"data_date": data_date.isoformat(), **warehouse.night_results(Catalog.of(settings).warehouse, data_date)}
+    results = {"data_date": data_date.isoformat(),
+               **warehouse.night_results(Catalog.of(settings).warehouse, data_date)}
     if results.get("train", {}).get("status") == "failed":
         results.pop("register", None)
     paths = write_report(settings, data_date, results)

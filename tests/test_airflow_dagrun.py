@@ -154,7 +154,7 @@ def test_degraded_night_publishes_with_the_previous_champion(
     def broken_training(*args: object, **kwargs: object) -> None:
         raise RuntimeError("injected training fault")
 
-    monkeypatch.setattr("pipeline.recsys.train.train_model", broken_training)
+    monkeypatch.setattr("pipeline.recsys.candidate.train_candidate", broken_training)
 
     state = run_dag(DEGRADED)
 

@@ -85,7 +85,7 @@ def test_night_degrades_on_any_training_failure(night_home: Path, monkeypatch: p
     def broken_training(*args: object, **kwargs: object) -> None:
         raise MemoryError("injected: out of memory in training")
 
-    monkeypatch.setattr("pipeline.recsys.train.train_model", broken_training)
+    monkeypatch.setattr("pipeline.recsys.candidate.train_candidate", broken_training)
     assert main(["night", "--date", later.isoformat()]) == 0
 
     assert stage_statuses(later)["train"] == "failed"

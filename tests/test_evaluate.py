@@ -25,7 +25,8 @@ def test_rank_metrics_hand_computed() -> None:
     assert m["hr@10"] == pytest.approx(2 / 4)
     assert m["hr@20"] == pytest.approx(3 / 4)
     assert m["ndcg@10"] == pytest.approx((1.0 + 1 / math.log2(6)) / 4)
-    assert m["ndcg@20"] == pytest.approx((1.0 + 1 / math.log2(6) + 1 / math.log2(14)) / 4)  # 0-based rank r -> 1 / log2(r + 2)
+    # 0-based rank r -> 1 / log2(r + 2)
+    assert m["ndcg@20"] == pytest.approx((1.0 + 1 / math.log2(6) + 1 / math.log2(14)) / 4)
     assert m["mrr"] == pytest.approx((1 + 1 / 5 + 1 / 13) / 4)
 
 
@@ -82,7 +83,8 @@ def test_evaluate_model_removes_seen_items_but_never_the_target() -> None:
     model = FixedScores([0.0, 9.0, 8.0, 7.0, 6.0, 5.0])  # item 1 best, item 5 worst
     # user 0: items 1, 2 seen -> target 3 is first; user 1: nothing seen -> target 3 is third
     # user 2: target 1 was seen before and is still ranked (first)
-    m = evaluate_model(model, [np.array([1, 2]), np.array([], np.int64), np.array([1, 4])], np.array([3, 3, 1]), ks=(1, 3))
+    inputs = [np.array([1, 2]), np.array([], np.int64), np.array([1, 4])]
+    m = evaluate_model(model, inputs, np.array([3, 3, 1]), ks=(1, 3))
     assert m["hr@1"] == pytest.approx(2 / 3)
     assert m["hr@3"] == pytest.approx(1.0)
     assert m["mrr"] == pytest.approx((1 + 1 / 3 + 1) / 3)

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from pipeline.recsys.model import ModelConfig, SeqRecModel
+from pipeline.recsys.model import ModelConfig, SeqRecModel, top_k_unseen
 
 N_ITEMS = 30
 TEXT_DIM = 16
@@ -36,7 +36,7 @@ def test_forward_shapes_and_loss(item_repr: str) -> None:
     assert model.user_states(seq).shape == (2, 16)
 
 
-@pytest.mark.parametrize("options", [{}, {"normalize": False}, {"text_similarity": True}])
+@pytest.mark.parametrize("options", [{}, {"normalize": False}])
 def test_scores_equal_user_states_dot_item_representations(options: dict) -> None:
     model = make_model(**options)
     seq = torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7]])
@@ -69,7 +69,7 @@ def test_recommend_excludes_seen_padding_and_masked_items() -> None:
     seqs = torch.tensor([[0, 0, 1, 2, 3], [4, 5, 6, 7, 8]])
     ids, scores = model.recommend(seqs, k=N_ITEMS - 5)
     assert ids.shape == scores.shape == (2, N_ITEMS - 5)
-    for row, seq in zip(ids.tolist(), seqs.tolist()):
+    for row, seq in zip(ids.tolist(), seqs.tolist(), strict=True):
         assert 0 not in row
         assert not set(row) & set(seq) - {0}
         assert len(set(row)) == len(row)
@@ -135,3 +135,32 @@ def test_sampled_softmax_path() -> None:
 def test_config_rejects_text_repr_without_text() -> None:
     with pytest.raises(AssertionError, match="needs text_dim"):
         ModelConfig(n_items=5, item_repr="text")
+
+
+def test_top_k_unseen_never_returns_seen_items_and_respects_k() -> None:
+    scores = torch.tensor([[0.0, 5.0, 4.0, 3.0, 2.0, 1.0],
+                           [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]])
+    seen = torch.tensor([[0, 1, 3], [0, 0, 5]])  # left-padded: column 0 is the padding item
+    top_scores, top_ids = top_k_unseen(scores.clone(), seen, k=3)
+    assert top_ids.tolist() == [[2, 4, 5], [4, 3, 2]]
+    assert top_scores.tolist() == [[4.0, 2.0, 1.0], [4.0, 3.0, 2.0]]
+    # the same cells given as (row, column) pairs, as batch scoring does
+    pairs = (torch.tensor([0, 0, 0, 1, 1]), torch.tensor([0, 1, 3, 0, 5]))
+    assert top_k_unseen(scores.clone(), pairs, k=3)[1].tolist() == top_ids.tolist()
+    # fewer than k left: the tail is -inf, never a seen item with a real score
+    everything = torch.tensor([[0, 1, 2, 3, 4, 5]] * 2)
+    tail, _ = top_k_unseen(scores.clone(), everything, k=2)
+    assert torch.isneginf(tail).all()
+    # keep: one column per row stays ranked although seen (evaluation's target)
+    kept_scores, kept_ids = top_k_unseen(scores.clone(), seen, k=1, keep=torch.tensor([1, 0]))
+    assert kept_ids.tolist() == [[1], [4]] and kept_scores[0, 0] == 5.0
+
+
+def test_top_k_unseen_nan_handling() -> None:
+    """NaN scores of unseen items are not masked (torch.topk ranks them first, so a broken model shows up in
+    the output instead of a short list); a NaN on a seen item is masked like any seen score."""
+    scores = torch.tensor([[0.0, float("nan"), 2.0, 1.0, float("nan")]])
+    top_scores, top_ids = top_k_unseen(scores, torch.tensor([[0, 4]]), k=2)
+    assert top_ids.tolist() == [[1, 2]]
+    assert torch.isnan(top_scores[0, 0]) and top_scores[0, 1] == 2.0
+    assert torch.isneginf(scores[0, 4])  # masked in place

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from pipeline.recsys.bundle import ModelBundle
+from pipeline.recsys.data import Ragged, left_pad
 from pipeline.recsys.model import ModelConfig, SeqRecModel
-from pipeline.recsys.score import Ragged, ScoringInput, left_pad, lookup, score_users
+from pipeline.recsys.score import ScoringInput, lookup, score_users
 
 N_ITEMS = 50
 ITEM_IDS = [f"i{j:02d}" for j in range(1, N_ITEMS + 1)]
@@ -130,6 +131,6 @@ def test_lookup_and_left_pad_keep_the_last_known_items() -> None:
     assert ragged.offsets.tolist() == [0, 2, 2, 7]
     assert ragged.values.tolist() == [0, 1, 3, 3, 2, 0, 1]
     shifted = Ragged(ragged.offsets, ragged.values + 1)
-    padded = left_pad(shifted, np.array([0, 1, 2]), max_len=3)
+    padded = left_pad(shifted, max_len=3, users=np.array([0, 1, 2]))
     assert padded.tolist() == [[0, 1, 2], [0, 0, 0], [3, 1, 2]]
-    assert left_pad(shifted, np.array([1]), max_len=3).tolist() == [[0]]
+    assert left_pad(shifted, max_len=3, users=np.array([1])).tolist() == [[0]]

@@ -19,14 +19,14 @@ import pytest
 import torch
 
 from pipeline import registry
-from pipeline.recsys.bundle import ModelBundle
 from pipeline.config import Settings, load_settings
+from pipeline.recsys.bundle import ModelBundle
 from pipeline.recsys.evaluate import evaluate_baselines, evaluate_model
 from pipeline.recsys.model import ModelConfig, SeqRecModel
 from pipeline.recsys.score import ScoringInput, score_users
+from pipeline.recsys.train import TrainConfig, train_model
 from pipeline.registry import decide
 from pipeline.report import plot_history
-from pipeline.recsys.train import TrainConfig, train_model
 
 N_ITEMS = 30
 ITEM_IDS = [f"item-{j:02d}" for j in range(1, N_ITEMS + 1)]

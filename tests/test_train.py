@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -35,13 +33,11 @@ def small_config(item_repr: str = "id", **kw) -> ModelConfig:
                        text_dim=0 if item_repr == "id" else 8, **kw)
 
 
-def test_training_learns_and_is_fast() -> None:
+def test_training_learns() -> None:
     train, v_in, v_tgt, _ = toy_data()
-    t0 = time.perf_counter()
     model, metrics, history = train_model(
         small_config(), TrainConfig(max_epochs=8, patience=8, lr=3e-3, seed=1), train, v_in, v_tgt
     )
-    assert time.perf_counter() - t0 < 30
     assert history[-1]["loss"] < history[0]["loss"] - 0.5
     assert metrics["valid_hr@10"] > 0.3  # random would be about 10 / 200
     assert not model.training and next(model.parameters()).device.type == "cpu"
@@ -63,7 +59,7 @@ def test_same_seed_same_metrics_different_seed_differs() -> None:
     (m1, r1, h1), (m2, r2, h2), (_, _, h3) = runs
     assert [h["loss"] for h in h1] == [h["loss"] for h in h2]
     assert r1["valid_ndcg@10"] == r2["valid_ndcg@10"]
-    for (k, a), b in zip(m1.state_dict().items(), m2.state_dict().values()):
+    for (k, a), b in zip(m1.state_dict().items(), m2.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
     assert [h["loss"] for h in h1] != [h["loss"] for h in h3]
 
@@ -94,7 +90,8 @@ def test_text_only_model_recommends_cold_items() -> None:
     train, v_in, v_tgt, _ = toy_data()
     rng = np.random.default_rng(3)
     angle = 2 * np.pi * np.arange(N_ITEMS + 1) / N_ITEMS
-    text = np.stack([np.cos(angle), np.sin(angle), *rng.normal(scale=0.05, size=(6, N_ITEMS + 1))], 1).astype(np.float32)
+    noise = rng.normal(scale=0.05, size=(6, N_ITEMS + 1))
+    text = np.stack([np.cos(angle), np.sin(angle), *noise], 1).astype(np.float32)
     cold = np.arange(1, 21)
     train_warm = [s[~np.isin(s, cold)] for s in train]
     model, _, _ = train_model(small_config("text"), TrainConfig(max_epochs=15, lr=3e-3), train_warm, v_in, v_tgt,

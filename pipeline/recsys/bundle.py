@@ -15,7 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.recsys.data import item_index
 from pipeline.recsys.model import ModelConfig, SeqRecModel
+
+FROZEN_BUFFERS = ("text_emb", "item_counts")  # rebuilt from each night's data, never carried over
 
 
 @dataclass
@@ -25,7 +28,7 @@ class ModelBundle:
 
     @functools.cached_property
     def index(self) -> dict[str, int]:
-        return {item: i + 1 for i, item in enumerate(self.item_ids)}
+        return item_index(self.item_ids)
 
     def encode(self, items: list[str]) -> np.ndarray:
         """Item ids -> model indices, unknown items dropped (the model itself attends to the last max_len)."""
@@ -48,3 +51,19 @@ class ModelBundle:
         model.eval()
         item_ids = json.loads((folder / "item_ids.json").read_text())
         return cls(model=model, item_ids=item_ids)
+
+
+def warm_start_state(bundle: ModelBundle, item_ids: list[str]) -> dict[str, torch.Tensor]:
+    """The bundle's weights as a starting point for a model over `item_ids`: ID embedding rows follow their
+    item to its new index (items new to the bundle start at zero, items no longer there are dropped); the frozen
+    buffers (text embeddings, item counts) are left out, tonight's data provides them."""
+    state = {k: v for k, v in bundle.model.state_dict().items() if k not in FROZEN_BUFFERS}
+    if "id_emb.weight" in state:
+        old, index = state["id_emb.weight"], bundle.index
+        pairs = [(i + 1, index[item]) for i, item in enumerate(item_ids) if item in index]
+        new = torch.zeros(len(item_ids) + 1, old.shape[1], dtype=old.dtype)  # (n_items+1, D)
+        if pairs:
+            dst, src = zip(*pairs, strict=True)
+            new[list(dst)] = old[list(src)]
+        state["id_emb.weight"] = new
+    return state

@@ -11,11 +11,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import Tensor
+
+from pipeline.recsys.data import left_pad
+from pipeline.recsys.model import top_k_unseen
+
+if TYPE_CHECKING:
+    from pipeline.recsys.bundle import ModelBundle
+    from pipeline.recsys.data import NightData
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +46,6 @@ def rank_metrics(ranks: np.ndarray, ks: Sequence[int] = (10, 20)) -> dict[str, f
         out[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(np.where(hit, safe, 0) + 2.0), 0.0).mean())
     out["mrr"] = float(np.where(ranked, 1.0 / (safe + 1.0), 0.0).mean())
     return out
-
-
-def _left_pad(seqs: list[np.ndarray], max_len: int | None = None) -> Tensor:
-    """Histories -> (B, L) int64, left-padded with 0, keeping the last max_len items."""
-    cut = [np.asarray(s, dtype=np.int64)[-max_len:] if max_len else np.asarray(s, dtype=np.int64) for s in seqs]
-    width = max(1, max((len(s) for s in cut), default=1))
-    out = np.zeros((len(cut), width), dtype=np.int64)
-    for i, s in enumerate(cut):
-        if len(s):
-            out[i, width - len(s) :] = s
-    return torch.from_numpy(out)
 
 
 def _ranking_metrics(
@@ -76,10 +73,9 @@ def _ranking_metrics(
         valid = (tgt > 0) & (tgt <= n_items)
         tgt_safe = torch.where(valid, tgt, torch.zeros_like(tgt))
         scores[:, 0] = float("-inf")
-        seen = _left_pad(hist)  # (B, Lmax)
-        target_score = scores.gather(1, tgt_safe.unsqueeze(1))  # (B, 1), saved before seen items are removed
-        scores.scatter_(1, seen, float("-inf"))
-        scores.scatter_(1, tgt_safe.unsqueeze(1), target_score)  # the target itself is always ranked
+        seen = left_pad(hist)  # (B, Lmax)
+        target_score = scores.gather(1, tgt_safe.unsqueeze(1))  # (B, 1)
+        top = top_k_unseen(scores, seen, min(top_k, n_items), keep=tgt_safe)[1][:, :10]  # the target stays ranked
         excluded = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, seen, True)
         excluded[:, 0] = True
         excluded.scatter_(1, tgt_safe.unsqueeze(1), ~valid.unsqueeze(1))
@@ -88,7 +84,6 @@ def _ranking_metrics(
         tied = ((scores == target_score) & ~excluded).sum(1) - 1  # minus the target itself
         rank = higher + tied.clamp(min=0)
         ranks[idx] = torch.where(valid & torch.isfinite(target_score[:, 0]), rank, NOT_RANKED).numpy()
-        top = scores.topk(min(top_k, n_items), dim=1).indices[:, :10]  # (B, 10)
         top10_items.append(top[torch.isfinite(scores.gather(1, top))].numpy())
     metrics = rank_metrics(ranks, ks)
     reached = np.unique(np.concatenate(top10_items)) if top10_items else np.zeros(0, np.int64)
@@ -99,7 +94,8 @@ def _ranking_metrics(
         cold_ranks = ranks[is_cold]
         metrics["cold_recall@10"] = float(((cold_ranks >= 0) & (cold_ranks < 10)).mean()) if is_cold.any() else 0.0
         metrics["n_cold_targets"] = float(is_cold.sum())
-        metrics["random_recall@10"] = float(np.mean(10.0 / np.maximum(n_candidates[is_cold], 10.0))) if is_cold.any() else 0.0
+        random_recall = np.mean(10.0 / np.maximum(n_candidates[is_cold], 10.0)) if is_cold.any() else 0.0
+        metrics["random_recall@10"] = float(random_recall)
     return metrics
 
 
@@ -120,13 +116,22 @@ def evaluate_model(
     max_len = model.config.max_len
 
     def score_fn(idx: np.ndarray, hist: list[np.ndarray]) -> Tensor:
-        seqs = _left_pad(hist, max_len).to(device)
+        seqs = left_pad(hist, max_len).to(device)
         return (model.user_states(seqs) @ items.T).float().cpu()
 
     try:
         return _ranking_metrics(score_fn, inputs, targets, model.config.n_items, ks, cold_items, batch_size)
     finally:
         model.train(was_training)
+
+
+def evaluate_bundle(bundle: ModelBundle, night: NightData) -> dict[str, float]:
+    """A model bundle on the night's leave-one-out test items, mapped through the bundle's own item index
+    (items it does not know are dropped from inputs and count as misses as targets)."""
+    index = bundle.index
+    inputs = [bundle.encode([night.item_ids[i - 1] for i in seq]) for seq in night.test_inputs()]
+    targets = np.array([index.get(night.item_ids[t - 1], 0) for t in night.loo_test], np.int64)
+    return evaluate_model(bundle.model, inputs, targets)
 
 
 # ---- baselines -----------------------------------------------------------------------------------------------

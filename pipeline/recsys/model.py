@@ -1,6 +1,6 @@
 """Sequential recommender: SASRec-style causal self-attention over a user's last items.
 
-One file, no I/O (nanoGPT / gSASRec style). Training lives in `pipeline/train.py`.
+One file, no I/O (nanoGPT / gSASRec style). Training lives in `pipeline/recsys/train.py`.
 
 Index convention: items are dense ints 1..n_items, 0 is padding. Sequences are left-padded with 0.
 
@@ -47,7 +47,6 @@ class ModelConfig:
     normalize: bool = True                  # cosine scores (L2-normalised user and item vectors) / temperature
     temperature: float = 0.1                # softmax temperature for cosine scores (ignored if not normalize)
     label_smoothing: float = 0.0            # cross-entropy label smoothing
-    text_similarity: bool = False           # text reprs: add learned weight * text cosine(last item, candidate)
     sampled_softmax_above: int = 200_000    # sampled softmax with log-Q correction when n_items exceeds this
     n_negatives: int = 1024                 # negatives per batch for the sampled softmax
 
@@ -58,7 +57,6 @@ class ModelConfig:
         assert self.d_model % self.n_heads == 0, f"d_model {self.d_model} not divisible by n_heads {self.n_heads}"
         assert 0.0 <= self.id_dropout < 1.0, f"id_dropout must be in [0, 1), got {self.id_dropout}"
         assert self.temperature > 0, f"temperature must be > 0, got {self.temperature}"
-        assert not self.text_similarity or self.item_repr != "id", "text_similarity needs a text item_repr"
 
 
 class CausalSelfAttention(nn.Module):
@@ -152,8 +150,6 @@ class SeqRecModel(nn.Module):
         item_counts = item_counts.detach().float().clone()
         item_counts[0] = 0.0
         self.register_buffer("item_counts", item_counts)  # (N+1,) training interactions per item
-        if config.text_similarity:  # weight of the frozen-text cosine(last item, candidate) in the score
-            self.text_sim_weight = nn.Parameter(torch.tensor(0.5 / config.temperature if config.normalize else 1.0))
         self.pos_emb = nn.Embedding(config.max_len, config.d_model)
         self.emb_dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layers)])
@@ -199,24 +195,13 @@ class SeqRecModel(nn.Module):
     def _output_vectors(self, vec: Tensor) -> Tensor:
         return F.normalize(vec, dim=-1) if self.config.normalize else vec
 
-    def _item_side(self, vec: Tensor, ids: Tensor | None = None) -> Tensor:
-        """Scoring vectors of items from their raw vectors: (..., D) or (..., D + text_dim) with text_similarity."""
-        out = self._output_vectors(vec)
-        if self.config.text_similarity:
-            out = torch.cat([out, self.text_emb if ids is None else self.text_emb[ids]], dim=-1)
-        return out
-
-    def _user_side(self, h: Tensor, last_items: Tensor) -> Tensor:
-        """Query vectors from hidden states (..., D) and the item at the same position (...)."""
-        q = self._output_vectors(h) * self._scale()
-        if self.config.text_similarity:
-            q = torch.cat([q, self.text_sim_weight * self.text_emb[last_items]], dim=-1)
-        return q
+    def _user_side(self, h: Tensor) -> Tensor:
+        """Query vectors from hidden states (..., D)."""
+        return self._output_vectors(h) * self._scale()
 
     def item_representations(self) -> Tensor:
-        """(n_items+1, D') item vectors used for scoring (D' = d_model, + text_dim with text_similarity);
-        row 0 (padding) is zero."""
-        return self._item_side(self._raw_item_vectors())
+        """(n_items+1, D) item vectors used for scoring; row 0 (padding) is zero."""
+        return self._output_vectors(self._raw_item_vectors())
 
     # ---- user side -------------------------------------------------------------------------------------------
 
@@ -243,7 +228,7 @@ class SeqRecModel(nn.Module):
         """(B, L) -> (B, D) query vectors such that scores = user_states @ item_representations().T."""
         seqs = seqs[:, -self.config.max_len :]
         h = self._hidden(seqs)[:, -1, :]  # (B, D)
-        return self._user_side(h, seqs[:, -1])  # (B, D')
+        return self._user_side(h)  # (B, D)
 
     # ---- training contract -----------------------------------------------------------------------------------
 
@@ -256,13 +241,13 @@ class SeqRecModel(nn.Module):
         """
         h = self._hidden(seq)  # (B, L, D)
         if targets is None:
-            q = self._user_side(h[:, -1, :], seq[:, -1])  # (B, D')
+            q = self._user_side(h[:, -1, :])  # (B, D)
             logits = q @ self.item_representations().T  # (B, N+1)
             logits[:, 0] = float("-inf")
             return logits, None
         assert targets.shape == seq.shape, f"targets {tuple(targets.shape)} must match seq {tuple(seq.shape)}"
         where = targets > 0  # (B, L)
-        q = self._user_side(h[where], seq[where])  # (N, D')
+        q = self._user_side(h[where])  # (N, D)
         y = targets[where]  # (N,)
         if self.config.n_items > self.config.sampled_softmax_above:
             return self._sampled_softmax(q, y)
@@ -278,7 +263,7 @@ class SeqRecModel(nn.Module):
         probs = probs / probs.sum()  # (N+1,)
         neg = torch.multinomial(probs, self.config.n_negatives, replacement=True)  # (K,)
         cand = torch.cat([y, neg])  # (N + K,) in-batch positives double as negatives
-        cand_vec = self._item_side(self._raw_item_vectors(cand), cand)  # (N + K, D')
+        cand_vec = self._output_vectors(self._raw_item_vectors(cand))  # (N + K, D)
         logits = q @ cand_vec.T - torch.log(probs[cand] * cand.numel()).unsqueeze(0)  # (N, N + K)
         accidental = cand.unsqueeze(0) == y.unsqueeze(1)  # (N, N + K)
         own = torch.zeros_like(accidental)
@@ -303,10 +288,30 @@ class SeqRecModel(nn.Module):
         assert 1 <= k <= self.config.n_items, f"k must be in [1, n_items={self.config.n_items}], got {k}"
         scores = self.user_states(seqs) @ self.item_representations().T  # (B, N+1)
         scores[:, 0] = float("-inf")
-        if exclude_seen:
-            scores.scatter_(1, seqs.long(), float("-inf"))  # padding column 0 is already -inf
         if exclude is not None:
             assert exclude.shape[-1] == n_rows, f"exclude must end in n_items+1={n_rows}, got {tuple(exclude.shape)}"
             scores = scores.masked_fill(exclude.to(torch.bool), float("-inf"))
-        top_scores, top_ids = scores.topk(k, dim=1)  # (B, k)
+        top_scores, top_ids = top_k_unseen(scores, seqs.long() if exclude_seen else None, k)  # (B, k)
         return top_ids, top_scores
+
+
+def top_k_unseen(
+    scores: Tensor, seen: Tensor | tuple[Tensor, Tensor] | None, k: int, keep: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """The one path from scores to recommendations: seen items -> -inf, then top-k (the model's `recommend`,
+    batch scoring, evaluation and the MLflow pyfunc all end here).
+
+    scores: (B, C), masked in place. seen: (B, L) columns per row (0-padded, so column 0 is masked too: the
+    padding item in model index space), or (rows, columns) index pairs, or None. keep: (B,) one column per row
+    that stays unmasked (evaluation's target). Returns (top scores, top columns), both (B, k), best first; a
+    row with fewer than k items left ends in -inf entries. NaN scores are not masked (topk ranks them first).
+    """
+    if seen is not None:
+        kept = None if keep is None else scores.gather(1, keep.unsqueeze(1))  # (B, 1), before masking
+        if isinstance(seen, tuple):
+            scores[seen] = float("-inf")
+        else:
+            scores.scatter_(1, seen, float("-inf"))
+        if keep is not None:
+            scores.scatter_(1, keep.unsqueeze(1), kept)
+    return scores.topk(k, dim=1)  # (B, k) values, (B, k) indices

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import copy
+import datetime as dt
 import logging
 import time
 from collections.abc import Sequence
@@ -27,9 +28,14 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 
+from pipeline.catalog import Catalog
+from pipeline.device import resolve_device
 from pipeline.recsys.bundle import ModelBundle
+from pipeline.recsys.data import Ragged, left_pad
+from pipeline.recsys.model import top_k_unseen
 
 log = logging.getLogger(__name__)
 
@@ -56,25 +62,25 @@ class ScoringInput:
     popular: list[tuple[str, float]]      # (item_id, popularity) best first, for the fallback
 
 
-@dataclass
-class Ragged:
-    """Per-user integer lists in CSR form: the values of user u are values[offsets[u]:offsets[u + 1]]."""
-
-    offsets: np.ndarray  # (U + 1,) int64
-    values: np.ndarray   # (nnz,) int64
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
-    def rows(self, users: np.ndarray, last: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(row within `users`, value) pairs of the given users; with `last`, only user i's last[i] values."""
-        lengths = self.lengths[users] if last is None else last
-        ends = self.offsets[users + 1]
-        starts = ends - lengths
-        row = np.repeat(np.arange(len(users)), lengths)
-        within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        return row, self.values[np.repeat(starts, lengths) + within]
+def scoring_input(catalog: Catalog, data_date: dt.date) -> ScoringInput:
+    """The night's active users with their histories and seen items, the catalog and the popularity list,
+    from the marts user_activity, user_sequences, user_seen_items, item_catalog and item_popularity."""
+    activity = pq.read_table(catalog.mart(data_date, "user_activity")).to_pydict()
+    active = {u for u, a in zip(activity["user_id"], activity["is_active"], strict=True) if a}
+    seqs = pq.read_table(catalog.mart(data_date, "user_sequences")).to_pydict()
+    seen_t = pq.read_table(catalog.mart(data_date, "user_seen_items")).to_pydict()
+    seen: dict[str, list[str]] = {}
+    for u, i in zip(seen_t["user_id"], seen_t["item_id"], strict=True):
+        seen.setdefault(u, []).append(i)
+    catalog_ids = set(pq.read_table(catalog.mart(data_date, "item_catalog"),
+                                    columns=["item_id"]).column("item_id").to_pylist())
+    pop = pq.read_table(catalog.mart(data_date, "item_popularity")).to_pydict()
+    popular = sorted(zip(pop["item_id"], pop["events_30d"], pop["events_all"], strict=True),
+                     key=lambda r: (-r[1], -r[2], r[0]))
+    users = [u for u in seqs["user_id"] if u in active]
+    hist = dict(zip(seqs["user_id"], seqs["item_ids"], strict=True))
+    return ScoringInput(user_ids=users, histories=[hist[u] for u in users], seen=[seen.get(u, []) for u in users],
+                        catalog_ids=catalog_ids, popular=[(i, float(a)) for i, a, _ in popular])
 
 
 def _list_array(values: Lists) -> pa.ListArray:
@@ -96,25 +102,6 @@ def lookup(values: Lists, index: pa.Array) -> Ragged:
     kept = pc.drop_null(position).to_numpy(zero_copy_only=False).astype(np.int64)
     counts = np.bincount(owner[known], minlength=len(lists))
     return Ragged(offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), values=kept)
-
-
-def left_pad(histories: Ragged, users: np.ndarray, max_len: int) -> torch.Tensor:
-    """(B, L) int64 of the users' last max_len items, left-padded with 0; L = the longest kept history."""
-    lengths = np.minimum(histories.lengths[users], max_len)
-    width = max(1, int(lengths.max(initial=0)))
-    row, items = histories.rows(users, last=lengths)
-    within = np.arange(len(row)) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # 0..len-1 per user
-    column = within + np.repeat(width - lengths, lengths)
-    out = np.zeros((len(users), width), dtype=np.int64)
-    out[row, column] = items
-    return torch.from_numpy(out)
-
-
-def resolve_device(device: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 @dataclass
@@ -183,7 +170,7 @@ def _user_states(
     lengths = np.minimum(histories.lengths[users], model.config.max_len)
     states = []
     for start, end in token_batches(lengths, max_tokens):
-        seqs = left_pad(histories, users[start:end], model.config.max_len).to(device)  # (B, L)
+        seqs = left_pad(histories, model.config.max_len, users=users[start:end]).to(device)  # (B, L)
         states.append(model.user_states(seqs).float())  # (B, D')
     return torch.cat(states)
 
@@ -209,8 +196,8 @@ def _score_with_model(
         row, item = seen.rows(block_users)
         column = column_of[item]
         row, column = row[column >= 0], column[column >= 0]
-        block[torch.from_numpy(row).to(device), torch.from_numpy(column).to(device)] = float("-inf")
-        top_scores, top_columns = block.topk(k, dim=1)  # (B, k)
+        seen_cells = (torch.from_numpy(row).to(device), torch.from_numpy(column).to(device))
+        top_scores, top_columns = top_k_unseen(block, seen_cells, k)  # (B, k)
         parts.append(Picks.from_topk(block_users, top_columns.cpu().numpy(), top_scores.cpu().numpy()))
     return Picks.concat(parts)
 
@@ -246,7 +233,8 @@ def score_users(
     bundle: ModelBundle, data: ScoringInput, k: int, chunk_users: int = 512, device: str = "auto"
 ) -> pa.Table:
     """Top-k per user as a table (user_id, rank, item_id, score, source), ranks 1..k, best first, users in
-    input order. A user gets fewer than k rows only when fewer than k items are left to recommend."""
+    input order. A user gets fewer than k rows only when fewer than k items are left to recommend.
+    `device` is the setting (settings.model.device): auto | cpu | cuda[:N]."""
     assert k >= 1, f"k must be >= 1, got {k}"
     assert chunk_users >= 1, f"chunk_users must be >= 1, got {chunk_users}"
     started = time.perf_counter()

@@ -8,26 +8,33 @@ to their longest member, which on short-sequence data (Amazon) saves most of the
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import math
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from pipeline.config import ModelSettings, Settings, TrainingSettings
+from pipeline.device import resolve_device
+from pipeline.recsys.data import left_pad
 from pipeline.recsys.evaluate import evaluate_model
 from pipeline.recsys.model import ModelConfig, SeqRecModel
 
 log = logging.getLogger(__name__)
 
+_TRAINING, _MODEL = TrainingSettings(), ModelSettings()  # the settings' defaults are TrainConfig's defaults
+
 
 @dataclass
 class TrainConfig:
-    max_epochs: int = 200                   # upper bound; early stopping usually ends training sooner
+    max_epochs: int = _TRAINING.max_epochs  # upper bound; early stopping usually ends training sooner
     batch_size: int = 128                   # sequences per step
     lr: float = 1e-3                        # peak AdamW learning rate
     weight_decay: float = 0.1               # AdamW decoupled weight decay on matrices and embeddings
@@ -36,12 +43,20 @@ class TrainConfig:
     patience: int = 10                      # epochs without a better validation NDCG@10 before stopping
     eval_every: int = 1                     # validate every N epochs
     grad_clip: float = 1.0                  # max global gradient norm; 0 = off
-    seed: int = 42                          # seeds torch and numpy; same seed on CPU => identical run
-    time_budget_s: float | None = None      # stop after this many seconds, keeping the best epoch
-    device: str | None = None               # None = cuda if available else cpu
+    seed: int = _TRAINING.seed              # seeds torch and numpy; same seed on CPU => identical run
+    time_budget_s: float | None = _TRAINING.time_budget_minutes * 60  # stop after this, keeping the best epoch
+    device: str = _MODEL.device             # auto | cpu | cuda[:N] (auto = cuda if available else cpu)
     bf16: bool | None = None                # bf16 autocast; None = on for cuda, off for cpu (not faster there)
     valid_max_users: int | None = 20_000    # validate on at most this many users (fixed random subset)
     windows_per_user: int = 1               # non-overlapping max_len windows per user, newest first (0 = all)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> TrainConfig:
+        """The night's training config: epochs, seed, time budget and device from the settings."""
+        training = settings.training
+        values = {"max_epochs": training.max_epochs, "seed": training.seed,
+                  "time_budget_s": training.time_budget_minutes * 60, "device": settings.model.device}
+        return cls(**{**values, **overrides})
 
 
 def _training_pairs(
@@ -73,14 +88,6 @@ def _batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> 
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def _pad_batch(seqs: list[np.ndarray]) -> torch.Tensor:
-    width = max(len(s) for s in seqs)
-    out = np.zeros((len(seqs), width), dtype=np.int64)
-    for i, s in enumerate(seqs):
-        out[i, width - len(s) :] = s
-    return torch.from_numpy(out)
-
-
 def item_counts_from(train_seqs: list[np.ndarray], n_items: int) -> torch.Tensor:
     flat = np.concatenate([np.asarray(s, dtype=np.int64) for s in train_seqs]) if train_seqs else np.zeros(0, np.int64)
     assert flat.size == 0 or (flat.min() >= 0 and flat.max() <= n_items), (
@@ -105,6 +112,85 @@ def _optimizer(model: SeqRecModel, cfg: TrainConfig, fused_ok: bool) -> torch.op
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), fused=fused_ok or None)
 
 
+@dataclass
+class _Best:
+    """Early-stopping state: the best validation epoch so far, its record and its weights (on the CPU)."""
+
+    ndcg: float = -1.0
+    epoch: int = 0
+    record: dict[str, float] = field(default_factory=dict)
+    state: dict[str, torch.Tensor] | None = None
+    bad_evals: int = 0
+
+    def update(self, model: SeqRecModel, record: dict[str, float], epoch: int) -> None:
+        if record["valid_ndcg@10"] > self.ndcg:
+            self.ndcg, self.epoch, self.bad_evals = record["valid_ndcg@10"], epoch, 0
+            self.record = record.copy()
+            self.state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        else:
+            self.bad_evals += 1
+
+
+def _build_model(
+    model_config: ModelConfig, train_seqs: list[np.ndarray], text_emb: np.ndarray | None, init_state: dict | None
+) -> SeqRecModel:
+    """A fresh model, item counts from the training sequences, weights from init_state where shapes match."""
+    text_t = None
+    if text_emb is not None and model_config.item_repr != "id":
+        text_t = torch.as_tensor(np.asarray(text_emb, dtype=np.float32))
+    model = SeqRecModel(model_config, text_emb=text_t, item_counts=item_counts_from(train_seqs, model_config.n_items))
+    if init_state is not None:
+        own = model.state_dict()
+        usable = {k: v for k, v in init_state.items() if k in own and own[k].shape == v.shape and k != "item_counts"}
+        model.load_state_dict(usable, strict=False)
+        log.info("warm start: %d of %d tensors loaded from init_state", len(usable), len(own))
+    return model
+
+
+def _validation_subset(
+    valid_inputs: list[np.ndarray], valid_targets: np.ndarray, cfg: TrainConfig
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """At most cfg.valid_max_users validation users, a fixed random subset (seeded)."""
+    valid_idx = np.arange(len(valid_targets))
+    if cfg.valid_max_users and len(valid_idx) > cfg.valid_max_users:
+        valid_idx = np.sort(np.random.default_rng(cfg.seed).choice(len(valid_idx), cfg.valid_max_users, replace=False))
+    return [valid_inputs[i] for i in valid_idx], np.asarray(valid_targets)[valid_idx]
+
+
+def _run_epoch(
+    model: SeqRecModel, opt: torch.optim.Optimizer, inputs: list[np.ndarray], targets: list[np.ndarray],
+    batches: list[np.ndarray], cfg: TrainConfig, lr_factors: Iterator[float], device: torch.device, use_bf16: bool,
+) -> float:
+    """One pass over the batches; returns the mean training loss."""
+    model.train()
+    total_loss = 0.0
+    for batch in batches:
+        seq = left_pad([inputs[i] for i in batch]).to(device)  # (B, L)
+        tgt = left_pad([targets[i] for i in batch]).to(device)  # (B, L)
+        lr = cfg.lr * next(lr_factors)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            _, loss = model(seq, tgt)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        total_loss += loss.item()
+    return total_loss / len(batches)
+
+
+def _should_stop(cfg: TrainConfig, best: _Best, epoch: int, started: float) -> bool:
+    if best.bad_evals * cfg.eval_every >= cfg.patience:
+        log.info("early stop at epoch %d (best %d, valid ndcg@10 %.4f)", epoch, best.epoch, best.ndcg)
+        return True
+    if cfg.time_budget_s is not None and time.perf_counter() - started >= cfg.time_budget_s:
+        log.info("time budget %.0f s reached at epoch %d", cfg.time_budget_s, epoch)
+        return True
+    return False
+
+
 def train_model(
     model_config: ModelConfig,
     train_config: TrainConfig,
@@ -120,33 +206,18 @@ def train_model(
     cfg = train_config
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(cfg.device)
     use_bf16 = cfg.bf16 if cfg.bf16 is not None else device.type == "cuda"
-
-    text_t = None
-    if text_emb is not None and model_config.item_repr != "id":
-        text_t = torch.as_tensor(np.asarray(text_emb, dtype=np.float32))
-    model = SeqRecModel(model_config, text_emb=text_t, item_counts=item_counts_from(train_seqs, model_config.n_items))
-    if init_state is not None:
-        own = model.state_dict()
-        usable = {k: v for k, v in init_state.items() if k in own and own[k].shape == v.shape and k != "item_counts"}
-        model.load_state_dict(usable, strict=False)
-        log.info("warm start: %d of %d tensors loaded from init_state", len(usable), len(own))
-    model.to(device)
+    model = _build_model(model_config, train_seqs, text_emb, init_state).to(device)
 
     inputs, targets = _training_pairs(train_seqs, model_config.max_len, cfg.windows_per_user)
     assert inputs, "no training sequence has at least 2 items"
     lengths = np.array([len(s) for s in inputs])
     steps_per_epoch = math.ceil(len(inputs) / cfg.batch_size)
-    total_steps = steps_per_epoch * cfg.max_epochs
-    warmup_steps = max(1, steps_per_epoch * cfg.warmup_epochs)
+    warmup_steps, total_steps = max(1, steps_per_epoch * cfg.warmup_epochs), steps_per_epoch * cfg.max_epochs
+    lr_factors = (_lr_factor(step, warmup_steps, total_steps, cfg.min_lr_ratio) for step in itertools.count())
     opt = _optimizer(model, cfg, fused_ok=device.type == "cuda")
-
-    valid_idx = np.arange(len(valid_targets))
-    if cfg.valid_max_users and len(valid_idx) > cfg.valid_max_users:
-        valid_idx = np.sort(np.random.default_rng(cfg.seed).choice(len(valid_idx), cfg.valid_max_users, replace=False))
-    v_inputs = [valid_inputs[i] for i in valid_idx]
-    v_targets = np.asarray(valid_targets)[valid_idx]
+    v_inputs, v_targets = _validation_subset(valid_inputs, valid_targets, cfg)
 
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info(
@@ -154,69 +225,41 @@ def train_model(
         model_config.item_repr, len(inputs), steps_per_epoch, n_params, device, use_bf16,
     )
     history: list[dict[str, float]] = []
-    best_ndcg, best_epoch, best_state, bad_evals = -1.0, 0, None, 0
-    best_valid: dict[str, float] = {}
-    train_time, step, epoch = 0.0, 0, 0
-    start = time.perf_counter()
+    best, epoch, start = _Best(), 0, time.perf_counter()
     bar = tqdm(range(1, cfg.max_epochs + 1), desc=f"train {model_config.item_repr}", disable=not sys.stderr.isatty())
     for epoch in bar:
-        model.train()
         t0 = time.perf_counter()
-        total_loss, n_batches = 0.0, 0
-        for batch in _batches(lengths, cfg.batch_size, rng):
-            seq = _pad_batch([inputs[i] for i in batch]).to(device)
-            tgt = _pad_batch([targets[i] for i in batch]).to(device)
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr * _lr_factor(step, warmup_steps, total_steps, cfg.min_lr_ratio)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                _, loss = model(seq, tgt)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            total_loss += loss.item()
-            n_batches += 1
-            step += 1
-        epoch_seconds = time.perf_counter() - t0
-        train_time += epoch_seconds
-        record: dict[str, float] = {"epoch": epoch, "loss": total_loss / n_batches, "seconds": epoch_seconds}
+        loss = _run_epoch(model, opt, inputs, targets, _batches(lengths, cfg.batch_size, rng), cfg, lr_factors,
+                          device, use_bf16)
+        record: dict[str, float] = {"epoch": epoch, "loss": loss, "seconds": time.perf_counter() - t0}
         if len(v_targets) and (epoch % cfg.eval_every == 0 or epoch == cfg.max_epochs):
             valid = evaluate_model(model, v_inputs, v_targets, ks=(10,))
             record.update({"valid_ndcg@10": valid["ndcg@10"], "valid_hr@10": valid["hr@10"]})
-            if valid["ndcg@10"] > best_ndcg:
-                best_ndcg, best_epoch, bad_evals = valid["ndcg@10"], epoch, 0
-                best_valid = record.copy()
-                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-            else:
-                bad_evals += 1
+            best.update(model, record, epoch)
         history.append(record)
-        bar.set_postfix(loss=f"{record['loss']:.4f}", ndcg=f"{record.get('valid_ndcg@10', float('nan')):.4f}")
-        log.debug("epoch %d: %s", epoch, record)
+        valid_ndcg = record.get("valid_ndcg@10", float("nan"))
+        bar.set_postfix(loss=f"{loss:.4f}", ndcg=f"{valid_ndcg:.4f}")
+        log.info("%s epoch %d/%d: loss %.4f, valid ndcg@10 %.4f, %.1f s", model_config.item_repr, epoch,
+                 cfg.max_epochs, loss, valid_ndcg, record["seconds"])
         if on_epoch is not None:
             on_epoch(epoch, record)
-        if bad_evals * cfg.eval_every >= cfg.patience:
-            log.info("early stop at epoch %d (best %d, valid ndcg@10 %.4f)", epoch, best_epoch, best_ndcg)
-            break
-        if cfg.time_budget_s is not None and time.perf_counter() - start >= cfg.time_budget_s:
-            log.info("time budget %.0f s reached at epoch %d", cfg.time_budget_s, epoch)
+        if _should_stop(cfg, best, epoch, start):
             break
     bar.close()
-
     if not len(v_targets):
         log.warning("no validation users: kept the last epoch's weights (no early stopping)")
-        best_epoch = epoch
+        best.epoch = epoch
     model = model.cpu()
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    if best.state is not None:
+        model.load_state_dict(best.state)
     model.eval()
     metrics = {
-        "best_epoch": float(best_epoch),
+        "best_epoch": float(best.epoch),
         "epochs": float(epoch),
         "train_seconds": time.perf_counter() - start,
-        "seconds_per_epoch": train_time / max(1, epoch),
-        "valid_ndcg@10": best_valid.get("valid_ndcg@10", 0.0),
-        "valid_hr@10": best_valid.get("valid_hr@10", 0.0),
+        "seconds_per_epoch": sum(h["seconds"] for h in history) / max(1, epoch),
+        "valid_ndcg@10": best.record.get("valid_ndcg@10", 0.0),
+        "valid_hr@10": best.record.get("valid_hr@10", 0.0),
         "final_loss": history[-1]["loss"] if history else float("nan"),
         "n_params": float(n_params),
     }

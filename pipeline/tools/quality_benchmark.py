@@ -1,29 +1,37 @@
 """Quality benchmark: baselines and the model (id / text / id+text) on one dataset, leave-one-out, full ranking.
 
 Input: EVENTS.csv (`user_id,item_id,timestamp`; a user's order = timestamp order, ties kept in file order) and
-ITEMS.tsv (`item_id<TAB>text`). Per user: last event = test, second-to-last = validation (early stopping),
-earlier = training; users with fewer than 3 events are training only. Every item of the catalog (items file
-plus any item seen in events) is ranked; items already in the user's input history are removed.
+ITEMS.tsv (`item_id<TAB>text`). The data goes the night's way: the `events` importer writes landing files into a
+temporary state home, then the real stages ingest, features and embed run on the last data day, and
+`load_night` reads the marts. So the split is the night's (sql/marts/split_leave_one_out.sql: last event = test,
+second-to-last = validation for early stopping, earlier = training; users with fewer than 3 events are
+training only), the histories are the night's user_sequences (the most recent max(200, max_len + 2) events),
+and the text embeddings come from the night's encoder and its cache (kept in WORK_DIR/item_embeddings across
+runs). Every item of the catalog is ranked; items already in the user's input history are removed.
 `--cold-items F` removes every interaction of a random fraction F of the items from TRAINING only (their text
 stays known) and reports recall@10 on test targets that are such cold items, next to random ranking.
-The model code is exactly what the nightly run uses (`pipeline.recsys.model`, `pipeline.recsys.train`, `pipeline.recsys.evaluate`).
+Training and evaluation are the night's functions (`pipeline.recsys.train`, `pipeline.recsys.evaluate`).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
+import datetime as dt
 import json
 import logging
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.catalog import Catalog
+from pipeline.config import load_settings
+from pipeline.recsys.data import NightData, load_night
 from pipeline.recsys.evaluate import evaluate_baselines, evaluate_model
-from pipeline.recsys.model import ITEM_REPRS, ModelConfig
+from pipeline.recsys.model import ITEM_REPRS, ModelConfig, SeqRecModel
 from pipeline.recsys.train import TrainConfig, train_model
 
 log = logging.getLogger(__name__)
@@ -32,91 +40,45 @@ REPORT_METRICS = ("hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr", "coverage@10")
 
 
 @dataclasses.dataclass
-class Dataset:
-    item_ids: list[str]                 # item_ids[i - 1] is the original id of index i
-    texts: list[str]                    # texts[i - 1] is the text of index i ("" when the items file lacks it)
-    sequences: list[np.ndarray]         # per user, item indices in time order
-    items_sha256: str                   # sha256 of the items file (text-embedding cache key)
-    n_file_items: int                   # items listed in the items file (the rest only appear in events)
+class Prepared:
+    night: NightData       # the marts of the last data day in model index space
+    data_date: dt.date     # the last day of the imported events
+    imported: dict[str, int]  # what the importer wrote (events, days, items)
 
 
-def load_dataset(events_path: Path, items_path: Path) -> Dataset:
-    import pandas as pd
+def prepare_night(args: argparse.Namespace, home: Path, embed: bool) -> Prepared:
+    """Import the dataset into `home` and run the night's ingest, features and (when `embed`) embed stages on
+    the last data day; the embedding cache lives in WORK_DIR so later runs encode nothing again."""
+    from pipeline.ingest import landing_files
+    from pipeline.stages import stage_embed, stage_features, stage_ingest
+    from pipeline.tools.importers import import_dataset
 
-    raw = items_path.read_bytes()
-    item_ids: list[str] = []
-    texts: list[str] = []
-    lines = raw.decode("utf-8").splitlines()
-    if not lines or lines[0].split("\t")[0].strip() != "item_id":
-        raise ValueError(f"{items_path}: expected a header line 'item_id<TAB>text', got {lines[:1]!r}")
-    for line_no, line in enumerate(lines[1:], start=2):
-        if not line.strip():
-            continue
-        parts = line.split("\t", 1)
-        if len(parts) != 2:
-            raise ValueError(f"{items_path}:{line_no}: expected 'item_id<TAB>text', got {line[:80]!r}")
-        item_ids.append(parts[0].strip())
-        texts.append(parts[1].strip())
-    index = {iid: i + 1 for i, iid in enumerate(item_ids)}
-    n_file_items = len(item_ids)
-    if len(index) != len(item_ids):
-        raise ValueError(f"{items_path}: duplicate item_id values")
-
-    events = pd.read_csv(events_path, dtype={"user_id": str, "item_id": str}, keep_default_na=False)
-    missing_cols = {"user_id", "item_id", "timestamp"} - set(events.columns)
-    if missing_cols:
-        raise ValueError(f"{events_path}: missing columns {sorted(missing_cols)}")
-    for iid in pd.unique(events["item_id"]):
-        if iid not in index:
-            index[iid] = len(item_ids) + 1
-            item_ids.append(iid)
-            texts.append("")
-    user_code, _ = pd.factorize(events["user_id"])
-    item_idx = events["item_id"].map(index).to_numpy(np.int64)
-    ts = pd.to_numeric(events["timestamp"], errors="raise").to_numpy()
-    order = np.lexsort((np.arange(len(events)), ts, user_code))  # stable: ties keep file order
-    users, items = user_code[order], item_idx[order]
-    bounds = np.flatnonzero(np.diff(users)) + 1
-    sequences = np.split(items, bounds)
-    log.info("%s: %d users, %d items, %d events", events_path.name, len(sequences), len(item_ids), len(events))
-    return Dataset(item_ids, texts, sequences, hashlib.sha256(raw).hexdigest(), n_file_items)
+    settings = load_settings(env={}, home=home, max_len=args.max_len)
+    catalog = Catalog.of(settings)
+    imported = import_dataset("events", args.events, catalog.landing, items=args.items)
+    data_date = max(landing_files(catalog.landing_dir("events")))
+    _share_embedding_cache(catalog, args.work_dir)
+    stage_ingest(settings, data_date)
+    stage_features(settings, data_date)
+    if embed:
+        stage_embed(settings, data_date)
+    return Prepared(load_night(catalog, data_date), data_date, imported)
 
 
-def leave_one_out(sequences: list[np.ndarray]) -> dict[str, object]:
-    """train = seq[:-2] (whole seq if < 3 events); valid: seq[:-2] -> seq[-2]; test: seq[:-1] -> seq[-1]."""
-    train, v_in, v_tgt, t_in, t_tgt = [], [], [], [], []
-    for s in sequences:
-        if len(s) < 3:
-            train.append(s)
-            continue
-        train.append(s[:-2])
-        v_in.append(s[:-2])
-        v_tgt.append(s[-2])
-        t_in.append(s[:-1])
-        t_tgt.append(s[-1])
-    return {"train": train, "valid_inputs": v_in, "valid_targets": np.array(v_tgt, np.int64),
-            "test_inputs": t_in, "test_targets": np.array(t_tgt, np.int64)}
+def _share_embedding_cache(catalog: Catalog, work_dir: Path) -> None:
+    """Point the temporary home's embedding cache (keyed by encoder and text hash) at one in work_dir."""
+    shared = (work_dir / "item_embeddings").resolve()
+    shared.mkdir(parents=True, exist_ok=True)
+    catalog.embedding_cache.parent.mkdir(parents=True, exist_ok=True)
+    catalog.embedding_cache.symlink_to(shared, target_is_directory=True)
 
 
-def text_embeddings(data: Dataset, work_dir: Path) -> np.ndarray:
-    """(n_items+1, dim) MiniLM embeddings (row 0 zeros), cached in work_dir keyed by the items file's sha256."""
-    work_dir.mkdir(parents=True, exist_ok=True)
-    cache = work_dir / f"text_emb_{data.items_sha256}.npy"
-    n_file_items = data.n_file_items
-    if cache.exists():
-        emb = np.load(cache)
-        log.info("text embeddings from cache %s", cache)
-    else:
-        from pipeline.embed import encode_texts
-
-        t0 = time.perf_counter()
-        emb = encode_texts(data.texts[:n_file_items])
-        np.save(cache, emb)
-        log.info("encoded %d texts in %.0f s -> %s", len(data.texts), time.perf_counter() - t0, cache)
-    assert emb.shape[0] == n_file_items, f"{cache}: {emb.shape[0]} rows for {n_file_items} items"
-    extra = len(data.texts) - n_file_items  # items only seen in events have no text: zero vectors
-    emb = np.concatenate([emb, np.zeros((extra, emb.shape[1]), np.float32)])
-    return np.concatenate([np.zeros((1, emb.shape[1]), np.float32), emb]).astype(np.float32)
+def cold_item_indices(night: NightData, fraction: float, seed: int) -> np.ndarray:
+    """A random `fraction` of the interacted items (model indices), sorted."""
+    index = night.index()
+    interacted = np.unique(np.array([index[i] for seq in night.sequences for i in seq], np.int64))
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(interacted, int(round(fraction * len(interacted))), replace=False))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -146,7 +108,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weight-decay", type=float, default=d_t.weight_decay)
     parser.add_argument("--warmup-epochs", type=int, default=d_t.warmup_epochs)
     parser.add_argument("--patience", type=int, default=d_t.patience)
-    parser.add_argument("--device", default=None)
+    parser.add_argument("--device", default=d_t.device, help="auto | cpu | cuda[:N] (training; auto = cuda if any)")
 
 
 def print_table(title: str, results: dict[str, dict[str, float]], file=sys.stdout) -> None:
@@ -162,60 +124,39 @@ def print_table(title: str, results: dict[str, dict[str, float]], file=sys.stdou
 
 def run(args: argparse.Namespace) -> int:
     t_start = time.perf_counter()
-    data = load_dataset(args.events, args.items)
-    n_items = len(data.item_ids)
-    split = leave_one_out(data.sequences)
-    train_seqs: list[np.ndarray] = split["train"]
+    reprs = list(ITEM_REPRS) if args.item_repr == "all" else [args.item_repr]
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="quality-home-", dir=args.work_dir) as home:
+        prepared = prepare_night(args, Path(home), embed=any(r != "id" for r in reprs))
+    night = prepared.night
+    train_seqs = night.train_sequences()
+    test_inputs = night.test_inputs()
     cold = None
     if args.cold_items > 0:
-        interacted = np.unique(np.concatenate(data.sequences))
-        rng = np.random.default_rng(args.seed)
-        cold = np.sort(rng.choice(interacted, int(round(args.cold_items * len(interacted))), replace=False))
+        cold = cold_item_indices(night, args.cold_items, args.seed)
         train_seqs = [s[~np.isin(s, cold)] for s in train_seqs]
-        log.info("cold items: %d of %d interacted items removed from training", len(cold), len(interacted))
+        log.info("cold items: %d items removed from training", len(cold))
 
-    results: dict[str, dict[str, float]] = {}
-    for name, m in evaluate_baselines(
-        train_seqs, split["test_inputs"], split["test_targets"], n_items, cold_items=cold
-    ).items():
-        results[name] = m
-
-    reprs = list(ITEM_REPRS) if args.item_repr == "all" else [args.item_repr]
-    text_emb = text_embeddings(data, args.work_dir) if any(r != "id" for r in reprs) else None
+    results: dict[str, dict[str, float]] = dict(
+        evaluate_baselines(train_seqs, test_inputs, night.loo_test, night.n_items, cold_items=cold)
+    )
     for i, repr_name in enumerate(reprs):
         budget = None
         if args.time_budget_minutes is not None:
             left = args.time_budget_minutes * 60 - (time.perf_counter() - t_start)
             budget = max(1.0, left / (len(reprs) - i))
-        model_cfg = ModelConfig(
-            n_items=n_items, max_len=args.max_len, d_model=args.d_model, n_heads=args.n_heads,
-            n_layers=args.n_layers, dropout=args.dropout, item_repr=repr_name,
-            text_dim=0 if text_emb is None or repr_name == "id" else text_emb.shape[1],
-            text_hidden=args.text_hidden, id_dropout=args.id_dropout, normalize=not args.no_normalize,
-            temperature=args.temperature, label_smoothing=args.label_smoothing,
-        )
-        train_cfg = TrainConfig(
-            max_epochs=args.max_epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-            warmup_epochs=args.warmup_epochs, patience=args.patience, seed=args.seed, time_budget_s=budget,
-            device=args.device,
-        )
-        model, train_metrics, _ = train_model(
-            model_cfg, train_cfg, train_seqs, split["valid_inputs"], split["valid_targets"], text_emb=text_emb,
-            on_epoch=lambda epoch, rec, name=repr_name: log.info(
-                "%s epoch %d: loss %.4f, valid ndcg@10 %.4f, %.1f s", name, epoch, rec["loss"],
-                rec.get("valid_ndcg@10", float("nan")), rec["seconds"]),
-        )
-        test = evaluate_model(model, split["test_inputs"], split["test_targets"], cold_items=cold)
+        model, train_metrics = train_one(args, night, train_seqs, repr_name, budget)
+        test = evaluate_model(model, test_inputs, night.loo_test, cold_items=cold)
         keep = ("train_seconds", "seconds_per_epoch", "best_epoch", "epochs", "valid_ndcg@10")
         results[repr_name] = {**test, **{k: train_metrics[k] for k in keep}}
         log.info("%s: test ndcg@10 %.4f, %.1f s/epoch", repr_name, test["ndcg@10"], train_metrics["seconds_per_epoch"])
 
     name = args.dataset_name or args.events.stem
     report = {
-        "dataset": {"name": name, "events": str(args.events), "items": str(args.items), "n_users": len(data.sequences),
-                    "n_items": n_items, "n_events": int(sum(len(s) for s in data.sequences)),
-                    "n_test_users": len(split["test_targets"]),
-                    "cold_items": 0 if cold is None else len(cold)},
+        "dataset": {"name": name, "events": str(args.events), "items": str(args.items),
+                    "data_date": prepared.data_date.isoformat(), "n_users": len(night.user_ids),
+                    "n_items": night.n_items, "n_events_imported": prepared.imported["events"],
+                    "n_test_users": len(night.loo_test), "cold_items": 0 if cold is None else len(cold)},
         "protocol": "leave-one-out (last = test, second-to-last = validation), full ranking over all items, "
                     "items in the input history removed, ties ranked against the target",
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"},
@@ -228,6 +169,30 @@ def run(args: argparse.Namespace) -> int:
         args.json.write_text(json.dumps(report, indent=2))
         log.info("wrote %s", args.json)
     return 0
+
+
+def train_one(
+    args: argparse.Namespace, night: NightData, train_seqs: list[np.ndarray], repr_name: str, budget: float | None
+) -> tuple[SeqRecModel, dict[str, float]]:
+    """Train one item representation with the night's train_model, validating on the night's split."""
+    text_emb = night.text_emb if repr_name != "id" else None
+    if repr_name != "id" and text_emb is None:
+        raise ValueError(f"item_repr {repr_name!r} needs text embeddings, and the night has none")
+    model_cfg = ModelConfig(
+        n_items=night.n_items, max_len=args.max_len, d_model=args.d_model, n_heads=args.n_heads,
+        n_layers=args.n_layers, dropout=args.dropout, item_repr=repr_name,
+        text_dim=0 if text_emb is None else text_emb.shape[1],
+        text_hidden=args.text_hidden, id_dropout=args.id_dropout, normalize=not args.no_normalize,
+        temperature=args.temperature, label_smoothing=args.label_smoothing,
+    )
+    train_cfg = TrainConfig(
+        max_epochs=args.max_epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        warmup_epochs=args.warmup_epochs, patience=args.patience, seed=args.seed, time_budget_s=budget,
+        device=args.device,
+    )
+    model, train_metrics, _ = train_model(model_cfg, train_cfg, train_seqs, night.loo_train, night.loo_valid,
+                                          text_emb=text_emb)
+    return model, train_metrics
 
 
 def main(argv: list[str] | None = None) -> int:
