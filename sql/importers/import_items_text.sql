@@ -1,4 +1,4 @@
--- stg_import_text_catalog: a text catalog (item_id<TAB>text per line; an optional header line starting with
+-- import_items_text: a text catalog (item_id<TAB>text per line; an optional header line starting with
 -- 'item_id'), e.g. the items TSV of the 'events' format or UniSRec's *.text. The text (whitespace collapsed)
 -- becomes the title; text after the first tab is kept whole.
 -- grain: one row per item (the last line of an item wins).

@@ -1,4 +1,4 @@
--- stg_import_events_csv: an events CSV (header user_id,item_id,timestamp) as pipeline events ('view').
+-- import_events_csv: an events CSV (header user_id,item_id,timestamp) as pipeline events ('view').
 -- Timestamps: ISO-8601, Unix seconds or milliseconds, or small numbers that only order a user's events
 -- (positions): those become synthetic timestamps, one minute apart per user from $synthetic_start,
 -- keeping each user's order (ties by item_id).

@@ -1,4 +1,4 @@
--- stg_import_incomplete_events: how many imported events lack a user, an item or a readable timestamp (the
+-- incomplete_events: how many imported events lack a user, an item or a readable timestamp (the
 -- importer refuses such datasets rather than writing rows that cannot be placed in a daily file).
 -- grain: one row.
 -- reads: import_events. parameters: none.

@@ -1,4 +1,4 @@
--- stg_import_movielens_100k_movies: the ML-100K catalog (u.item: '|'-separated, Latin-1, 19 genre flags).
+-- import_items_movielens_100k: the ML-100K catalog (u.item: '|'-separated, Latin-1, 19 genre flags).
 -- grain: one row per movie (item_id).
 -- parameters: $path, $genre_names (the 19 genre names of u.genre, in flag order).
 with movies as (

@@ -1,4 +1,4 @@
--- stg_import_movielens_ratings: MovieLens ratings as pipeline events (event_type 'rating', value = stars).
+-- import_events_movielens: MovieLens ratings as pipeline events (event_type 'rating', value = stars).
 -- Layouts: ratings.csv (ml-latest / ml-25m: header, comma), u.data (ML-100K: tab, no header),
 -- ratings.dat (ML-1M / 10M: '::', no header); timestamps are Unix seconds.
 -- grain: one row per rating.

@@ -1,4 +1,4 @@
--- stg_import_landing_items: an imported catalog as landing JSONL lines, ordered by item_id.
+-- landing_items: an imported catalog as landing JSONL lines, ordered by item_id.
 -- grain: one row per item.
 -- reads: import_items(item_id, title, description, genres, tags, brand, categories). parameters: none.
 with items as (

@@ -1,7 +1,7 @@
--- stg_import_movielens_movies: the MovieLens catalog (title, '|'-separated genres) with user tags.
+-- import_items_movielens: the MovieLens catalog (title, '|'-separated genres) with user tags.
 -- Layouts: movies.csv (header, comma, quoted titles) or movies.dat ('::', no header, Latin-1).
 -- grain: one row per movie (item_id).
--- reads: item_tags(item_id, tags) (from stg_import_movielens_tags, or empty).
+-- reads: item_tags(item_id, tags) (from item_tags_movielens, or item_tags_none).
 -- parameters: $path, $delim, $header (boolean), $quote (quote and escape: '"' or '' for none), $encoding.
 with movies as (
     select *

@@ -1,4 +1,4 @@
--- stg_import_landing_events: imported events as landing JSONL lines (default column names, ISO-8601 UTC
+-- landing_events: imported events as landing JSONL lines (default column names, ISO-8601 UTC
 -- timestamps), with the day of the file each belongs to, in a stable order.
 -- grain: one row per event.
 -- reads: import_events(user_id, item_id, event_type, value, event_ts). parameters: none.

@@ -1,4 +1,4 @@
--- stg_import_synthetic_events: sequences without timestamps as pipeline events ('view'): a user's item at
+-- import_events_synthetic: sequences without timestamps as pipeline events ('view'): a user's item at
 -- position p (0 = oldest) gets $synthetic_start + p minutes, so chronological order is kept.
 -- grain: one row per (user_id, position).
 -- reads: positions(user_id, item_id, position). parameters: $synthetic_start (timestamptz).

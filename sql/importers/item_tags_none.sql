@@ -1,4 +1,4 @@
--- stg_import_no_tags: an empty item_tags relation, for catalogs without a tags file.
+-- item_tags_none: an empty item_tags relation, for catalogs without a tags file.
 -- grain: one row per item with tags (none). parameters: none.
 with final as (
     select

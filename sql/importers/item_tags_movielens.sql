@@ -1,4 +1,4 @@
--- stg_import_movielens_tags: free-text user tags per movie, most frequent first (ties by tag).
+-- item_tags_movielens: free-text user tags per movie, most frequent first (ties by tag).
 -- Layouts: tags.csv (header, comma, quoted) or tags.dat ('::', no header).
 -- grain: one row per movie with tags (item_id).
 -- parameters: $path, $delim, $header (boolean), $quote ('"' or ''), $encoding.

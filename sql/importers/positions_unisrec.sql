@@ -1,4 +1,4 @@
--- stg_import_unisrec_sequences: UniSRec's *.full_sequences.tsv (user_index, user_id, item_index_seq,
+-- positions_unisrec: UniSRec's *.full_sequences.tsv (user_index, user_id, item_index_seq,
 -- item_asin_seq; items space-separated, oldest first) as (user, item, position) rows.
 -- grain: one row per (user_id, position).
 -- parameters: $path.
