@@ -1,9 +1,9 @@
--- stg_items: validate catalog fields from any landing format; the one place the item rules live.
+-- staged_items: validate catalog fields from any landing format; the one place the item rules live.
 -- Every input row comes out exactly once: reason is null for an accepted row, otherwise why it is quarantined.
 -- Attribute lists are flattened, '|'-separated strings split, elements trimmed, empty ones dropped.
 -- grain: one row per source row (file_no, line_no).
 -- reads: item_fields(file_no, line_no, dt, raw, text, parse_error, item_id, title, description, brand,
---        genres, categories, tags, updated_raw), a view over stg_items_fields_<format>.
+--        genres, categories, tags, updated_raw), a view over item_fields_<format>.
 -- parameters: $max_field_chars (bound on item_id), $max_raw_chars (bound on the raw text kept for quarantine).
 with source as (
     select * from item_fields

@@ -1,8 +1,8 @@
--- stg_ingest_file_counts: per landing file of the batch, how its rows ended (events or items): accepted,
+-- file_counts: per landing file of the batch, how its rows ended (events or items): accepted,
 -- quarantined, dropped as duplicates; accepted events whose item is not in the catalog as of their date.
 -- grain: one row per file_no of ingest_files (files with no rows included).
--- reads: ingest_files, staged (from stg_events / stg_items), duplicates (from stg_*_dedup),
---        known_items(item_id, first_dt) (from stg_items_known; empty for items).
+-- reads: ingest_files, staged (from staged_events / staged_items), duplicates (from duplicate_events /
+--        duplicate_items), known_items(item_id, first_dt) (from known_items.sql; empty for items).
 -- parameters: $count_unknown_items (boolean: true for events).
 with files as (
     select file_no from ingest_files

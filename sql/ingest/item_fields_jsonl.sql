@@ -1,7 +1,7 @@
--- stg_items_fields_jsonl: split decoded catalog JSONL lines into the pipeline's item fields for stg_items.
+-- item_fields_jsonl: split decoded catalog JSONL lines into the pipeline's item fields for staged_items.
 -- Attributes (genres, categories, tags) may be JSON arrays or '|'-separated strings; both become lists here.
 -- grain: one row per source line (file_no, line_no); nothing is filtered, unparsable lines get a parse_error.
--- reads: ingest_lines (from stg_ingest_lines).
+-- reads: ingest_lines (from ingest_lines.sql).
 -- parameters: $paths (JSON paths of the mapped source fields), $item_id_idx, $title_idx, $description_idx,
 --             $brand_idx, $genres_idx, $categories_idx, $tags_idx, $updated_at_idx (1-based positions in
 --             $paths; null when the field is not mapped).

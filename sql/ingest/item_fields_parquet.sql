@@ -1,4 +1,4 @@
--- stg_items_fields_parquet: the mapped columns of Parquet catalog files as the pipeline's item fields.
+-- item_fields_parquet: the mapped columns of Parquet catalog files as the pipeline's item fields.
 -- grain: one row per Parquet row (file_no, line_no = 1-based row number in the file).
 -- reads: source_rows(file_no, line_no, item_id, title, description, brand, updated_at: varchar; genres,
 --        categories, tags: varchar[]), streamed by the ingest stage; ingest_files(file_no, dt, missing_columns).

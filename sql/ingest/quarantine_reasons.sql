@@ -1,6 +1,6 @@
--- stg_ingest_reasons: why rows of each landing file of the batch were quarantined.
+-- quarantine_reasons: why rows of each landing file of the batch were quarantined.
 -- grain: one row per (file_no, reason).
--- reads: staged (from stg_events / stg_items). parameters: none.
+-- reads: staged (from staged_events / staged_items). parameters: none.
 with rejected as (
     select file_no, reason
     from staged

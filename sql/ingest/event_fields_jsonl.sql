@@ -1,6 +1,6 @@
--- stg_events_fields_jsonl: split decoded JSONL lines into the pipeline's event fields (as text) for stg_events.
+-- event_fields_jsonl: split decoded JSONL lines into the pipeline's event fields (as text) for staged_events.
 -- grain: one row per source line (file_no, line_no); nothing is filtered, unparsable lines get a parse_error.
--- reads: ingest_lines (from stg_ingest_lines).
+-- reads: ingest_lines (from ingest_lines.sql).
 -- parameters: $paths (JSON paths of the mapped source fields), $user_id_idx, $item_id_idx, $event_type_idx,
 --             $value_idx, $timestamp_idx (1-based positions in $paths; null when the field is not mapped).
 with lines as (

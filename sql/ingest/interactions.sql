@@ -1,7 +1,7 @@
--- stg_events_out: the lake's interactions rows for the published dates of the batch (unordered; the ingest
+-- interactions: the lake's interactions rows for the published dates of the batch (unordered; the ingest
 -- stage orders by date when it writes several dates from one query).
 -- grain: one row per accepted, deduplicated event (dt, event_id); event_id = the 32 hex digits of event_key.
--- reads: staged (from stg_events), duplicates (from stg_events_dedup), ingest_files.
+-- reads: staged (from staged_events), duplicates (from duplicate_events), ingest_files.
 -- parameters: $dates (the data dates to publish; dates over the quarantine threshold are left out),
 --             $ingested_at.
 with accepted as (

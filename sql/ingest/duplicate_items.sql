@@ -1,7 +1,7 @@
--- stg_items_dedup: accepted catalog rows superseded by a later row for the same item on the same drop date
+-- duplicate_items: accepted catalog rows superseded by a later row for the same item on the same drop date
 -- (a later line, or a later file, wins); they are dropped and counted as duplicates.
 -- grain: one row per superseded source row (file_no, line_no).
--- reads: staged (the validated catalog rows of every file of the batch, from stg_items). parameters: none.
+-- reads: staged (the validated catalog rows of every file of the batch, from staged_items). parameters: none.
 with accepted as (
     select dt, item_id, file_no, line_no
     from staged

@@ -1,18 +1,13 @@
--- stg_events_fields_csv: split decoded CSV lines into the pipeline's event fields (as text) for stg_events.
--- A record is one line; '"' quotes a field ("" is a literal quote); quoted fields cannot span lines.
+-- csv_records: decoded CSV landing lines (events or items) split into their fields; the one place the CSV
+-- dialect lives. A record is one line; '"' quotes a field ("" is a literal quote); quoted fields cannot span
+-- lines. event_fields_csv / item_fields_csv pick the mapped fields by their header positions.
 -- grain: one row per data line (file_no, line_no); nothing is filtered, unparsable lines get a parse_error.
--- reads: ingest_lines (from stg_ingest_lines); ingest_files (per file: n_columns and the 1-based position of
---        each mapped field in its header, null when absent).
+-- reads: ingest_lines (from ingest_lines.sql); ingest_files (per file: n_columns of its header).
 -- parameters: $delimiter, $record_pattern (a well-quoted record), $field_pattern (one field and its delimiter).
 with lines as (
     select
         l.*,
         f.n_columns,
-        f.user_id_pos,
-        f.item_id_pos,
-        f.event_type_pos,
-        f.value_pos,
-        f.timestamp_pos,
         replace(replace(l.text, chr(10), ''), chr(13), '') as record
     from ingest_lines as l
     inner join ingest_files as f on l.file_no = f.file_no
@@ -53,11 +48,7 @@ final as (
             when quoting_error is null and len(fields) <> n_columns then 'wrong_column_count'
             else quoting_error
         end as parse_error,
-        fields[user_id_pos] as user_id,
-        fields[item_id_pos] as item_id,
-        fields[event_type_pos] as event_type,
-        fields[value_pos] as value_raw,
-        fields[timestamp_pos] as ts_raw
+        fields
     from fields
 )
 

@@ -1,7 +1,7 @@
--- stg_events_dedup: the accepted rows that repeat an earlier accepted row of the same data date (same
+-- duplicate_events: the accepted rows that repeat an earlier accepted row of the same data date (same
 -- event_key); they are dropped and counted as duplicates. The first occurrence (by file, then line) is kept.
 -- grain: one row per duplicate source row (file_no, line_no).
--- reads: staged (the validated rows of every file of the batch, from stg_events). parameters: none.
+-- reads: staged (the validated rows of every file of the batch, from staged_events). parameters: none.
 with accepted as (
     select dt, event_key, file_no, line_no
     from staged

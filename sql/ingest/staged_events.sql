@@ -1,11 +1,11 @@
--- stg_events: validate source event fields from any landing format; the one place the event rules live.
+-- staged_events: validate source event fields from any landing format; the one place the event rules live.
 -- Every input row comes out exactly once: reason is null for an accepted row, otherwise it names why the row
 -- is quarantined. event_key = md5_number of the normalised fields (user, item, type, value, and the timestamp
 -- as hex epoch microseconds, joined by chr(31)), so the same event read twice (in any format) has the same key;
--- the lake's event_id is its 32 hex digits (stg_events_out).
+-- the lake's event_id is its 32 hex digits (interactions.sql).
 -- grain: one row per source row (file_no, line_no).
 -- reads: event_fields(file_no, line_no, dt, raw, text, parse_error, user_id, item_id, event_type, value_raw,
---        ts_raw), a view over stg_events_fields_<format>.
+--        ts_raw), a view over event_fields_<format>.
 -- parameters: $ts_format ('iso' | 'epoch_s' | 'epoch_ms'), $ts_min (earliest accepted timestamptz; the latest
 --             is the end of the file's data date + 1 day), $allowed_event_types (varchar[]),
 --             $default_event_type (used when the source has no event type; '' = none), $max_field_chars,

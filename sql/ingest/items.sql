@@ -1,6 +1,6 @@
--- stg_items_out: the lake's items rows for the dates of the batch (one row per item version and drop date).
+-- items: the lake's items rows for the dates of the batch (one row per item version and drop date).
 -- grain: one row per (dt, item_id).
--- reads: staged (from stg_items), duplicates (from stg_items_dedup), ingest_files.
+-- reads: staged (from staged_items), duplicates (from duplicate_items), ingest_files.
 -- parameters: $dates (the drop dates to publish), $ingested_at.
 with latest as (
     select s.*

@@ -1,7 +1,8 @@
--- stg_ingest_quarantine: the rejected rows of the batch (events or items) with the reason and where they came
+-- quarantine: the rejected rows of the batch (events or items) with the reason and where they came
 -- from; written to lake/quarantine/dt=D/<kind>.parquet.
 -- grain: one row per rejected source row (source_file, line_no).
--- reads: staged (from stg_events / stg_items), ingest_files. parameters: $kind ('events' | 'items'), $ingested_at.
+-- reads: staged (from staged_events / staged_items), ingest_files.
+-- parameters: $kind ('events' | 'items'), $ingested_at.
 with rejected as (
     select s.dt, s.file_no, s.line_no, s.raw_text, s.reason, f.source_file
     from staged as s

@@ -1,4 +1,4 @@
--- stg_items_known: every item id of the lake's catalog with the first drop date it appeared on; events whose
+-- known_items: every item id of the lake's catalog with the first drop date it appeared on; events whose
 -- item is not known as of their date are kept and counted as unknown_items.
 -- grain: one row per item_id.
 -- parameters: $items_glob (the Parquet files of lake/items).

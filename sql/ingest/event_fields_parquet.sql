@@ -1,4 +1,4 @@
--- stg_events_fields_parquet: the mapped columns of Parquet landing files as the pipeline's event fields (text).
+-- event_fields_parquet: the mapped columns of Parquet landing files as the pipeline's event fields (text).
 -- grain: one row per Parquet row (file_no, line_no = 1-based row number in the file).
 -- reads: source_rows(file_no, line_no, user_id, item_id, event_type, value, timestamp; all varchar), streamed by
 --        the ingest stage; ingest_files(file_no, dt, missing_columns, ...).

@@ -1,4 +1,4 @@
--- stg_ingest_ledger_latest: the per-file counts of the latest successful ingest (ok or noop) of every
+-- ledger_latest: the per-file counts of the latest successful ingest (ok or noop) of every
 -- (kind, date), from the warehouse ledger; ingest compares checksums with it to skip unchanged dates.
 -- grain: one row per (kind, dt, source_file).
 -- reads: ingest_ledger. parameters: none.

@@ -1,4 +1,4 @@
--- stg_ingest_lines: raw landing lines (JSONL or CSV, events or items) decoded, with the errors found before
+-- ingest_lines: raw landing lines (JSONL or CSV, events or items) decoded, with the errors found before
 -- any format-specific parsing: over-long line, header without a mapped column, invalid UTF-8, NUL byte.
 -- grain: one row per non-blank source line (file_no, line_no); nothing is filtered.
 -- reads: raw_lines(file_no, line_no, raw blob; raw keeps the line terminator), streamed by the ingest stage;
