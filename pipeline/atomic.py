@@ -11,10 +11,10 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
+if TYPE_CHECKING:  # pyarrow is imported where it is used: DAG parsing imports this module and must stay light
+    import pyarrow as pa
 
 
 class PendingFile:
@@ -57,6 +57,8 @@ class AtomicParquetWriter:
     are passed to pyarrow's ParquetWriter."""
 
     def __init__(self, target: Path, schema: pa.Schema, **options: Any) -> None:
+        import pyarrow.parquet as pq
+
         self.target = target
         self._pending = PendingFile(target)
         self._writer = pq.ParquetWriter(self._pending.tmp, schema, **options)
