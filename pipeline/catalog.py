@@ -11,6 +11,7 @@ Layout under the state home (defaults; landing, lake, warehouse and MLflow can e
     lake/interactions/dt=D/part-0.parquet  accepted events of D
     lake/items/dt=D/part-0.parquet         item versions received on D
     lake/quarantine/dt=D/<kind>.parquet    rejected rows of D with their reason
+    lake/_tmp/<id>/                        an ingest batch's scratch space (DuckDB spills), removed after it
     lake/features/dt=D/<mart>.parquet      the night's marts (sql/marts/)
     lake/features/dt=D/item_embeddings.parquet   the night's catalog embeddings, one row per item
     lake/item_embeddings/                  the embedding cache, keyed by (encoder, text hash)
@@ -97,6 +98,10 @@ class Catalog:
 
     def quarantine_file(self, kind: str, data_date: dt.date) -> Path:
         return self.partition_file("quarantine", data_date, f"{kind}.parquet")
+
+    def new_scratch_dir(self) -> Path:
+        """A fresh folder for one job's temporary files (DuckDB spills); the job removes it."""
+        return self.paths.lake_dir / "_tmp" / uuid.uuid4().hex
 
     # --- features and embeddings ---
     def features_dir(self, data_date: dt.date) -> Path:

@@ -19,7 +19,7 @@ class GrainCheckError(RuntimeError):
 
 @functools.cache
 def load_query(name: str) -> str:
-    """The text of sql/<name>.sql, e.g. load_query("marts/user_sequences")."""
+    """The text of sql/<name>.sql, e.g. load_query("marts/user_sequences") or load_query("ingest/quarantine")."""
     path = SQL_DIR / f"{name}.sql"
     if not path.is_file():
         raise FileNotFoundError(f"no SQL file {path}")
@@ -30,11 +30,6 @@ def bind(name: str, params: dict[str, Any] | None) -> dict[str, Any]:
     """The subset of params that sql/<name>.sql uses (DuckDB rejects unused named parameters)."""
     query = load_query(name)
     return {k: v for k, v in (params or {}).items() if f"${k}" in query}
-
-
-def run_query(con: Any, name: str, params: dict[str, Any] | None = None) -> Any:
-    """Execute sql/<name>.sql on a DuckDB connection with named parameters ($name) bound, never formatted."""
-    return con.execute(load_query(name), bind(name, params))
 
 
 def relation(con: Any, name: str, params: dict[str, Any] | None = None) -> Any:

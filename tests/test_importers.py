@@ -11,8 +11,9 @@ import pytest
 from conftest import shared_dataset
 
 from pipeline.config import Settings, load_settings
-from pipeline.tools.importers import ImportFormatError, import_dataset
 from pipeline.ingest import ingest
+from pipeline.sql import SQL_DIR
+from pipeline.tools.importers import ImportFormatError, import_dataset
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -178,3 +179,11 @@ def test_bad_inputs_raise_import_format_errors(tmp_path: Path) -> None:
     (tmp_path / "i.tsv").write_text("x\tX\n")
     with pytest.raises(ImportFormatError, match="1 events have no user, item or readable timestamp"):
         import_dataset("events", tmp_path / "e.csv", tmp_path / "l", items=tmp_path / "i.tsv")
+
+
+@pytest.mark.parametrize("path", sorted((SQL_DIR / "importers").glob("*.sql")), ids=lambda p: p.stem)
+def test_every_importer_query_has_a_header(path: Path) -> None:
+    text = path.read_text()
+    assert text.startswith(f"-- {path.stem}:"), path
+    assert "-- grain:" in text and "parameters:" in text, path
+    assert text.rstrip().endswith("select * from final"), path

@@ -13,14 +13,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.atomic import AtomicParquetWriter
 from pipeline.config import Settings, load_settings
 from pipeline.ingest import (
     IngestError,
     IngestFormatError,
     IngestQualityError,
     ingest,
-    iter_raw_lines,
 )
+from pipeline.ingest.reading import iter_raw_lines
+from pipeline.sql import SQL_DIR
 
 DAY = dt.date(2026, 11, 21)
 
@@ -341,6 +343,31 @@ def test_partitions_leave_no_temporary_files_behind(tmp_path: Path) -> None:
     land(settings, f"{DAY}.jsonl", event() + "\n{bad\n")
     ingest(settings, DAY)
 
-    files = sorted(str(p.relative_to(settings.paths.lake_dir)) for p in settings.paths.lake_dir.rglob("*") if p.is_file())
+    files = sorted(str(p.relative_to(settings.paths.lake_dir))
+                   for p in settings.paths.lake_dir.rglob("*") if p.is_file())
 
     assert files == [f"interactions/dt={DAY}/part-0.parquet", f"quarantine/dt={DAY}/events.parquet"]
+
+
+def test_a_partition_file_appears_only_when_committed(tmp_path: Path) -> None:
+    target = tmp_path / "t" / "dt=2026-11-21" / "part-0.parquet"
+    schema = pa.schema([("x", pa.int64())])
+    writer = AtomicParquetWriter(target, schema)
+    writer.write(pa.record_batch([pa.array([1, 2])], schema=schema))
+    assert not target.exists()
+    writer.commit()
+    assert pq.read_table(target).column("x").to_pylist() == [1, 2]
+
+    again = AtomicParquetWriter(target, schema)
+    again.write(pa.record_batch([pa.array([3])], schema=schema))
+    again.discard()
+    assert pq.read_table(target).column("x").to_pylist() == [1, 2]
+    assert [p.name for p in target.parent.iterdir()] == ["part-0.parquet"]
+
+
+@pytest.mark.parametrize("path", sorted((SQL_DIR / "ingest").glob("*.sql")), ids=lambda p: p.stem)
+def test_every_ingest_query_has_a_header(path: Path) -> None:
+    text = path.read_text()
+    assert text.startswith(f"-- {path.stem}:"), path
+    assert "-- grain:" in text and "parameters:" in text, path
+    assert text.rstrip().endswith("select * from final"), path

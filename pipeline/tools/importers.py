@@ -16,14 +16,13 @@ Formats:
              (with *.item2index / *.user2index to recover the original ids), plus *.text. Sequences carry no
              time: each user's items get synthetic timestamps one minute apart from SYNTHETIC_START, so the
              chronological order is kept. Events are 'view's.
-All heavy lifting is DuckDB SQL (sql/staging/stg_import_*.sql); files are written by streaming Arrow batches.
+All heavy lifting is DuckDB SQL (sql/importers/*.sql); files are written by streaming Arrow batches.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,7 +32,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from pipeline.atomic import atomic_path
+from pipeline.atomic import PendingFile, atomic_open
 from pipeline.sql import relation
 
 log = logging.getLogger(__name__)
@@ -90,7 +89,7 @@ def _movielens(con: duckdb.DuckDBPyConnection, folder: Path) -> None:
         _movies_view(con, folder / "movies.csv", csv)
     elif (folder / "u.data").is_file():  # ML-100K
         _ratings_view(con, folder / "u.data", {"delim": "\t", "header": False, "encoding": "utf-8"})
-        _view(con, "import_items", "stg_import_movielens_100k_movies",
+        _view(con, "import_items", "import_items_movielens_100k",
               {"path": _need(folder / "u.item"), "genre_names": _ml100k_genres(folder / "u.genre")})
     elif (folder / "ratings.dat").is_file():  # ML-1M, ML-10M
         dat = {"delim": "::", "header": False, "quote": "", "encoding": "latin-1"}
@@ -102,18 +101,18 @@ def _movielens(con: duckdb.DuckDBPyConnection, folder: Path) -> None:
 
 
 def _ratings_view(con: duckdb.DuckDBPyConnection, path: Path, dialect: dict[str, Any]) -> None:
-    _view(con, "import_events", "stg_import_movielens_ratings", {"path": str(path), **dialect})
+    _view(con, "import_events", "import_events_movielens", {"path": str(path), **dialect})
 
 
 def _movies_view(con: duckdb.DuckDBPyConnection, path: Path, dialect: dict[str, Any]) -> None:
-    _view(con, "import_items", "stg_import_movielens_movies", {"path": _need(path), **dialect})
+    _view(con, "import_items", "import_items_movielens", {"path": _need(path), **dialect})
 
 
 def _tags_view(con: duckdb.DuckDBPyConnection, path: Path, dialect: dict[str, Any]) -> None:
     if path.is_file():
-        _view(con, "item_tags", "stg_import_movielens_tags", {"path": str(path), **dialect})
+        _view(con, "item_tags", "item_tags_movielens", {"path": str(path), **dialect})
     else:
-        _view(con, "item_tags", "stg_import_no_tags", {})
+        _view(con, "item_tags", "item_tags_none", {})
 
 
 def _ml100k_genres(path: Path) -> list[str]:
@@ -130,23 +129,23 @@ def _ml100k_genres(path: Path) -> list[str]:
 def _events(con: duckdb.DuckDBPyConnection, path: Path, items: Path | None) -> None:
     if items is None:
         raise ImportFormatError("the 'events' format needs --items ITEMS.tsv (item_id<TAB>text)")
-    _view(con, "import_events", "stg_import_events_csv",
+    _view(con, "import_events", "import_events_csv",
           {"path": str(path), "synthetic_start": SYNTHETIC_START, "epoch_s_min": EPOCH_S_MIN})
-    _view(con, "import_items", "stg_import_text_catalog", {"path": _need(Path(items))})
+    _view(con, "import_items", "import_items_text", {"path": _need(Path(items))})
 
 
 def _unisrec(con: duckdb.DuckDBPyConnection, folder: Path) -> None:
     folder = folder if folder.is_dir() else folder.parent
     sequences = sorted(folder.glob("*.full_sequences.tsv"))
     if sequences:
-        _view(con, "positions", "stg_import_unisrec_sequences", {"path": str(sequences[0])})
+        _view(con, "positions", "positions_unisrec", {"path": str(sequences[0])})
     else:
         con.register("positions", _atomic_positions(folder))
-    _view(con, "import_events", "stg_import_synthetic_events", {"synthetic_start": SYNTHETIC_START})
+    _view(con, "import_events", "import_events_synthetic", {"synthetic_start": SYNTHETIC_START})
     texts = sorted(folder.glob("*.text"))
     if not texts:
         raise ImportFormatError(f"{folder}: no *.text catalog (item_id<TAB>text)")
-    _view(con, "import_items", "stg_import_text_catalog", {"path": str(texts[0])})
+    _view(con, "import_items", "import_items_text", {"path": str(texts[0])})
 
 
 def _atomic_positions(folder: Path) -> pa.Table:
@@ -199,7 +198,7 @@ def _index_map(folder: Path, suffix: str) -> dict[str, str]:
 
 
 def _view(con: duckdb.DuckDBPyConnection, view: str, query: str, params: dict[str, Any]) -> None:
-    relation(con, f"staging/{query}", params).create_view(view, replace=True)
+    relation(con, f"importers/{query}", params).create_view(view, replace=True)
 
 
 def _need(path: Path) -> str:
@@ -213,14 +212,14 @@ def _need(path: Path) -> str:
 
 def _write_landing(con: duckdb.DuckDBPyConnection, landing: Path) -> dict[str, int]:
     """Stream the events into one JSONL file per day and the catalog into one file dated the first day."""
-    ((missing,),) = relation(con, "staging/stg_import_incomplete_events").fetchall()
+    ((missing,),) = relation(con, "importers/incomplete_events").fetchall()
     if missing:
         raise ImportFormatError(f"{missing} events have no user, item or readable timestamp")
     days = events = 0
     first_day: dt.date | None = None
     writer = _DailyWriter(landing / "events")
     try:
-        for batch in relation(con, "staging/stg_import_landing_events").to_arrow_reader(200_000):
+        for batch in relation(con, "importers/landing_events").to_arrow_reader(200_000):
             events += batch.num_rows
             first_day = first_day or batch.column("day")[0].as_py()
             days += writer.write(batch)
@@ -232,8 +231,8 @@ def _write_landing(con: duckdb.DuckDBPyConnection, landing: Path) -> dict[str, i
         raise ImportFormatError("the dataset has no events")
     catalog = landing / "items" / f"{first_day.isoformat()}.jsonl"
     items = 0
-    with _atomic_open(catalog) as fh:
-        for batch in relation(con, "staging/stg_import_landing_items").to_arrow_reader(200_000):
+    with atomic_open(catalog) as fh:
+        for batch in relation(con, "importers/landing_items").to_arrow_reader(200_000):
             items += batch.num_rows
             _write_lines(fh, batch.column("line"))
     return {"events": events, "days": days, "items": items}
@@ -246,7 +245,7 @@ class _DailyWriter:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.day: dt.date | None = None
-        self._tmp: Path | None = None
+        self._file: PendingFile | None = None
         self._fh: IO[bytes] | None = None
 
     def write(self, batch: pa.RecordBatch) -> int:
@@ -267,24 +266,23 @@ class _DailyWriter:
 
     def _start(self, day: dt.date) -> None:
         self.close()
-        self.folder.mkdir(parents=True, exist_ok=True)
         self.day = day
-        self._tmp = self.folder / f".{day.isoformat()}.jsonl.{uuid.uuid4().hex}.tmp"
-        self._fh = self._tmp.open("wb")
+        self._file = PendingFile(self.folder / f"{day.isoformat()}.jsonl")
+        self._fh = self._file.tmp.open("wb")
 
     def close(self) -> None:
         """Finish the current day's file (rename it into place)."""
-        if self._fh is not None and self._tmp is not None and self.day is not None:
+        if self._fh is not None and self._file is not None:
             self._fh.close()
-            self._tmp.replace(self.folder / f"{self.day.isoformat()}.jsonl")
-        self._fh = self._tmp = None
+            self._file.commit()
+        self._fh = self._file = None
 
     def discard(self) -> None:
         """Drop the current, unfinished day's file."""
-        if self._fh is not None and self._tmp is not None:
+        if self._fh is not None and self._file is not None:
             self._fh.close()
-            self._tmp.unlink(missing_ok=True)
-        self._fh = self._tmp = None
+            self._file.discard()
+        self._fh = self._file = None
 
 
 def _write_lines(fh: IO[bytes], lines: pa.Array) -> None:
@@ -294,10 +292,3 @@ def _write_lines(fh: IO[bytes], lines: pa.Array) -> None:
     lines = lines.cast(pa.large_string())
     offsets = np.frombuffer(lines.buffers()[1], dtype=np.int64)[lines.offset: lines.offset + len(lines) + 1]
     fh.write(memoryview(lines.buffers()[2])[offsets[0]: offsets[-1]])
-
-
-@contextmanager
-def _atomic_open(target: Path) -> Iterator[IO[bytes]]:
-    """A file that appears at `target` (replacing it) only once it is completely written."""
-    with atomic_path(target) as tmp, tmp.open("wb") as fh:
-        yield fh

@@ -1,0 +1,85 @@
+-- staged_events: validate source event fields from any landing format; the one place the event rules live.
+-- Every input row comes out exactly once: reason is null for an accepted row, otherwise it names why the row
+-- is quarantined. event_key = md5_number of the normalised fields (user, item, type, value, and the timestamp
+-- as hex epoch microseconds, joined by chr(31)), so the same event read twice (in any format) has the same key;
+-- the lake's event_id is its 32 hex digits (interactions.sql).
+-- grain: one row per source row (file_no, line_no).
+-- reads: event_fields(file_no, line_no, dt, raw, text, parse_error, user_id, item_id, event_type, value_raw,
+--        ts_raw), a view over event_fields_<format>.
+-- parameters: $ts_format ('iso' | 'epoch_s' | 'epoch_ms'), $ts_min (earliest accepted timestamptz; the latest
+--             is the end of the file's data date + 1 day), $allowed_event_types (varchar[]),
+--             $default_event_type (used when the source has no event type; '' = none), $max_field_chars,
+--             $max_raw_chars (bound on the raw text kept for quarantine).
+with source as (
+    select * from event_fields
+),
+
+parsed as (
+    select
+        file_no,
+        line_no,
+        dt,
+        raw,
+        text,
+        parse_error,
+        trim(user_id) as user_id,
+        trim(item_id) as item_id,
+        lower(trim(coalesce(event_type, nullif($default_event_type, '')))) as event_type,
+        nullif(value_raw, '') as value_raw,  -- casts below ignore surrounding spaces
+        nullif(ts_raw, '') as ts_raw
+    from source
+),
+
+typed as (
+    select
+        *,
+        try_cast(value_raw as double) as value,
+        case $ts_format
+            when 'iso' then try_cast(ts_raw as timestamptz)
+            when 'epoch_s' then try(to_timestamp(try_cast(ts_raw as double)))
+            when 'epoch_ms' then try(to_timestamp(try_cast(ts_raw as double) / 1000.0))
+        end as event_ts
+    from parsed
+),
+
+validated as (
+    select
+        *,
+        case
+            when parse_error is not null then parse_error
+            when user_id is null or user_id = '' then 'missing_user_id'
+            when item_id is null or item_id = '' then 'missing_item_id'
+            when length(user_id) > $max_field_chars or length(item_id) > $max_field_chars then 'field_too_long'
+            when ts_raw is null then 'missing_timestamp'
+            when event_ts is null then 'unparsable_timestamp'
+            -- the window ends with the day after the data date; compared in epoch microseconds (cheap)
+            when event_ts < $ts_min or epoch_us(event_ts) >= (cast(dt - date '1970-01-01' as bigint) + 2) * 86400000000
+                then 'timestamp_out_of_window'
+            when event_type is null or not list_contains($allowed_event_types, event_type)
+                then 'unknown_event_type'
+            when value_raw is not null and (value is null or isnan(value) or isinf(value)) then 'non_numeric_value'
+        end as reason
+    from typed
+),
+
+final as (
+    select
+        cast(file_no as integer) as file_no,
+        cast(line_no as bigint) as line_no,
+        cast(dt as date) as dt,
+        cast(reason as varchar) as reason,
+        cast(case when reason is not null then left(
+            coalesce(replace(replace(text, chr(10), ''), chr(13), ''), cast(raw as varchar)), $max_raw_chars
+        ) end as varchar) as raw_text,
+        cast(case when reason is null then md5_number(concat_ws(chr(31),
+            user_id, item_id, event_type, coalesce(cast(value as varchar), ''), hex(epoch_us(event_ts))
+        )) end as uhugeint) as event_key,
+        cast(case when reason is null then user_id end as varchar) as user_id,
+        cast(case when reason is null then item_id end as varchar) as item_id,
+        cast(case when reason is null then event_type end as varchar) as event_type,
+        cast(case when reason is null then value end as double) as value,
+        cast(case when reason is null then event_ts end as timestamptz) as event_ts
+    from validated
+)
+
+select * from final

@@ -1,0 +1,75 @@
+-- staged_items: validate catalog fields from any landing format; the one place the item rules live.
+-- Every input row comes out exactly once: reason is null for an accepted row, otherwise why it is quarantined.
+-- Attribute lists are flattened, '|'-separated strings split, elements trimmed, empty ones dropped.
+-- grain: one row per source row (file_no, line_no).
+-- reads: item_fields(file_no, line_no, dt, raw, text, parse_error, item_id, title, description, brand,
+--        genres, categories, tags, updated_raw), a view over item_fields_<format>.
+-- parameters: $max_field_chars (bound on item_id), $max_raw_chars (bound on the raw text kept for quarantine).
+with source as (
+    select * from item_fields
+),
+
+normalised as (
+    select
+        file_no,
+        line_no,
+        dt,
+        raw,
+        text,
+        parse_error,
+        trim(item_id) as item_id,
+        trim(coalesce(title, '')) as title,
+        trim(coalesce(description, '')) as description,
+        trim(coalesce(brand, '')) as brand,
+        list_filter(
+            list_transform(flatten(list_transform(coalesce(genres, []), lambda g: string_split(g, '|'))),
+                           lambda g: trim(g)),
+            lambda g: g <> ''
+        ) as genres,
+        list_filter(
+            list_transform(flatten(list_transform(coalesce(categories, []), lambda g: string_split(g, '|'))),
+                           lambda g: trim(g)),
+            lambda g: g <> ''
+        ) as categories,
+        list_filter(
+            list_transform(flatten(list_transform(coalesce(tags, []), lambda g: string_split(g, '|'))),
+                           lambda g: trim(g)),
+            lambda g: g <> ''
+        ) as tags,
+        try_cast(updated_raw as timestamptz) as updated_at
+    from source
+),
+
+validated as (
+    select
+        *,
+        case
+            when parse_error is not null then parse_error
+            when item_id is null or item_id = '' then 'missing_item_id'
+            when length(item_id) > $max_field_chars then 'field_too_long'
+            when title = '' and description = '' then 'missing_text'
+        end as reason
+    from normalised
+),
+
+final as (
+    select
+        cast(file_no as integer) as file_no,
+        cast(line_no as bigint) as line_no,
+        cast(dt as date) as dt,
+        cast(reason as varchar) as reason,
+        cast(case when reason is not null then left(
+            coalesce(replace(replace(text, chr(10), ''), chr(13), ''), cast(raw as varchar)), $max_raw_chars
+        ) end as varchar) as raw_text,
+        cast(item_id as varchar) as item_id,
+        cast(title as varchar) as title,
+        cast(description as varchar) as description,
+        cast(brand as varchar) as brand,
+        cast(coalesce(genres, []) as varchar[]) as genres,
+        cast(coalesce(categories, []) as varchar[]) as categories,
+        cast(coalesce(tags, []) as varchar[]) as tags,
+        cast(updated_at as timestamptz) as updated_at
+    from validated
+)
+
+select * from final
