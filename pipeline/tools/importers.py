@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.atomic import PendingFile, atomic_open
+from pipeline.catalog import landing_path
 from pipeline.sql import relation
 
 log = logging.getLogger(__name__)
@@ -217,7 +218,7 @@ def _write_landing(con: duckdb.DuckDBPyConnection, landing: Path) -> dict[str, i
         raise ImportFormatError(f"{missing} events have no user, item or readable timestamp")
     days = events = 0
     first_day: dt.date | None = None
-    writer = _DailyWriter(landing / "events")
+    writer = _DailyWriter(landing)
     try:
         for batch in relation(con, "importers/landing_events").to_arrow_reader(200_000):
             events += batch.num_rows
@@ -229,7 +230,7 @@ def _write_landing(con: duckdb.DuckDBPyConnection, landing: Path) -> dict[str, i
     writer.close()
     if first_day is None:
         raise ImportFormatError("the dataset has no events")
-    catalog = landing / "items" / f"{first_day.isoformat()}.jsonl"
+    catalog = landing_path(landing, "items", first_day)
     items = 0
     with atomic_open(catalog) as fh:
         for batch in relation(con, "importers/landing_items").to_arrow_reader(200_000):
@@ -239,11 +240,11 @@ def _write_landing(con: duckdb.DuckDBPyConnection, landing: Path) -> dict[str, i
 
 
 class _DailyWriter:
-    """Writes (day, line) batches ordered by day into folder/YYYY-MM-DD.jsonl, one open file at a time; each
+    """Writes (day, line) batches ordered by day into the landing events/YYYY-MM-DD.jsonl, one open file at a time; each
     file appears (replacing an older one) only once complete."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
+    def __init__(self, landing: Path) -> None:
+        self.landing = landing
         self.day: dt.date | None = None
         self._file: PendingFile | None = None
         self._fh: IO[bytes] | None = None
@@ -267,7 +268,7 @@ class _DailyWriter:
     def _start(self, day: dt.date) -> None:
         self.close()
         self.day = day
-        self._file = PendingFile(self.folder / f"{day.isoformat()}.jsonl")
+        self._file = PendingFile(landing_path(self.landing, "events", day))
         self._fh = self._file.tmp.open("wb")
 
     def close(self) -> None:
