@@ -87,9 +87,11 @@ def print_summary(settings: Settings, data_date: dt.date) -> None:
     out.append(f"rows read {ev.get('rows_read', 0)}: ingested {ev.get('accepted', 0)}, quarantined "
                f"{ev.get('quarantined', 0)}, deduplicated {ev.get('duplicates', 0)}")
     if metrics:
-        m, p = metrics["model"], metrics["most_popular"]
-        out.append(f"model NDCG@10 {m['ndcg@10']:.4f} HR@10 {m['hr@10']:.4f}  |  most-popular NDCG@10 "
-                   f"{p['ndcg@10']:.4f} HR@10 {p['hr@10']:.4f}  (x{m['ndcg@10'] / max(p['ndcg@10'], 1e-9):.2f})")
+        m = metrics["model"]
+        best = max((name for name in metrics if name != "model"), key=lambda name: metrics[name]["ndcg@10"])
+        b = metrics[best]
+        out.append(f"model NDCG@10 {m['ndcg@10']:.4f} HR@10 {m['hr@10']:.4f}  |  best baseline ({best}) NDCG@10 "
+                   f"{b['ndcg@10']:.4f} HR@10 {b['hr@10']:.4f}  (x{m['ndcg@10'] / max(b['ndcg@10'], 1e-9):.2f})")
     if reg:
         out.append(f"MLflow: {settings.serving.model_name} version {reg.get('version')} -> "
                    f"{'champion' if reg.get('promoted') else 'challenger (not promoted)'}: {reg.get('reason')}")

@@ -12,10 +12,12 @@ Learnable structure:
   decaying 0.8x per volume.
 - Users: 1-3 latent topics with Dirichlet weights; each day a user's mix shifts with prob. 1.5%
   (one topic replaced). Heterogeneous daily activity; ~20% of users join after day 1.
-- Sequences: the next item depends on the previous one: next volume of the same series
-  (p=0.5 within a session), another item of the same topic (0.25), an item from one of the
-  user's topics (0.15) or a globally popular item (0.1, noise). A day's session resumes from the
-  user's last item. Items the user already consumed are avoided (resampled).
+- Sequences: each user has up to 3 open series (the last series read, most recent first). Within a
+  session the next item continues one of them, chosen uniformly (p=0.55: the next volume of a series
+  read earlier, not necessarily the last one, so a first-order chain over the last item cannot tell
+  which), another item of the previous item's topic (0.2), an item from one of the user's topics
+  (0.15) or a globally popular item (0.1, noise). A day's first event often returns to an open series
+  after the gap (0.4). Items the user already consumed are avoided (resampled).
 - ~15% of items are released after day 1 (mostly later volumes of existing series, some whole
   new series) over a fixed 60-day horizon; they get interactions from the day after release.
 - Noise: ~1% of sessions arrive late (timestamps on D-1, in D's file), malformed lines of
@@ -36,6 +38,7 @@ import pathlib
 import numpy as np
 
 from pipeline.catalog import landing_path
+from pipeline.tools.demo_noise import inject_noise
 from pipeline.tools.demo_vocab import BRAND_SUFFIXES, FILLER, SYLLABLES, TITLE_STYLES, TOPIC_VOCAB
 
 logger = logging.getLogger(__name__)
@@ -47,12 +50,11 @@ DRIFT_RATE = 0.015  # per user and day
 LATE_SESSION_RATE = 0.01
 UPDATE_RATE = 0.005 / 7  # per released item and day
 MAX_SESSION = 60
-MODES_IN_SESSION = (0.50, 0.25, 0.15, 0.10)  # next volume, same topic, user topic, popular
-MODES_AT_START = (0.30, 0.10, 0.45, 0.15)
+MODES_IN_SESSION = (0.55, 0.20, 0.15, 0.10)  # continue an open series, same topic, user topic, popular
+MODES_AT_START = (0.40, 0.05, 0.40, 0.15)
+THREADS = 3  # series a user has open at once: the next volume may continue any of them, not only the last
 EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating")
 EVENT_PROBS = (0.58, 0.26, 0.07, 0.04, 0.05)
-MALFORMED_KINDS = ("not_a_date", "impossible_date", "missing_user", "missing_item", "truncated",
-                   "future", "ancient", "unknown_type", "bad_value")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,6 +220,30 @@ class _State:
     last_ts: np.ndarray
     seen: np.ndarray  # (n_users, n_items) bool
     user_topics: np.ndarray
+    threads: np.ndarray  # (n_users, THREADS) last item of each open series, most recent first, -1 = none
+
+
+def _thread_next(rng: np.random.Generator, st: _State, uni: _Universe, smp: _Sampler,
+                 users: np.ndarray) -> np.ndarray:
+    """The next volume of one of the user's open series (uniformly among those still to read), -1 if none.
+
+    Interleaved series are what a first-order chain cannot capture: after volume 2 of A and volume 5 of B,
+    volume 3 of A is as likely as volume 6 of B, and only the history says A is open."""
+    open_ = st.threads[users]  # (U, T)
+    nxt = np.where(open_ >= 0, uni.next_item[open_.clip(min=0)], -1)
+    ok = (nxt >= 0) & smp.avail[nxt.clip(min=0)] & ~st.seen[users[:, None], nxt.clip(min=0)]
+    pick = np.argmax(np.where(ok, rng.random(ok.shape), -1.0), axis=1)
+    return np.where(ok.any(axis=1), nxt[np.arange(len(users)), pick], -1)
+
+
+def _update_threads(st: _State, uni: _Universe, users: np.ndarray, items: np.ndarray) -> None:
+    """Move the thread an item continues to the front (or open a new one, closing the oldest)."""
+    open_ = st.threads[users]
+    continues = (open_ >= 0) & (uni.next_item[open_.clip(min=0)] == items[:, None])
+    keep = (open_ >= 0) & ~continues
+    order = np.argsort(~keep, axis=1, kind="stable")  # kept threads first, in their order
+    rest = np.where(np.take_along_axis(keep, order, axis=1), np.take_along_axis(open_, order, axis=1), -1)
+    st.threads[users] = np.concatenate([items[:, None], rest], axis=1)[:, :THREADS]
 
 
 def _draw_user_topic(rng: np.random.Generator, st: _State, uni: _Universe, users: np.ndarray) -> np.ndarray:
@@ -231,8 +257,8 @@ def _next_items(rng: np.random.Generator, st: _State, uni: _Universe, smp: _Samp
     prev = st.last_item[users]
     mode = np.searchsorted(np.cumsum(MODES_AT_START if start else MODES_IN_SESSION),
                            rng.random(len(users)), side="right")
-    nxt = np.where(prev >= 0, uni.next_item[prev], -1)
-    nxt_ok = (nxt >= 0) & smp.avail[nxt]
+    nxt = _thread_next(rng, st, uni, smp, users)
+    nxt_ok = nxt >= 0
     user_t = _draw_user_topic(rng, st, uni, users)
     prev_t = np.where(prev >= 0, uni.item_topic[prev], user_t)
     cand = np.select([(mode == 0) & nxt_ok, mode <= 1, mode == 2],
@@ -249,6 +275,7 @@ def _next_items(rng: np.random.Generator, st: _State, uni: _Universe, smp: _Samp
             cand[bad] = smp.popular(rng, len(bad))
     st.seen[users, cand] = True
     st.last_item[users] = cand
+    _update_threads(st, uni, users, cand)
     return cand
 
 
@@ -307,43 +334,6 @@ def _event_lines(rng: np.random.Generator, uni: _Universe, users: np.ndarray, it
                                      strict=True)]
 
 
-def _corrupt(rng: np.random.Generator, line: str, kind: str) -> str:
-    if kind == "truncated":
-        return line[: int(rng.integers(5, len(line) - 1))]
-    rec = json.loads(line)
-    if kind in ("missing_user", "missing_item"):
-        key = "user_id" if kind == "missing_user" else "item_id"
-        if rng.random() < 0.5:
-            del rec[key]
-        else:
-            rec[key] = ""
-    elif kind in ("future", "ancient"):
-        year = int(rng.integers(2090, 2200) if kind == "future" else rng.integers(1970, 1995))
-        rec["timestamp"] = f"{year}{rec['timestamp'][4:]}"
-    else:
-        field, bad = {"not_a_date": ("timestamp", "not-a-date"),
-                      "impossible_date": ("timestamp", "2026-13-45T99:00:00Z"),
-                      "unknown_type": ("event_type", "hover"), "bad_value": ("value", "abc")}[kind]
-        rec[field] = bad
-    return json.dumps(rec)
-
-
-def _inject_noise(rng: np.random.Generator, lines: list[str], cfg: DemoConfig) -> tuple[list[str], int, int]:
-    n = len(lines)
-    if n < 2:
-        return lines, 0, 0
-    extras: list[list[str]] = [[] for _ in range(n)]
-    n_dup, n_bad = int(rng.binomial(n, cfg.duplicate_rate)), int(rng.binomial(n, cfg.malformed_rate))
-    for src, off in zip(rng.integers(0, n, n_dup).tolist(), rng.integers(0, 4, n_dup).tolist(), strict=True):
-        extras[min(src + off, n - 1)].append(lines[src])
-    srcs, positions = rng.integers(0, n, n_bad).tolist(), rng.integers(0, n, n_bad).tolist()
-    kinds = rng.integers(0, len(MALFORMED_KINDS), n_bad).tolist()
-    for src, pos, k in zip(srcs, positions, kinds, strict=True):
-        extras[pos].append(_corrupt(rng, lines[src], MALFORMED_KINDS[k]))
-    out = [x for line, extra in zip(lines, extras, strict=True) for x in (line, *extra)]
-    return out, n_dup, n_bad
-
-
 def _catalog_lines(rng: np.random.Generator, uni: _Universe, day: int, date: datetime.date) -> list[str]:
     stamp = f"{date.isoformat()}T00:00:00Z"
     lines = [json.dumps({**uni.records[i], "updated_at": stamp})
@@ -371,7 +361,8 @@ def generate(landing_dir: pathlib.Path, config: DemoConfig) -> dict[str, int]:
     uni = _build_universe(config)
     rng = np.random.default_rng([config.seed, 2])
     st = _State(np.full(config.n_users, -1), np.full(config.n_users, -(2**40)),
-                np.zeros((config.n_users, config.n_items), dtype=bool), uni.user_topics.copy())
+                np.zeros((config.n_users, config.n_items), dtype=bool), uni.user_topics.copy(),
+                np.full((config.n_users, THREADS), -1))
     user_ids = [f"u{u:0{max(5, len(str(config.n_users)))}d}" for u in range(config.n_users)]
     epoch_day = (config.start_date - datetime.date(1970, 1, 1)).days
     counts = {"days": config.days, "events": 0, "malformed": 0, "duplicates": 0, "items": 0}
@@ -379,7 +370,7 @@ def generate(landing_dir: pathlib.Path, config: DemoConfig) -> dict[str, int]:
         date = config.start_date + datetime.timedelta(days=day)
         users, items, ts = _day_events(rng, st, uni, config, day, (epoch_day + day) * 86400)
         lines = _event_lines(rng, uni, users, items, ts, user_ids)
-        noisy, n_dup, n_bad = _inject_noise(rng, lines, config)
+        noisy, n_dup, n_bad = inject_noise(rng, lines, config.malformed_rate, config.duplicate_rate)
         _write(landing_path(landing_dir, "events", date), noisy)
         catalog = _catalog_lines(rng, uni, day, date)
         if catalog:
