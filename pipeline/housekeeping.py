@@ -85,11 +85,11 @@ def compact_embedding_cache(folder: Path, max_parts: int) -> dict[str, int]:
     if len(parts) <= max_parts:
         return {"cache_parts_before": len(parts), "cache_parts_after": len(parts)}
     with duckdb.connect() as con:
-        table = con.execute(
+        table = con.sql(
             """select * from read_parquet($parts)
                qualify row_number() over (partition by encoder, text_sha256 order by created_at desc) = 1
                order by encoder, text_sha256""",
-            {"parts": [str(p) for p in parts]},
+            params={"parts": [str(p) for p in parts]},
         ).to_arrow_table()
     with atomic_path(folder / f"part-{uuid.uuid4().hex}.parquet") as tmp:
         pq.write_table(table, tmp, compression="zstd")

@@ -260,9 +260,9 @@ def metric_dict(values: dict[str, Any]) -> dict[str, float]:
 
 
 def log_report(settings: Settings, run_id: str, report: Path) -> None:
-    """Attach the nightly report (and its JSON twin, when present) to the training run, under report/."""
+    """Attach the nightly report (and its JSON and HTML twins, when present) to the training run, under report/."""
     client = _client(settings)
-    for path in (report, report.with_suffix(".json")):
+    for path in (report, report.with_suffix(".json"), report.with_suffix(".html")):
         if path.is_file():
             client.log_artifact(run_id, str(path), artifact_path="report")
 
