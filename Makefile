@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 BIN := $(VENV)/bin
 
-.PHONY: setup run test lint bench bench-ingest bench-embed bench-score bench-quality airflow clean
+.PHONY: setup browser run test lint bench bench-ingest bench-embed bench-score bench-quality airflow clean
 
 setup: $(VENV)/.installed
 
@@ -23,7 +23,13 @@ run: setup
 	$(BIN)/nightly-recs demo-data --if-empty
 	$(BIN)/nightly-recs dag-run --date next
 
-test: setup
+# Headless Chromium for the HTML report's browser test (Debian, as root); optional: the test skips without it.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || \
+		echo "chromium not installed: the headless-browser report test will be skipped"
+
+test: setup browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: setup

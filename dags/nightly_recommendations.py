@@ -121,18 +121,22 @@ def nightly_recommendations() -> None:
         from pipeline.stages import stage_train
 
         day, params = skip_unless_retrain(*_night())
-        return stage_train(SETTINGS, day, params["max_epochs"])
+        return stage_train(SETTINGS, day, params["max_epochs"], get_current_context()["run_id"])
 
     @task(outlets=[ASSETS["model"]])
     def register(candidate: dict) -> dict:
-        """Log the challenger to MLflow and run the champion/challenger gate."""
-        from pipeline.dag_support import audit_force_promote
+        """Log the challenger to MLflow (continuing the training's run) and run the champion/challenger gate;
+        the model asset event says which version, whether it was promoted and why."""
+        from pipeline.dag_support import attach_asset_extra, audit_force_promote, model_summary
         from pipeline.stages import stage_register
 
         context = get_current_context()
-        return stage_register(SETTINGS, data_date_from_context(context), candidate["candidate_dir"],
-                              audit_force_promote(context), context["run_id"],
-                              getattr(context["dag_run"], "triggering_user_name", None) or "")
+        result = stage_register(SETTINGS, data_date_from_context(context), candidate["candidate_dir"],
+                                audit_force_promote(context), context["run_id"],
+                                getattr(context["dag_run"], "triggering_user_name", None) or "",
+                                train_run_id=candidate.get("run_id", ""))
+        attach_asset_extra(context, ASSETS["model"], model_summary(result))
+        return result
 
     @task(trigger_rule="all_done")
     def select_model() -> dict:
@@ -165,6 +169,13 @@ def nightly_recommendations() -> None:
                                   publish_summary(result, chosen, day))
 
     @task
+    def housekeeping() -> dict:
+        """Remove staged tables and old rejected candidates; compact the embedding cache."""
+        from pipeline.stages import stage_housekeeping
+
+        return stage_housekeeping(SETTINGS, _night()[0])
+
+    @task
     def report() -> dict:
         """The nightly report (Markdown + JSON), attached to tonight's MLflow run."""
         from pipeline.stages import stage_report
@@ -179,7 +190,7 @@ def nightly_recommendations() -> None:
     [register(candidate), embedded] >> chosen
     staged = recommend(chosen)
     embedded >> staged
-    publish(staged, chosen) >> report()
+    publish(staged, chosen) >> housekeeping() >> report()
 
 
 nightly_recommendations()

@@ -18,7 +18,7 @@ Layout under the state home (defaults; landing, lake, warehouse and MLflow can e
     lake/recommendations/dt=D/part-0.parquet     the published table's partition
     models/dt=D/<candidate>/               a night's candidate models (bundle, metrics, curves)
     staging/dt=D/                          scored tables waiting for validation
-    reports/<D>.md, <D>.json               the nightly report
+    reports/<D>.md, <D>.json, <D>.html     the nightly report (Markdown, JSON, HTML with plots)
     warehouse.duckdb                       published tables and ledgers
     mlflow/mlflow.db, mlflow/artifacts/    tracking and registry
     airflow/                               the local Airflow home
@@ -40,6 +40,17 @@ NIGHT_EMBEDDINGS = "item_embeddings"
 
 def _dt(data_date: dt.date) -> str:
     return f"dt={data_date.isoformat()}"
+
+
+def partition_date(folder: Path) -> dt.date | None:
+    """The date of a date-keyed folder (`dt=YYYY-MM-DD`), None for any other name."""
+    prefix, _, day = folder.name.partition("=")
+    if prefix != "dt":
+        return None
+    try:
+        return dt.date.fromisoformat(day)
+    except ValueError:
+        return None
 
 
 def landing_path(landing: Path, kind: str, data_date: dt.date, suffix: str = ".jsonl") -> Path:
@@ -119,15 +130,25 @@ class Catalog:
         return self.paths.lake_dir / "item_embeddings"
 
     # --- models, staging, reports ---
+    @property
+    def candidates_root(self) -> Path:
+        """Every night's candidate folders, one `dt=D` folder per date."""
+        return self.paths.home / "models"
+
     def candidates_dir(self, data_date: dt.date) -> Path:
-        return self.paths.home / "models" / _dt(data_date)
+        return self.candidates_root / _dt(data_date)
 
     def new_candidate(self, data_date: dt.date) -> Path:
         """A fresh folder for one training of the night (retries never overwrite each other)."""
         return self.candidates_dir(data_date) / uuid.uuid4().hex[:12]
 
+    @property
+    def staging_root(self) -> Path:
+        """Every night's staged tables, one `dt=D` folder per date."""
+        return self.paths.home / "staging"
+
     def staging_dir(self, data_date: dt.date) -> Path:
-        return self.paths.home / "staging" / _dt(data_date)
+        return self.staging_root / _dt(data_date)
 
     def new_staged_recommendations(self, data_date: dt.date) -> Path:
         return self.staging_dir(data_date) / f"recommendations-{uuid.uuid4().hex}.parquet"
@@ -137,7 +158,7 @@ class Catalog:
         return self.paths.home / "reports"
 
     def report(self, data_date: dt.date, suffix: str) -> Path:
-        """The nightly report: suffix '.md' or '.json'."""
+        """The nightly report: suffix '.md', '.json' or '.html'."""
         return self.reports_dir / f"{data_date.isoformat()}{suffix}"
 
     def consumer_summary_dir(self) -> Path:

@@ -203,6 +203,16 @@ class AirflowSettings(_Section):
     task_timeout_minutes: int = Field(120, ge=1)  # execution_timeout of every task
 
 
+class OperationsSettings(_Section):
+    """What an operator sees (MLflow system metrics, the HTML report's trends) and what a night cleans up."""
+
+    system_metrics_interval_s: float = Field(10.0, gt=0, le=3600, allow_inf_nan=False)  # MLflow system metrics
+    report_trend_nights: int = Field(30, ge=2, le=366)  # nights the HTML report's trend plots span
+    staging_keep_days: int = Field(0, ge=0, le=366)  # staged tables of dates older than the night by more go
+    candidate_keep_days: int = Field(7, ge=0, le=3660)  # rejected or unregistered candidate folders: days kept
+    embedding_cache_max_parts: int = Field(8, ge=1, le=100_000)  # compact the embedding cache above this
+
+
 SECTIONS: dict[str, type[_Section]] = {
     "paths": PathSettings,
     "ingest": IngestSettings,
@@ -210,6 +220,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "training": TrainingSettings,
     "serving": ServingSettings,
     "airflow": AirflowSettings,
+    "operations": OperationsSettings,
 }
 # Flat setting name -> its section (names are unique across sections).
 SECTION_OF: dict[str, str] = {name: section for section, cls in SECTIONS.items() for name in cls.model_fields}
@@ -222,6 +233,7 @@ class Settings(_Section):
     training: TrainingSettings = TrainingSettings()
     serving: ServingSettings = ServingSettings()
     airflow: AirflowSettings = AirflowSettings()
+    operations: OperationsSettings = OperationsSettings()
 
     @property
     def home(self) -> Path:

@@ -102,6 +102,14 @@ def audit_force_promote(context: Any) -> bool:
     return forced
 
 
+def model_summary(registered: dict[str, Any]) -> dict[str, Any]:
+    """What the model asset event tells consumers: the version registered tonight, whether the gate promoted it
+    to champion (the event fires either way: a new version exists) and the gate's reason."""
+    return {"model_version": registered.get("version"), "promoted": bool(registered.get("promoted")),
+            "forced": bool(registered.get("forced")), "reason": str(registered.get("reason") or "")[:1000],
+            "previous_champion": registered.get("previous_champion"), "run_id": registered.get("run_id")}
+
+
 def publish_summary(published: dict[str, Any], chosen: dict[str, Any], data_date: dt.date) -> dict[str, Any]:
     """What the recommendations asset event tells consumers: the date, where its rows are, which model."""
     scalars = {k: v for k, v in published.items() if isinstance(v, str | int | float | bool)}

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_TOKENS = 8192      # padded tokens per forward pass; ~30 MB of activations per layer for MiniLM
 MAX_SEQ_LENGTH_CAP = 512         # used when the model folder states no max_seq_length
+PROGRESS_LOG_TEXTS = 20_000      # catalogs at least this large log their progress (every tenth) at INFO
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _HASH_CHUNK = 1 << 20
 
@@ -222,11 +223,19 @@ class TextEncoder:
         lengths = np.fromiter((len(ids) for ids in token_ids), dtype=np.int64, count=len(token_ids))
         pad_id = self.tokenizer.pad_token_id or 0
         bar = tqdm(total=len(texts), desc="embed", unit="text", disable=not progress)
+        # the task log has no progress bar: large catalogs say how far they are every tenth of the texts
+        step = len(texts) // 10 if len(texts) >= PROGRESS_LOG_TEXTS else 0
+        done, next_log, started = 0, step, time.perf_counter()
         with torch.inference_mode(), bar:
             for idx in plan_batches(lengths, self.batch_tokens, batch_size):
                 input_ids, mask = _pad([token_ids[i] for i in idx], pad_id)
                 out[idx] = self._forward(torch.from_numpy(input_ids), torch.from_numpy(mask))
                 bar.update(len(idx))
+                done += len(idx)
+                if step and done >= next_log:
+                    log.info("embedded %d/%d texts (%.0f%%) in %.1f s", done, len(texts), 100 * done / len(texts),
+                             time.perf_counter() - started)
+                    next_log += step
         return out
 
     def _forward(self, input_ids: Any, attention_mask: Any) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The only module that talks to MLflow: tracking runs, the model registry and the champion gate.
+"""MLflow: tracking runs, the model registry and the champion gate (pipeline.tracking opens the live run).
 
 Tracking: one experiment (`nightly-recs`) whose artifact location is set explicitly under the state
 folder; each training is one run with the full config as params, per-epoch and final metrics, and artifacts
@@ -6,9 +6,9 @@ folder; each training is one run with the full config as params, per-epoch and f
 
 The model is logged as an MLflow pyfunc whose artifact is a ModelBundle folder (state_dict + config + item
 ids), deliberately, rather than with the PyTorch flavour: the bundle reloads as our own SeqRecModel with
-bit-identical weights (so scores are equal to the last bit), needs no torch.export tracing or input example,
-and keeps the scoring code (masking, chunking) in one place. The pyfunc is "models from code" (a three-line
-script stored with the model, no pickled object), so
+bit-identical weights (so scores are equal to the last bit), needs no torch.export tracing, and keeps the
+scoring code (masking, chunking) in one place. The pyfunc is "models from code" (a three-line script stored
+with the model, no pickled object) and ships the `pipeline` package as its code, so
 `mlflow.pyfunc.load_model("models:/<name>@champion").predict([[item_id, ...], ...])` also works outside the
 pipeline.
 
@@ -44,6 +44,7 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 BUNDLE_ARTIFACT = "bundle"
 GATE_METRIC = "ndcg@10"
+MODEL_REQUIREMENTS = ("mlflow", "torch", "numpy", "pyarrow", "pydantic")  # what the pyfunc's imports need
 PYFUNC_SCRIPT = (
     "import mlflow\n"
     "from pipeline.registry import BundlePyfunc\n"
@@ -180,21 +181,26 @@ def log_training(
     artifacts: dict[str, Path],
     tags: dict[str, str],
     evaluation: dict[str, dict[str, float]] | None = None,
+    run_id: str | None = None,
 ) -> tuple[str, str]:
     """One MLflow run for one training: params, per-epoch and final metrics, artifacts, the model.
 
     `evaluation` ({model or baseline: {metric: value}}) is logged as a table. Registers the model as a new
-    version of settings.serving.model_name with alias `challenger`; returns (run_id, version).
+    version of settings.serving.model_name with alias `challenger`; returns (run_id, version). With `run_id`
+    (the run pipeline.tracking opened for the training), that run is continued: its per-epoch metrics are
+    already there and params it has are kept.
     """
     client = _client(settings)
     exp_id = experiment_id(settings)
-    with mlflow.start_run(experiment_id=exp_id, run_name=tags.get("data_date")) as run:
+    with mlflow.start_run(run_id=run_id, experiment_id=exp_id, run_name=None if run_id else tags.get("data_date")
+                          ) as run:
         mlflow.set_tags(tags)
-        mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
-        for epoch in history:
+        logged = client.get_run(run.info.run_id).data.params if run_id else {}
+        mlflow.log_params({k: str(v)[:6000] for k, v in params.items() if k not in logged})
+        for epoch in [] if run_id else history:
             step = int(epoch.get("epoch", 0))
-            mlflow.log_metrics(_metric_dict({k: v for k, v in epoch.items() if k != "epoch"}), step=step)
-        mlflow.log_metrics(_metric_dict(metrics))
+            mlflow.log_metrics(metric_dict({k: v for k, v in epoch.items() if k != "epoch"}), step=step)
+        mlflow.log_metrics(metric_dict(metrics))
         for path in artifacts.values():
             mlflow.log_artifact(str(path))
         for name in ("config.json", "item_ids.json"):  # browsable in the UI without opening the model
@@ -212,6 +218,11 @@ def log_training(
 
 
 def _log_model(settings: Settings, bundle_dir: Path) -> Any:
+    """The pyfunc ships the `pipeline` package itself (code_paths; nightly-recs is not a published package)
+    and pins the libraries it imports, so an environment rebuilt from the model's requirements loads it."""
+    from importlib.metadata import version
+
+    example = [json.loads((bundle_dir / "item_ids.json").read_text())[:3]]
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "bundle_pyfunc.py"
         script.write_text(PYFUNC_SCRIPT)
@@ -220,7 +231,9 @@ def _log_model(settings: Settings, bundle_dir: Path) -> Any:
             python_model=str(script),
             artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
             model_config={"top_k": settings.serving.top_n},
-            pip_requirements=["nightly-recs", "torch", "numpy", "mlflow"],
+            code_paths=[str(Path(__file__).resolve().parent)],
+            pip_requirements=[f"{p}=={version(p).split('+')[0]}" for p in MODEL_REQUIREMENTS],  # 2.x+cpu -> 2.x
+            input_example=example,
         )
 
 
@@ -240,16 +253,16 @@ def _log_evaluation(evaluation: dict[str, dict[str, float]]) -> None:
         mlflow.log_artifact(str(path))
 
 
-def _metric_dict(values: dict[str, Any]) -> dict[str, float]:
+def metric_dict(values: dict[str, Any]) -> dict[str, float]:
     """Numeric entries with MLflow-safe names ("ndcg@10" -> "ndcg_at_10")."""
     return {k.replace("@", "_at_"): float(v) for k, v in values.items()
             if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
 def log_report(settings: Settings, run_id: str, report: Path) -> None:
-    """Attach the nightly report (and its JSON twin, when present) to the training run, under report/."""
+    """Attach the nightly report (and its JSON and HTML twins, when present) to the training run, under report/."""
     client = _client(settings)
-    for path in (report, report.with_suffix(".json")):
+    for path in (report, report.with_suffix(".json"), report.with_suffix(".html")):
         if path.is_file():
             client.log_artifact(run_id, str(path), artifact_path="report")
 

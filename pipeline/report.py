@@ -1,7 +1,8 @@
 """The nightly report: what came in, what was trained, what the gate decided, what was published.
 
-Markdown for people and JSON for machines, both under <home>/reports/<date>.*; nightly.stage_report attaches
-them to the night's MLflow run. Everything comes from the stages' ledger results for the date, the candidate
+Markdown and HTML (with plots and trends, pipeline.report_html) for people and JSON for machines, all under
+<home>/reports/<date>.*; stages.stage_report attaches them to the night's MLflow run.
+Everything comes from the stages' ledger results for the date, the candidate
 folder (metrics.json, gate.json) and the published slice of the warehouse table.
 """
 
@@ -18,34 +19,13 @@ import pyarrow as pa
 
 from pipeline.catalog import Catalog
 from pipeline.config import Settings
+from pipeline.report_html import plot_history, render_html
 
 log = logging.getLogger(__name__)
 
+__all__ = ["METRICS", "plot_history", "render_markdown", "write_report"]
+
 METRICS = ("ndcg@10", "hr@10", "ndcg@20", "hr@20", "mrr", "coverage@10")
-
-
-def plot_history(history: list[dict[str, float]], path: Path) -> Path | None:
-    """Training loss and validation NDCG@10 per epoch, as a PNG."""
-    if not history:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h.get("epoch", i + 1) for i, h in enumerate(history)]
-    fig, ax1 = plt.subplots(figsize=(7, 4))
-    ax1.plot(epochs, [h.get("loss", float("nan")) for h in history], color="tab:blue", label="train loss")
-    ax1.set_xlabel("epoch")
-    ax1.set_ylabel("train loss", color="tab:blue")
-    ax2 = ax1.twinx()
-    ax2.plot(epochs, [h.get("valid_ndcg@10", float("nan")) for h in history], color="tab:orange",
-             label="valid NDCG@10")
-    ax2.set_ylabel("valid NDCG@10", color="tab:orange")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
 
 
 def _sample_recommendations(con: duckdb.DuckDBPyConnection, data_date: dt.date, catalog: Path | None,
@@ -134,15 +114,19 @@ def write_report(settings: Settings, data_date: dt.date, results: dict[str, Any]
     payload = {**results, "metrics": metrics, "gate": gate, **published}
     md_path = catalog.report(data_date, ".md")
     json_path = catalog.report(data_date, ".json")
+    html_path = catalog.report(data_date, ".html")
     md_path.write_text(render_markdown(data_date, payload), encoding="utf-8")
     json_path.write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
-    log.info("report written to %s", md_path)
-    return {"markdown": str(md_path), "json": str(json_path)}
+    html = render_html(settings, data_date, json.loads(json.dumps(payload, default=str)),
+                       _comparison(metrics, gate), METRICS)
+    html_path.write_text(html, encoding="utf-8")
+    log.info("report written to %s and %s", md_path, html_path.as_uri())
+    return {"markdown": str(md_path), "json": str(json_path), "html": str(html_path)}
 
 
 def render_markdown(data_date: dt.date, r: dict[str, Any]) -> str:
     """The report as Markdown, from the payload that is also written as JSON."""
-    sections = [_header, _data, _metrics, _gate, _published_section, _samples]
+    sections = [_header, _data, _metrics, _gate, _published_section, _samples, _housekeeping]
     lines = [f"# nightly-recs report for {data_date.isoformat()}", ""]
     for section in sections:
         lines += section(r)
@@ -226,3 +210,10 @@ def _samples(r: dict[str, Any]) -> list[str]:
     lines += [f"| {s['user_id']} | {s['rank']} | {s['item_id']} | {s['title']} | {s['score']:.3f} |"
               for s in samples]
     return lines + [""]
+
+
+def _housekeeping(r: dict[str, Any]) -> list[str]:
+    counts = r.get("housekeeping") or {}
+    if not counts or counts.get("status") == "failed":
+        return []
+    return ["## Housekeeping", "", ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in sorted(counts.items())), ""]

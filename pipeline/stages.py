@@ -72,32 +72,41 @@ def stage_embed(settings: Settings, data_date: dt.date) -> dict[str, Any]:
 
 
 @_ledger("train")
-def stage_train(settings: Settings, data_date: dt.date, max_epochs: int | None = None) -> dict[str, Any]:
-    """Train a candidate on the night's leave-one-out split; evaluate it and the baselines on the test items."""
-    from pipeline.recsys.candidate import model_config_for, train_candidate
+def stage_train(settings: Settings, data_date: dt.date, max_epochs: int | None = None, dag_run_id: str = ""
+                ) -> dict[str, Any]:
+    """Train a candidate on the night's leave-one-out split; evaluate it and the baselines on the test items.
+    The MLflow run opens first and sees every epoch as it ends (pipeline.tracking); its id is returned."""
+    from pipeline import tracking
+    from pipeline.recsys.candidate import effective_train_config, model_config_for, train_candidate
     from pipeline.recsys.data import load_night
     from pipeline.recsys.train import TrainConfig
 
     catalog = Catalog.of(settings)
-    night = load_night(catalog, data_date)
-    init_state, warm_from = _warm_start_state(settings, night.item_ids)
-    training = settings.training
-    epochs = max_epochs or (min(training.max_epochs, training.warm_start_epochs) if init_state
-                            else training.max_epochs)
-    candidate = train_candidate(night, model_config_for(night, settings.model),
-                                TrainConfig.from_settings(settings, max_epochs=epochs), init_state)
-    out = catalog.new_candidate(data_date)
-    bundle_dir = candidate.save(out)
+    with tracking.training_run(settings, data_date, tracking.lineage_tags(catalog, data_date, dag_run_id)) as run:
+        night = load_night(catalog, data_date)
+        init_state, warm_from = _warm_start_state(settings, night.item_ids)
+        run.set_tags({"warm_start_from": warm_from or "none"})
+        training = settings.training
+        epochs = max_epochs or (min(training.max_epochs, training.warm_start_epochs) if init_state
+                                else training.max_epochs)
+        model_config = model_config_for(night, settings.model)
+        train_config = TrainConfig.from_settings(settings, max_epochs=epochs)
+        run.log_configs(model_config, effective_train_config(train_config, bool(init_state)), data_date)
+        candidate = train_candidate(night, model_config, train_config, init_state, on_epoch=run.on_epoch)
+        out = catalog.new_candidate(data_date)
+        bundle_dir = candidate.save(out)
     metrics, train_metrics = candidate.metrics, candidate.train_info["train_metrics"]
     return {
         "candidate_dir": str(out),
         "bundle_dir": str(bundle_dir),
+        "run_id": run.run_id,
         "ndcg@10": metrics["model"]["ndcg@10"],
         "hr@10": metrics["model"]["hr@10"],
         "popular_ndcg@10": metrics["most_popular"]["ndcg@10"],
         "epochs": train_metrics.get("epochs"),
         "warm_start_from": warm_from,
         "seconds_per_epoch": train_metrics.get("seconds_per_epoch"),
+        "train_seconds": train_metrics.get("train_seconds"),
     }
 
 
@@ -121,11 +130,12 @@ def _warm_start_state(settings: Settings, item_ids: list[str]) -> tuple[dict[str
 @_ledger("register")
 def stage_register(
     settings: Settings, data_date: dt.date, candidate_dir: str, force_promote: bool = False, dag_run_id: str = "",
-    operator: str = "",
+    operator: str = "", train_run_id: str = "",
 ) -> dict[str, Any]:
     """Log the candidate to MLflow as a new version (`challenger`), re-evaluate the champion on the same split,
-    and promote the challenger to `champion` only if it wins (or an operator forces it, recorded as such)."""
-    from pipeline import registry
+    and promote the challenger to `champion` only if it wins (or an operator forces it, recorded as such).
+    Continues the training's MLflow run when `train_run_id` names it."""
+    from pipeline import registry, tracking
     from pipeline.recsys.bundle import ModelBundle
     from pipeline.recsys.data import load_night
     from pipeline.recsys.evaluate import evaluate_bundle
@@ -138,12 +148,13 @@ def stage_register(
     tags = {"data_date": data_date.isoformat(), "dag_run_id": dag_run_id}
     run_id, version = registry.log_training(settings, folder / "bundle", registry.run_params(train_info, data_date),
                                             registry.run_metrics(metrics, train_info), train_info["history"],
-                                            artifacts, tags, evaluation=metrics)
+                                            artifacts, tags, evaluation=metrics, run_id=train_run_id or None)
     night = load_night(Catalog.of(settings), data_date)
     gate = registry.run_gate(
         settings, version, ModelBundle.load(folder / "bundle"), lambda bundle: evaluate_bundle(bundle, night),
         metrics["most_popular"]["ndcg@10"], force=force_promote, operator=operator or dag_run_id or "cli",
     )
+    tracking.log_gate(settings, run_id, gate)
     record = {**gate.to_dict(), "champion_version": gate.previous_champion}
     (folder / "gate.json").write_text(json.dumps(record, indent=2))
     return {"run_id": run_id, "version": version, "promoted": gate.promoted, "reason": gate.reason,
@@ -203,6 +214,14 @@ def stage_publish(
                              settings.serving.model_name, model_version)
 
 
+@_ledger("housekeeping")
+def stage_housekeeping(settings: Settings, data_date: dt.date) -> dict[str, Any]:
+    """After publishing: remove staged tables and old rejected candidates, compact the embedding cache."""
+    from pipeline.housekeeping import run_housekeeping
+
+    return run_housekeeping(settings.operations, Catalog.of(settings), data_date)
+
+
 @_ledger("report")
 def stage_report(settings: Settings, data_date: dt.date) -> dict[str, Any]:
     """Write the nightly report (Markdown + JSON) from the stages' ledger entries for the date, and attach it
@@ -234,7 +253,7 @@ def run_night(settings: Settings, data_date: dt.date, top_n: int | None = None, 
         try:
             results["train"] = stage_train(settings, data_date, max_epochs)
             results["register"] = stage_register(settings, data_date, results["train"]["candidate_dir"],
-                                                 force_promote)
+                                                 force_promote, train_run_id=results["train"]["run_id"])
         except Exception:  # degraded mode, exactly as the DAG: any training or registration failure
             log.exception("training or registration failed; serving the current champion (degraded)")
     results["select_model"] = stage_select_model(settings, data_date, retrain)
@@ -242,6 +261,7 @@ def run_night(settings: Settings, data_date: dt.date, top_n: int | None = None, 
     results["recommend"] = stage_recommend(settings, data_date, k)
     results["publish"] = stage_publish(settings, data_date, results["recommend"]["staged"], k,
                                        results["recommend"]["model_version"])
+    results["housekeeping"] = stage_housekeeping(settings, data_date)
     results["report"] = stage_report(settings, data_date)
     log.info("night %s done in %.1f s", data_date, time.perf_counter() - t0)
     return results

@@ -45,7 +45,7 @@ def test_night_runs_every_stage_and_publishes(night_home: Path, monkeypatch: pyt
     monkeypatch.setenv("NIGHTLY_RECS_HOME", str(night_home))
     statuses = stage_statuses(NIGHT)
     assert statuses == {s: "ok" for s in ("ingest", "features", "embed", "train", "register", "select_model",
-                                          "recommend", "publish", "report")}
+                                          "recommend", "publish", "housekeeping", "report")}
     rows = published(night_home, NIGHT)
     users = {u for u, _, _ in rows}
     assert users and len(rows) == 10 * len(users)

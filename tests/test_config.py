@@ -15,6 +15,7 @@ BAD_ENV = {
     "training": ("NIGHTLY_RECS_WARM_START", "ture", "training.warm_start"),
     "serving": ("NIGHTLY_RECS_GATE_TOLERANCE", "nan", "serving.gate_tolerance"),
     "airflow": ("NIGHTLY_RECS_TASK_RETRIES", "-1", "airflow.task_retries"),
+    "operations": ("NIGHTLY_RECS_EMBEDDING_CACHE_MAX_PARTS", "0", "operations.embedding_cache_max_parts"),
 }
 
 
@@ -22,7 +23,8 @@ def test_defaults_load_into_sections(tmp_path: Path) -> None:
     s = load_settings(env={}, home=tmp_path)
     assert s.paths.lake_dir == tmp_path.resolve() / "lake"
     assert s.serving.top_n == 10 and s.training.max_epochs == 30 and s.model.item_repr == "id+text"
-    assert set(SECTIONS) == {"paths", "ingest", "model", "training", "serving", "airflow"}
+    assert set(SECTIONS) == {"paths", "ingest", "model", "training", "serving", "airflow",
+                             "operations"}
 
 
 @pytest.mark.parametrize("section", sorted(BAD_ENV))

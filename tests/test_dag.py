@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
 import sys
@@ -220,3 +221,17 @@ def test_airflow_services_environment(tmp_path: Path) -> None:
     assert len(env["AIRFLOW__API_AUTH__JWT_SECRET"].encode()) >= 64
     assert airflow_local.jwt_secret(Catalog.of(settings).airflow_home) == env["AIRFLOW__API_AUTH__JWT_SECRET"], "kept"
     assert (Catalog.of(settings).airflow_home / "jwt_secret").stat().st_mode & 0o077 == 0
+
+
+def test_asset_events_say_which_model_and_whether_it_serves() -> None:
+    from pipeline.dag_support import model_summary, publish_summary
+
+    registered = {"version": "7", "promoted": False, "forced": False, "run_id": "abc", "previous_champion": "6",
+                  "reason": "challenger ndcg@10 0.1000 below champion 0.2000 x (1 - 0.01) = 0.1980",
+                  "candidate_dir": "/somewhere"}
+    extra = model_summary(registered)
+    assert extra["model_version"] == "7" and extra["promoted"] is False and "below champion" in extra["reason"]
+    assert "candidate_dir" not in extra
+    published = publish_summary({"rows": 10, "parquet": "/p.parquet"}, {"version": "6", "degraded": True},
+                                dt.date(2026, 11, 23))
+    assert published["model_version"] == "6" and published["degraded"] is True

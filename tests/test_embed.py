@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -193,3 +194,13 @@ def test_unsupported_model_layouts_are_refused(tmp_path: Path) -> None:
         TextEncoder.load(str(tmp_path))
     with pytest.raises(ValueError, match="precision must be one of"):
         TextEncoder.load(precision="int4")
+
+
+def test_large_catalogs_log_their_progress(
+    encoder: TextEncoder, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("pipeline.embed.PROGRESS_LOG_TEXTS", 20)
+    with caplog.at_level(logging.INFO, logger="pipeline.embed"):
+        encoder.encode(varied_texts(40), batch_size=4)
+    progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("embedded ")]
+    assert len(progress) >= 5 and progress[-1].startswith("embedded 40/40 texts (100%)"), progress

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -99,3 +101,16 @@ def test_text_only_model_recommends_cold_items() -> None:
     m = evaluate_model(model, v_in, v_tgt, cold_items=cold)
     assert m["n_cold_targets"] > 0
     assert m["cold_recall@10"] > max(0.2, 5 * m["random_recall@10"])
+
+
+def test_every_epoch_logs_one_info_line_and_reaches_the_callback(caplog: pytest.LogCaptureFixture) -> None:
+    train, v_in, v_tgt, _ = toy_data()
+    seen: list[tuple[int, dict]] = []
+    with caplog.at_level(logging.INFO, logger="pipeline.recsys.train"):
+        _, _, history = train_model(small_config(), TrainConfig(max_epochs=3, patience=3, seed=1), train, v_in,
+                                    v_tgt, on_epoch=lambda epoch, record: seen.append((epoch, dict(record))))
+    lines = [r.getMessage() for r in caplog.records if " epoch " in r.getMessage()]
+    assert len(lines) == len(history) == 3
+    assert all("loss" in line and "valid ndcg@10" in line and " s, lr " in line for line in lines), lines
+    assert [epoch for epoch, _ in seen] == [1, 2, 3]
+    assert all({"loss", "valid_ndcg@10", "seconds", "lr"} <= set(record) for _, record in seen)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,15 +51,23 @@ def model_config_for(night: NightData, cfg: ModelSettings) -> ModelConfig:
                        text_dim=text_dim)
 
 
+def effective_train_config(train_config: TrainConfig, warm_start: bool) -> TrainConfig:
+    """The config a candidate really trains with: a converged (warm) start stops soon after the validation
+    metric stops improving."""
+    return dataclasses.replace(train_config, patience=min(train_config.patience, 3)) if warm_start else train_config
+
+
 def train_candidate(
-    night: NightData, model_config: ModelConfig, train_config: TrainConfig, init_state: dict[str, Any] | None
+    night: NightData, model_config: ModelConfig, train_config: TrainConfig, init_state: dict[str, Any] | None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> Candidate:
-    """Train on the night's leave-one-out training part, evaluate model and baselines on its test items."""
-    if init_state:  # a converged start: stop soon after the validation metric stops improving
-        train_config = dataclasses.replace(train_config, patience=min(train_config.patience, 3))
+    """Train on the night's leave-one-out training part, evaluate model and baselines on its test items;
+    `on_epoch(epoch, record)` sees each epoch as it ends (live tracking)."""
+    train_config = effective_train_config(train_config, bool(init_state))
     train_seqs = night.train_sequences()
     model, train_metrics, history = train_model(model_config, train_config, train_seqs, night.loo_train,
-                                                night.loo_valid, text_emb=night.text_emb, init_state=init_state)
+                                                night.loo_valid, text_emb=night.text_emb, on_epoch=on_epoch,
+                                                init_state=init_state)
     test_inputs = night.test_inputs()
     metrics = {"model": evaluate_model(model, test_inputs, night.loo_test)}
     metrics.update(evaluate_baselines(train_seqs, test_inputs, night.loo_test, night.n_items))

@@ -231,7 +231,8 @@ def train_model(
         t0 = time.perf_counter()
         loss = _run_epoch(model, opt, inputs, targets, _batches(lengths, cfg.batch_size, rng), cfg, lr_factors,
                           device, use_bf16)
-        record: dict[str, float] = {"epoch": epoch, "loss": loss, "seconds": time.perf_counter() - t0}
+        record: dict[str, float] = {"epoch": epoch, "loss": loss, "seconds": time.perf_counter() - t0,
+                                    "lr": opt.param_groups[0]["lr"]}
         if len(v_targets) and (epoch % cfg.eval_every == 0 or epoch == cfg.max_epochs):
             valid = evaluate_model(model, v_inputs, v_targets, ks=(10,))
             record.update({"valid_ndcg@10": valid["ndcg@10"], "valid_hr@10": valid["hr@10"]})
@@ -239,8 +240,8 @@ def train_model(
         history.append(record)
         valid_ndcg = record.get("valid_ndcg@10", float("nan"))
         bar.set_postfix(loss=f"{loss:.4f}", ndcg=f"{valid_ndcg:.4f}")
-        log.info("%s epoch %d/%d: loss %.4f, valid ndcg@10 %.4f, %.1f s", model_config.item_repr, epoch,
-                 cfg.max_epochs, loss, valid_ndcg, record["seconds"])
+        log.info("%s epoch %d/%d: loss %.4f, valid ndcg@10 %.4f, %.1f s, lr %.2e", model_config.item_repr, epoch,
+                 cfg.max_epochs, loss, valid_ndcg, record["seconds"], record["lr"])
         if on_epoch is not None:
             on_epoch(epoch, record)
         if _should_stop(cfg, best, epoch, start):

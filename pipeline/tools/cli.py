@@ -23,7 +23,8 @@ from pipeline.config import Settings, load_settings
 
 log = logging.getLogger("nightly-recs")
 
-STAGE_COMMANDS = ("ingest", "features", "embed", "train", "register", "select", "recommend", "publish", "report")
+STAGE_COMMANDS = ("ingest", "features", "embed", "train", "register", "select", "recommend", "publish",
+                  "housekeeping", "report")
 
 
 def _parse_date(value: str) -> dt.date:
@@ -51,15 +52,16 @@ def run_stage(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     day: dt.date = args.date
     simple: dict[str, Callable[[Settings, dt.date], dict[str, Any]]] = {
         "ingest": stages.stage_ingest, "features": stages.stage_features, "embed": stages.stage_embed,
-        "report": stages.stage_report,
+        "housekeeping": stages.stage_housekeeping, "report": stages.stage_report,
     }
     if args.command in simple:
         return simple[args.command](settings, day)
     if args.command == "train":
         return stages.stage_train(settings, day, args.max_epochs)
     if args.command == "register":
-        candidate = args.candidate or _earlier(settings, day, "train", "train")["candidate_dir"]
-        return stages.stage_register(settings, day, str(candidate), args.force_promote, operator="cli")
+        train = {} if args.candidate else _earlier(settings, day, "train", "train")
+        return stages.stage_register(settings, day, str(args.candidate or train["candidate_dir"]), args.force_promote,
+                                     operator="cli", train_run_id=train.get("run_id", ""))
     if args.command == "select":
         return stages.stage_select_model(settings, day, not args.no_retrain)
     if args.command == "recommend":
@@ -119,7 +121,8 @@ def _add_stage_commands(sub: Any) -> None:
         "select": "which model serves tonight (degraded if tonight's training failed)",
         "recommend": "score every active user with the champion; stage the table",
         "publish": "validate the staged table and publish it atomically",
-        "report": "write the nightly report (Markdown + JSON)",
+        "housekeeping": "remove staged tables and old rejected candidates; compact the embedding cache",
+        "report": "write the nightly report (Markdown, JSON and HTML)",
     }
     for name in STAGE_COMMANDS:
         p = sub.add_parser(name, help=helps[name])

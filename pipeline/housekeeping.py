@@ -1,0 +1,109 @@
+"""What a night cleans up once it has published: staged tables, rejected candidates, the embedding cache.
+
+- Staged tables (`staging/dt=D/`) only wait for validation; once D is published they are dead weight. Dates
+  more than `operations.staging_keep_days` before the night are removed (0: the night's own, too).
+- Candidate folders (`models/dt=D/<id>/`) of trainings the gate rejected, or that were never registered (the
+  training or registration failed after saving), are removed once older than `candidate_keep_days`.
+  Promoted candidates stay: they are the champions' local evidence (the registry holds the models).
+- The embedding cache gets one Parquet part per night with new texts; above `embedding_cache_max_parts`
+  parts it is rewritten as one part (one row per encoder and text hash, the newest), written before the old
+  parts are removed, so a reader never misses a vector.
+
+Every removal is logged; the counts go into the night's report.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+from pipeline.atomic import atomic_path
+from pipeline.catalog import Catalog, partition_date
+from pipeline.config import OperationsSettings
+
+log = logging.getLogger(__name__)
+
+
+def _dated_folders(root: Path, before_or_on: dt.date) -> list[Path]:
+    """`dt=D` folders under root with D on or before the date, oldest first."""
+    if not root.is_dir():
+        return []
+    found = [(d, f) for f in root.iterdir() if f.is_dir() and (d := partition_date(f)) is not None
+             and d <= before_or_on]
+    return [f for _, f in sorted(found)]
+
+
+def clean_staging(catalog: Catalog, data_date: dt.date, keep_days: int) -> dict[str, int]:
+    """Remove staged tables of dates at least keep_days before data_date; returns files and bytes removed."""
+    files = size = 0
+    for folder in _dated_folders(catalog.staging_root, data_date - dt.timedelta(days=keep_days)):
+        parts = [p for p in folder.rglob("*") if p.is_file()]
+        files += len(parts)
+        size += sum(p.stat().st_size for p in parts)
+        shutil.rmtree(folder)
+        log.info("housekeeping: removed staged tables %s (%d files)", folder, len(parts))
+    return {"staging_files_removed": files, "staging_bytes_removed": size}
+
+
+def _rejected(candidate: Path) -> bool:
+    """A candidate the gate did not promote, or one that never reached the gate."""
+    gate = candidate / "gate.json"
+    if not gate.is_file():
+        return True
+    return not json.loads(gate.read_text()).get("promoted", False)
+
+
+def clean_candidates(catalog: Catalog, data_date: dt.date, keep_days: int) -> dict[str, int]:
+    """Remove rejected or unregistered candidate folders of dates more than keep_days before data_date."""
+    removed = kept = 0
+    cutoff = data_date - dt.timedelta(days=keep_days + 1)
+    for folder in _dated_folders(catalog.candidates_root, cutoff):
+        for candidate in sorted(p for p in folder.iterdir() if p.is_dir()):
+            if _rejected(candidate):
+                shutil.rmtree(candidate)
+                removed += 1
+                log.info("housekeeping: removed rejected candidate %s", candidate)
+            else:
+                kept += 1
+        if not any(folder.iterdir()):
+            folder.rmdir()
+    return {"candidates_removed": removed, "promoted_candidates_kept": kept}
+
+
+def compact_embedding_cache(folder: Path, max_parts: int) -> dict[str, int]:
+    """Rewrite the cache as one part when it has more than max_parts parts (newest row per encoder and text
+    hash); returns the parts before and after."""
+    import duckdb
+    import pyarrow.parquet as pq
+
+    parts = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
+    if len(parts) <= max_parts:
+        return {"cache_parts_before": len(parts), "cache_parts_after": len(parts)}
+    with duckdb.connect() as con:
+        table = con.sql(
+            """select * from read_parquet($parts)
+               qualify row_number() over (partition by encoder, text_sha256 order by created_at desc) = 1
+               order by encoder, text_sha256""",
+            params={"parts": [str(p) for p in parts]},
+        ).to_arrow_table()
+    with atomic_path(folder / f"part-{uuid.uuid4().hex}.parquet") as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+    for part in parts:
+        part.unlink()
+    log.info("housekeeping: compacted the embedding cache %s from %d parts into one", folder, len(parts))
+    return {"cache_parts_before": len(parts), "cache_parts_after": 1}
+
+
+def run_housekeeping(ops: OperationsSettings, catalog: Catalog, data_date: dt.date) -> dict[str, Any]:
+    """All of the night's cleaning, after it published; returns the counts for the ledger and the report."""
+    counts: dict[str, Any] = {}
+    counts.update(clean_staging(catalog, data_date, ops.staging_keep_days))
+    counts.update(clean_candidates(catalog, data_date, ops.candidate_keep_days))
+    counts.update(compact_embedding_cache(catalog.embedding_cache, ops.embedding_cache_max_parts))
+    log.info("housekeeping for %s: %s", data_date, counts)
+    return counts
