@@ -23,7 +23,8 @@ shared by all.
 """
 
 from pipeline.ingest.discovery import landing_files
-from pipeline.ingest.errors import IngestError, IngestFormatError, IngestQualityError
+from pipeline.ingest.errors import IngestError, IngestFormatError, IngestQualityError, IngestVolumeError
 from pipeline.ingest.run import ingest, ingest_night
 
-__all__ = ["IngestError", "IngestFormatError", "IngestQualityError", "ingest", "ingest_night", "landing_files"]
+__all__ = ["IngestError", "IngestFormatError", "IngestQualityError", "IngestVolumeError", "ingest", "ingest_night",
+           "landing_files"]
