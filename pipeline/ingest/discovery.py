@@ -64,7 +64,10 @@ def landing_files(folder: Path) -> dict[dt.date, list[Path]]:
 def ignored_because(path: Path) -> str | None:
     """Why the naming rule excludes a landing file, or None for a file to read."""
     name = path.name
-    mode = path.lstat().st_mode
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return "removed while the folder was listed"
     suffixes = [s.lower() for s in path.suffixes]
     if stat.S_ISLNK(mode):
         return "a symbolic link (links are never followed)"
