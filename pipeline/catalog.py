@@ -11,7 +11,7 @@ Layout under the state home (defaults; landing, lake, warehouse and MLflow can e
     lake/interactions/dt=D/part-0.parquet  accepted events of D
     lake/items/dt=D/part-0.parquet         item versions received on D
     lake/quarantine/dt=D/<kind>.parquet    rejected rows of D with their reason
-    lake/_tmp/<id>/                        an ingest batch's scratch space (DuckDB spills), removed after it
+    lake/_tmp/<host>-<pid>-<id>/           an ingest batch's scratch space (DuckDB spills), removed after it
     lake/features/dt=D/<mart>.parquet      the night's marts (sql/marts/)
     lake/features/dt=D/item_embeddings.parquet   the night's catalog embeddings, one row per item
     lake/item_embeddings/                  the embedding cache, keyed by (encoder, text hash)
@@ -27,6 +27,9 @@ Layout under the state home (defaults; landing, lake, warehouse and MLflow can e
 from __future__ import annotations
 
 import datetime as dt
+import glob
+import os
+import socket
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,15 +107,28 @@ class Catalog:
         return self.partition(table, data_date) / name
 
     def partition_glob(self, table: str) -> str:
-        """Every data file of a lake table (temporary files never match)."""
-        return str(self.lake_table(table) / "dt=*" / "*.parquet")
+        """Every data file of a lake table (temporary files never match), as a glob pattern for DuckDB or Python:
+        glob characters of the location itself (a home such as ``runs[1]``) are escaped."""
+        return glob.escape(str(self.lake_table(table))) + "/dt=*/*.parquet"
+
+    def partition_temp_files(self, table: str) -> list[Path]:
+        """Temporary files beside the partitions of a lake table (`pipeline.atomic` names them `.<name>.<id>.tmp`);
+        one left behind was written by a killed process."""
+        folder = self.lake_table(table)
+        return sorted(folder.glob("dt=*/.*.tmp")) if folder.is_dir() else []
 
     def quarantine_file(self, kind: str, data_date: dt.date) -> Path:
         return self.partition_file("quarantine", data_date, f"{kind}.parquet")
 
+    @property
+    def scratch_root(self) -> Path:
+        """Where jobs' scratch folders live (see new_scratch_dir)."""
+        return self.paths.lake_dir / "_tmp"
+
     def new_scratch_dir(self) -> Path:
-        """A fresh folder for one job's temporary files (DuckDB spills); the job removes it."""
-        return self.paths.lake_dir / "_tmp" / uuid.uuid4().hex
+        """A fresh folder for one job's temporary files (DuckDB spills), named `<host>-<pid>-<id>` so a later job
+        can tell one left by a killed process; the job removes it."""
+        return self.scratch_root / f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex}"
 
     # --- features and embeddings ---
     def features_dir(self, data_date: dt.date) -> Path:

@@ -62,6 +62,11 @@ class TimestampFormat(StrEnum):
     EPOCH_MS = "epoch_ms"
 
 
+class VolumeCheck(StrEnum):
+    FAIL = "fail"
+    WARN = "warn"
+
+
 class ItemRepr(StrEnum):
     ID = "id"
     TEXT = "text"
@@ -106,7 +111,16 @@ class IngestSettings(_Section):
     max_field_chars: int = Field(512, ge=1)      # longer ids/event types are quarantined
     max_raw_chars: int = Field(2000, ge=1)       # quarantine keeps at most this much of a bad line
     max_line_bytes: int = Field(1 << 20, ge=1024)  # longer lines are quarantined unread (bounds memory)
-    quarantine_threshold: Fraction = 0.05        # fail the night above this quarantined fraction
+    quarantine_threshold: Fraction = 0.05        # fail the night above this quarantined fraction of event rows
+    item_quarantine_threshold: Fraction = 0.05   # ... or above this quarantined fraction of a catalog drop's rows
+    timestamp_days_before: int = Field(366, ge=0, le=36_500)  # earliest event: start of the data date - N days
+    timestamp_days_after: int = Field(1, ge=0, le=366)  # latest event: end of the data date + N days
+    events_min_volume_ratio: Fraction = 0.2      # fail below ratio x the trailing median of accepted events (0 = off)
+    items_min_volume_ratio: Fraction = 0.0       # the same for catalog drops (0 = off: drops are often partial)
+    volume_baseline_days: int = Field(7, ge=1, le=90)  # dates before the data date the median is taken over
+    volume_check: VolumeCheck = VolumeCheck.FAIL  # fail | warn: what a volume or freshness drop does
+    retract_removed_landing: bool = False        # a date whose landing files all vanished: drop its partition
+    stale_temp_minutes: int = Field(360, ge=1)   # temp files beside lake partitions older than this are removed
     ingest_threads: int = Field(0, ge=0)         # DuckDB threads for ingest (0 = all cores)
     ingest_memory_mb: int = Field(1024, ge=64)   # DuckDB memory limit for ingest; spills to disk beyond
 

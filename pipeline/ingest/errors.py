@@ -13,3 +13,8 @@ class IngestFormatError(IngestError):
 
 class IngestQualityError(IngestError):
     """Too many rows of a night were quarantined; nothing for that date is published downstream."""
+
+
+class IngestVolumeError(IngestError):
+    """The data date's accepted rows fell below the configured fraction of the trailing median of the ledger
+    (or no rows were accepted at all): the source probably broke. The date is published; the night stops."""

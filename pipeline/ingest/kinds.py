@@ -66,7 +66,8 @@ ITEMS = Kind("items", "items", tuple(DEFAULT_ITEM_COLUMNS), ("item_id",), ("genr
 
 @dataclass(frozen=True)
 class SourceFile:
-    file_no: int   # position in the batch (the order of files of a date = name order)
+    file_no: int   # position in the batch (the order of files of a date = discovery.read_order)
     path: Path
     day: dt.date   # data date, from the file name
     fmt: str       # jsonl | csv | parquet
+    gzip: bool = False  # a .gz file (JSONL or CSV), decompressed while read

@@ -1,12 +1,14 @@
 """Reading landing files as Arrow batches: raw text lines (JSONL, CSV) and the mapped columns of Parquet.
 
-Text files are streamed in blocks and split into lines with numpy (zero-copy Arrow slices), so memory stays
+Text files are streamed in blocks and split into records with numpy (zero-copy Arrow slices), so memory stays
 bounded and there is no Python object per line; the SQL of sql/ingest/ parses the lines.
 """
 
 from __future__ import annotations
 
 import csv
+import io
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -16,6 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.ingest.discovery import open_landing
+from pipeline.ingest.errors import IngestFormatError
 from pipeline.ingest.kinds import Kind, SourceFile
 
 READ_BLOCK_BYTES = 16 * 1024 * 1024
@@ -25,19 +29,26 @@ RAW_LINES_SCHEMA = pa.schema([("file_no", pa.int32()), ("line_no", pa.int64()), 
 
 
 def iter_raw_lines(path: Path, block_bytes: int = READ_BLOCK_BYTES, max_line_bytes: int = 1 << 20,
-                   on_block: Callable[[bytes], Any] | None = None) -> Iterator[pa.RecordBatch]:
-    """Stream a text file as Arrow batches (line_no, raw) without one Python object per line.
+                   on_block: Callable[[bytes], Any] | None = None, quoted: bool = False) -> Iterator[pa.RecordBatch]:
+    """Stream a text file's records as Arrow batches (line_no, raw) without one Python object per record.
 
-    Lines end at \\n, \\r\\n or a lone \\r; blank lines are not rows; line_no is the 1-based physical line.
-    `raw` is a zero-copy slice of the block read: the line followed by its terminator (and any blank lines
-    after it). A line longer than max_line_bytes is cut to its first max_line_bytes + 1 bytes and the rest is
-    skipped, so memory stays bounded and the row can be quarantined as too long. on_block sees every block
-    read (e.g. a checksum).
+    A record ends at \\n only (a \\r right before it is part of the terminator); a lone \\r, U+2028 or U+0085
+    inside a line does not end it. With `quoted` (CSV, RFC 4180) a \\n inside a double-quoted field does not end
+    it either: a record ends at a \\n preceded by an even number of '"' since the record began, so a quoted field
+    may span lines. Blank records (nothing or a lone \\r before the \\n) are not rows. line_no is the 1-based
+    physical line the record starts on. `raw` is a zero-copy slice of the block read: the record followed by
+    its terminator (and any blank lines after it). A record longer than max_line_bytes is cut to its first
+    max_line_bytes + 1 bytes and the rest is skipped up to its terminator, so memory stays bounded and the row
+    can be quarantined as too long. on_block sees every block read (e.g. a checksum); .gz files are
+    decompressed, and a symbolic link is never opened (discovery.open_landing).
     """
-    splitter = _LineSplitter(max_line_bytes)
-    with path.open("rb") as fh:
-        for block, eof in _blocks(fh, block_bytes, on_block):
-            yield from splitter.feed(block, eof)
+    splitter = _RecordSplitter(max_line_bytes, quoted)
+    with open_landing(path) as fh:
+        try:
+            for block, eof in _blocks(fh, block_bytes, on_block):
+                yield from splitter.feed(block, eof)
+        except (OSError, EOFError, zlib.error) as err:
+            raise IngestFormatError(f"{path}: cannot be read: {err}") from err
 
 
 def _blocks(fh: IO[bytes], block_bytes: int,
@@ -57,59 +68,79 @@ def _blocks(fh: IO[bytes], block_bytes: int,
             return
 
 
-class _LineSplitter:
-    """Splits consecutive blocks of a file into line batches, carrying a line cut by a block boundary."""
+class _RecordSplitter:
+    """Splits consecutive blocks of a file into record batches, carrying a record cut by a block boundary."""
 
-    def __init__(self, max_line_bytes: int) -> None:
+    def __init__(self, max_line_bytes: int, quoted: bool) -> None:
         self.max_line_bytes = max_line_bytes
-        self.line_no = 0
+        self.quoted = quoted
+        self.lines_before = 0   # newlines before the carried data
         self.carry = b""
-        self.skipping = False  # inside an over-long line whose start was already emitted
+        self.skipping = False   # inside an over-long record whose start was already emitted
+        self.open_quote = False  # the skipped part of that record holds an odd number of quotes
 
     def feed(self, block: bytes, eof: bool) -> Iterator[pa.RecordBatch]:
         data = self.carry + block if self.carry else block
         self.carry = b""
         if self.skipping:
-            data, self.skipping = _rest_after_long_line(data)
+            data = self._skip(data)
         if self.skipping or not data:
             return
         buf = np.frombuffer(data, dtype=np.uint8)
-        ends = _line_ends(buf, eof, has_cr=b"\r" in data)
+        newlines = np.flatnonzero(buf == 10)
+        closing = _record_ends(buf, newlines, self.quoted)  # indices into newlines
+        ends = newlines[closing]
+        first_lines = self.lines_before + 1 + np.concatenate(([0], closing + 1))
         if eof and (len(ends) == 0 or ends[-1] != len(buf) - 1):
-            ends = np.append(ends, len(buf))  # the last line has no terminator
+            ends = np.append(ends, len(buf))  # the last record has no terminator
         if len(ends):
-            batch = _lines_batch(data, buf, ends, self.line_no)
-            self.line_no += len(ends)
+            batch = _records_batch(data, buf, ends, first_lines[: len(ends)])
             if batch is not None:
                 yield batch
-            self.carry = data[ends[-1] + 1:] if not eof else b""
+        if eof:
+            return
+        if len(closing):
+            self.lines_before += int(closing[-1]) + 1
+            self.carry = data[int(newlines[closing[-1]]) + 1:]
         else:
             self.carry = data
         if len(self.carry) > self.max_line_bytes:
-            yield pa.record_batch({"line_no": pa.array([self.line_no + 1], pa.int64()),
+            yield pa.record_batch({"line_no": pa.array([self.lines_before + 1], pa.int64()),
                                    "raw": pa.array([self.carry[: self.max_line_bytes + 1]], pa.large_binary())})
-            self.carry, self.skipping = b"", True  # line_no moves on when the skipped line's terminator is read
+            self.open_quote = self.quoted and self.carry.count(b'"') % 2 == 1
+            self.lines_before += self.carry.count(b"\n")
+            self.carry, self.skipping = b"", True
+
+    def _skip(self, data: bytes) -> bytes:
+        """Consume the over-long record up to its terminator; returns the data after it."""
+        buf = np.frombuffer(data, dtype=np.uint8)
+        newlines = np.flatnonzero(buf == 10)
+        closing = _record_ends(buf, newlines, self.quoted, self.open_quote)
+        if not len(closing):
+            self.lines_before += len(newlines)
+            self.open_quote ^= self.quoted and data.count(b'"') % 2 == 1
+            return b""
+        self.lines_before += int(closing[0]) + 1
+        self.skipping = self.open_quote = False
+        return data[int(newlines[closing[0]]) + 1:]
 
 
-def _line_ends(buf: np.ndarray, eof: bool, has_cr: bool) -> np.ndarray:
-    """Positions of line terminators: every \\n, and every \\r not followed by \\n (a \\r that ends a block
-    before the end of the file may be half of a \\r\\n, so it waits for the next block)."""
-    ends = np.flatnonzero(buf == 10)
-    cr = np.flatnonzero(buf == 13) if has_cr else ()
-    if len(cr):
-        nxt = cr + 1
-        lone = np.where(nxt == len(buf), eof, buf[np.minimum(nxt, len(buf) - 1)] != 10)
-        ends = np.union1d(ends, cr[lone])
-    return ends
+def _record_ends(buf: np.ndarray, newlines: np.ndarray, quoted: bool, open_quote: bool = False) -> np.ndarray:
+    """Indices of the newlines that end a record: all of them, or (quoted) those outside a quoted field."""
+    if not quoted:
+        return np.arange(len(newlines))
+    quotes = np.flatnonzero(buf == 34)
+    before = np.searchsorted(quotes, newlines) + int(open_quote)
+    return np.flatnonzero(before % 2 == 0)
 
 
-def _lines_batch(data: bytes, buf: np.ndarray, ends: np.ndarray, line_no: int) -> pa.RecordBatch | None:
+def _records_batch(data: bytes, buf: np.ndarray, ends: np.ndarray, numbers: np.ndarray) -> pa.RecordBatch | None:
     starts = np.empty(len(ends), dtype=np.int64)
     starts[0] = 0
     starts[1:] = ends[:-1] + 1
-    first = buf[np.minimum(starts, len(buf) - 1)]
-    blank = (starts >= len(buf)) | (first == 10) | (first == 13)  # a line starting with a terminator is blank
-    numbers = np.arange(line_no + 1, line_no + 1 + len(starts), dtype=np.int64)
+    length = ends - starts
+    blank = (length == 0) | ((length == 1) & (buf[np.minimum(starts, len(buf) - 1)] == 13))
+    numbers = numbers.astype(np.int64)
     if blank.any():
         keep = ~blank
         starts, ends, numbers = starts[keep], ends[keep], numbers[keep]
@@ -123,22 +154,13 @@ def _lines_batch(data: bytes, buf: np.ndarray, ends: np.ndarray, line_no: int) -
     return pa.record_batch({"line_no": pa.array(numbers), "raw": raw})
 
 
-def _rest_after_long_line(data: bytes) -> tuple[bytes, bool]:
-    """(data from the end of the line being skipped, still skipping)."""
-    buf = np.frombuffer(data, dtype=np.uint8)
-    hits = np.flatnonzero((buf == 10) | (buf == 13))
-    if not len(hits):
-        return b"", True
-    return data[hits[0]:], False  # the terminator reads as a blank line, which advances line_no
-
-
 def csv_header(path: Path, delimiter: str, max_line_bytes: int) -> list[str] | None:
     """The column names of a CSV file (its first non-blank line), or None for a file without lines."""
-    first = next(iter_raw_lines(path, block_bytes=1 << 16, max_line_bytes=max_line_bytes), None)
+    first = next(iter_raw_lines(path, block_bytes=1 << 16, max_line_bytes=max_line_bytes, quoted=True), None)
     if first is None:
         return None
     text = first.column("raw")[0].as_py().rstrip(b"\r\n").decode("utf-8", errors="replace")
-    return [name.strip() for name in next(csv.reader([text], delimiter=delimiter), [])]
+    return [name.strip() for name in next(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter), [])]
 
 
 def text_batches(files: list[SourceFile], max_line_bytes: int, rows_read: dict[int, int],
@@ -150,7 +172,7 @@ def text_batches(files: list[SourceFile], max_line_bytes: int, rows_read: dict[i
     for src in files:
         hasher = hashers.get(src.file_no)
         header_left = src.fmt == "csv"
-        for lines in iter_raw_lines(src.path, max_line_bytes=max_line_bytes,
+        for lines in iter_raw_lines(src.path, max_line_bytes=max_line_bytes, quoted=src.fmt == "csv",
                                     on_block=hasher.update if hasher is not None else None):
             if header_left:
                 lines, header_left = lines.slice(1), False
@@ -183,21 +205,22 @@ def parquet_batches(files: list[SourceFile], kind: Kind, mapping: dict[str, str]
     """The mapped columns of Parquet files as text (lists of text for attributes), tagged with file/row."""
     schema = source_schema(kind)
     for src in files:
-        parquet = pq.ParquetFile(src.path)
-        present = set(parquet.schema_arrow.names)
-        columns = sorted({mapping[f] for f in kind.fields if mapping.get(f) in present})
-        row = 0
-        for batch in parquet.iter_batches(batch_size=COALESCE_ROWS, columns=columns):
-            n = batch.num_rows
-            arrays = [pa.array(np.full(n, src.file_no, np.int32)), pa.array(np.arange(row + 1, row + n + 1))]
-            for name in kind.fields:
-                source = mapping.get(name)
-                column = batch.column(source) if source in present else None
-                ts = ts_format if name == "timestamp" else ""
-                arrays.append(_as_text(column, n, schema.field(name).type, ts))
-            rows_read[src.file_no] += n
-            row += n
-            yield pa.record_batch(arrays, schema=schema)
+        with open_landing(src.path) as fh:
+            parquet = pq.ParquetFile(fh)
+            present = set(parquet.schema_arrow.names)
+            columns = sorted({mapping[f] for f in kind.fields if mapping.get(f) in present})
+            row = 0
+            for batch in parquet.iter_batches(batch_size=COALESCE_ROWS, columns=columns):
+                n = batch.num_rows
+                arrays = [pa.array(np.full(n, src.file_no, np.int32)), pa.array(np.arange(row + 1, row + n + 1))]
+                for name in kind.fields:
+                    source = mapping.get(name)
+                    column = batch.column(source) if source in present else None
+                    ts = ts_format if name == "timestamp" else ""
+                    arrays.append(_as_text(column, n, schema.field(name).type, ts))
+                rows_read[src.file_no] += n
+                row += n
+                yield pa.record_batch(arrays, schema=schema)
 
 
 def _as_text(column: pa.Array | None, n: int, target: pa.DataType, ts_format: str) -> pa.Array:

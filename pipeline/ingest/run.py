@@ -14,9 +14,10 @@ import duckdb
 
 from pipeline import warehouse
 from pipeline.catalog import Catalog
-from pipeline.config import IngestSettings, Settings
-from pipeline.ingest.discovery import DateFiles, file_format, file_sha256, input_batches, landing_files
-from pipeline.ingest.errors import IngestError, IngestQualityError
+from pipeline.config import IngestSettings, Settings, VolumeCheck
+from pipeline.ingest.discovery import DateFiles, file_format, file_sha256, input_batches, is_gzip, landing_files
+from pipeline.ingest.errors import IngestError, IngestQualityError, IngestVolumeError
+from pipeline.ingest.housekeeping import clean_stale_temp, handle_vanished, volume_problem
 from pipeline.ingest.kinds import EVENTS, ITEMS, Kind, SourceFile
 from pipeline.ingest.ledger import FileCounts, ledger_state, record, summarise, unchanged
 from pipeline.ingest.partitions import publish
@@ -43,25 +44,36 @@ def ingest_night(cfg: IngestSettings, catalog: Catalog, data_date: dt.date) -> d
     """Ingest night `data_date`: every date <= data_date whose landing files are new or changed.
 
     Returns the data date's counts per kind and the dates (re)ingested. Unchanged earlier dates are skipped;
-    an unchanged data date is recorded in the ledger as a no-op. Raises IngestQualityError when a date's
-    quarantined fraction is above the threshold (after publishing the other dates), IngestFormatError when a
-    file cannot be read, IngestError when the data date has no event files.
+    an unchanged data date is recorded in the ledger as a no-op. Temporary files left by a killed ingest are
+    removed first; a date whose landing files all vanished is flagged or retracted (housekeeping). Raises
+    IngestQualityError when a date's quarantined fraction is above its kind's threshold (after publishing the
+    other dates), IngestFormatError when a file cannot be read, IngestError when the data date has no event
+    files, IngestVolumeError when the data date's accepted rows fall below the trailing baseline (volume_check
+    = fail; with warn it is logged and listed in the summary's `warnings`).
     """
     ingested_at = dt.datetime.now(dt.UTC)
+    clean_stale_temp(catalog, cfg.stale_temp_minutes)
     event_files = landing_files(catalog.landing_dir("events"))
     if data_date not in event_files:
         raise IngestError(f"no event files for data date {data_date} in {catalog.landing_dir('events')}")
     sources = {ITEMS: landing_files(catalog.landing_dir("items")), EVENTS: event_files}
-    summary: dict[str, Any] = {"data_date": data_date.isoformat(), "ingested_dates": [], "noop_dates": []}
+    summary: dict[str, Any] = {"data_date": data_date.isoformat(), "ingested_dates": [], "noop_dates": [],
+                               "vanished_dates": [], "warnings": []}
     failures: list[str] = []
     with warehouse.connect(catalog.warehouse) as wh:
         night = _Night(cfg, catalog, data_date, wh, ledger_state(wh), ingested_at, summary)
         for kind, by_date in sources.items():
             failures += night.ingest_kind(kind, by_date)
-    if failures:
-        more = len(failures) - MAX_LISTED_FAILURES
-        listed = "; ".join(failures[:MAX_LISTED_FAILURES]) + (f"; and {more} more dates" if more > 0 else "")
-        raise IngestQualityError(listed)
+        if failures:
+            more = len(failures) - MAX_LISTED_FAILURES
+            listed = "; ".join(failures[:MAX_LISTED_FAILURES]) + (f"; and {more} more dates" if more > 0 else "")
+            raise IngestQualityError(listed)
+        problems = [p for kind in sources if (p := volume_problem(wh, cfg, kind, data_date))]
+    if problems and cfg.volume_check == VolumeCheck.FAIL:
+        raise IngestVolumeError("; ".join(problems))
+    for problem in problems:
+        log.warning("ingest %s: %s", data_date, problem)
+    summary["warnings"] += problems
     log.info("ingest %s: %s", data_date, summary.get("events"))
     return summary
 
@@ -82,6 +94,10 @@ class _Night:
         """Ingest the changed dates of one kind, record them in the ledger; returns quality failure messages."""
         checksums: dict[Path, str] = {}
         pending: list[DateFiles] = []
+        gone = {day: counts for (name, day), counts in self.previous.items()
+                if name == kind.name and day <= self.data_date and day not in by_date}
+        self.summary["vanished_dates"] += handle_vanished(self.wh, self.cfg, self.catalog, kind, gone,
+                                                          self.ingested_at)
         for day in sorted(d for d in by_date if d <= self.data_date):
             partition = self.catalog.partition_file(kind.lake_table, day)
             before = self.previous.get((kind.name, day))
@@ -117,11 +133,12 @@ class _Night:
 def _ingest_batch(cfg: IngestSettings, catalog: Catalog, kind: Kind, batch: list[DateFiles],
                   checksums: dict[Path, str], ingested_at: dt.datetime) -> BatchResult:
     """Validate, deduplicate and publish consecutive dates of one kind in one pass over their files.
-    Text files are hashed while they are read; Parquet files (read by column) are hashed beforehand."""
-    files = [SourceFile(i, path, day, file_format(path, kind.default_format(cfg)))
+    Text files are hashed while they are read; Parquet files (read by column) and .gz files (hashed as landed,
+    read decompressed) are hashed beforehand."""
+    files = [SourceFile(i, path, day, file_format(path, kind.default_format(cfg)), is_gzip(path))
              for i, (day, path) in enumerate((day, p) for day, paths in batch for p in paths)]
     for src in files:
-        if src.fmt == "parquet" and src.path not in checksums:
+        if (src.fmt == "parquet" or src.gzip) and src.path not in checksums:
             checksums[src.path] = file_sha256(src.path)
     hashers = {f.file_no: hashlib.sha256() for f in files if f.path not in checksums}
     tmp_dir = catalog.new_scratch_dir()
@@ -133,7 +150,7 @@ def _ingest_batch(cfg: IngestSettings, catalog: Catalog, kind: Kind, batch: list
         relation(con, kind.duplicates_query).create("duplicates")
         known_items(con, catalog, kind)
         counts = file_counts(con, kind, files, rows_read, checksums)
-        failed = over_threshold(kind, counts, cfg.quarantine_threshold, catalog)
+        failed = over_threshold(kind, counts, cfg, catalog)
         publish(con, kind, catalog, counts, failed, ingested_at)
         return BatchResult(counts, failed)
     finally:

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from pipeline.catalog import Catalog
 from pipeline.config import IngestSettings
+from pipeline.ingest.discovery import open_landing
 from pipeline.ingest.errors import IngestError, IngestFormatError
 from pipeline.ingest.kinds import EVENTS, Kind, SourceFile
 from pipeline.ingest.ledger import FileCounts, by_day, top_reasons
@@ -63,6 +64,8 @@ def sql_params(cfg: IngestSettings, kind: Kind) -> dict[str, Any]:
         "max_field_chars": cfg.max_field_chars,
         "ts_format": cfg.timestamp_format,
         "ts_min": TS_MIN,
+        "days_before": cfg.timestamp_days_before,
+        "days_after": cfg.timestamp_days_after,
         "allowed_event_types": list(cfg.allowed_event_types),
         "default_event_type": cfg.default_event_type,
     }
@@ -83,7 +86,8 @@ def _file_layout(src: SourceFile, kind: Kind, cfg: IngestSettings) -> dict[str, 
             layout.update({f"{f}_pos": first.get(mapping[f]) for f in kind.fields if f in mapping})
     elif src.fmt == "parquet":
         try:
-            names = pq.ParquetFile(src.path).schema_arrow.names
+            with open_landing(src.path) as fh:
+                names = pq.ParquetFile(fh).schema_arrow.names
         except (OSError, pa.ArrowException) as err:
             raise IngestFormatError(f"{src.path}: not a readable Parquet file: {err}") from err
     if names is not None:
@@ -143,8 +147,8 @@ def _register_source(con: duckdb.DuckDBPyConnection, kind: Kind, fmt: str, group
 def _field_steps(kind: Kind, fmt: str) -> list[tuple[str, str]]:
     """(query, view) in order: from the registered source to the kind's fields view."""
     decoded = [] if fmt == "parquet" else [("ingest/ingest_lines", "ingest_lines")]
-    records = [("ingest/csv_records", "csv_records")] if fmt == "csv" else []
-    return [*decoded, *records, (kind.fields_query(fmt), kind.fields_view)]
+    parsed = {"csv": [("ingest/csv_records", "csv_records")], "jsonl": [("ingest/json_lines", "json_lines")]}
+    return [*decoded, *parsed.get(fmt, []), (kind.fields_query(fmt), kind.fields_view)]
 
 
 def known_items(con: duckdb.DuckDBPyConnection, catalog: Catalog, kind: Kind) -> None:
@@ -175,19 +179,19 @@ def file_counts(con: duckdb.DuckDBPyConnection, kind: Kind, files: list[SourceFi
     return result
 
 
-def over_threshold(kind: Kind, counts: list[FileCounts], threshold: float,
+def over_threshold(kind: Kind, counts: list[FileCounts], cfg: IngestSettings,
                    catalog: Catalog) -> dict[dt.date, str]:
-    """Dates whose quarantined fraction of event rows is above the threshold, with a message naming the worst
-    file, its top reasons and the date's quarantine file."""
+    """Dates whose quarantined fraction of rows is above the kind's threshold (`quarantine_threshold` for
+    events, `item_quarantine_threshold` for catalog drops), with a message naming the worst file, its top
+    reasons and the date's quarantine file."""
+    threshold = cfg.quarantine_threshold if kind is EVENTS else cfg.item_quarantine_threshold
     failed: dict[dt.date, str] = {}
-    if kind is not EVENTS:
-        return failed
     for day, of_day in by_day(counts).items():
         total, bad = sum(c.rows_read for c in of_day), sum(c.quarantined for c in of_day)
         if total and bad / total > threshold:
             worst = max(of_day, key=lambda c: (c.quarantined / max(c.rows_read, 1), c.quarantined))
             failed[day] = (
-                f"{day}: {bad} of {total} event rows quarantined ({bad / total:.1%}), above the threshold "
+                f"{day}: {bad} of {total} {kind.row} rows quarantined ({bad / total:.1%}), above the threshold "
                 f"{threshold:.1%}; worst file {worst.source_file}: {top_reasons(worst.reasons)}. "
                 f"Nothing for {day} is published; see {catalog.quarantine_file(kind.name, day)}"
             )

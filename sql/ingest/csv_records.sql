@@ -1,14 +1,16 @@
--- csv_records: decoded CSV landing lines (events or items) split into their fields; the one place the CSV
--- dialect lives. A record is one line; '"' quotes a field ("" is a literal quote); quoted fields cannot span
--- lines. event_fields_csv / item_fields_csv pick the mapped fields by their header positions.
--- grain: one row per data line (file_no, line_no); nothing is filtered, unparsable lines get a parse_error.
+-- csv_records: decoded CSV landing records (events or items) split into their fields; the one place the CSV
+-- dialect (RFC 4180) lives. '"' quotes a field ("" is a literal quote); a quoted field may hold the delimiter,
+-- quotes and line breaks, so one record may span several lines (the reader ends a record only at a line feed
+-- outside quotes). event_fields_csv / item_fields_csv pick the mapped fields by their header positions.
+-- grain: one row per data record (file_no, line_no = its first line); nothing is filtered, unparsable records
+-- get a parse_error.
 -- reads: ingest_lines (from ingest_lines.sql); ingest_files (per file: n_columns of its header).
 -- parameters: $delimiter, $record_pattern (a well-quoted record), $field_pattern (one field and its delimiter).
 with lines as (
     select
         l.*,
         f.n_columns,
-        replace(replace(l.text, chr(10), ''), chr(13), '') as record
+        rtrim(l.text, chr(13) || chr(10)) as record  -- the terminator (and blank lines after it)
     from ingest_lines as l
     inner join ingest_files as f on l.file_no = f.file_no
 ),

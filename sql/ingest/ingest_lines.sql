@@ -1,7 +1,8 @@
--- ingest_lines: raw landing lines (JSONL or CSV, events or items) decoded, with the errors found before
--- any format-specific parsing: over-long line, header without a mapped column, invalid UTF-8, NUL byte.
+-- ingest_lines: raw landing records (JSONL lines or CSV records, events or items) decoded, with the errors found
+-- before any format-specific parsing: over-long line, header without a mapped column, invalid UTF-8, NUL byte.
+-- A UTF-8 byte order mark at the start of a record (files concatenated after export) is dropped.
 -- grain: one row per non-blank source line (file_no, line_no); nothing is filtered.
--- reads: raw_lines(file_no, line_no, raw blob; raw keeps the line terminator), streamed by the ingest stage;
+-- reads: raw_lines(file_no, line_no, raw blob; raw keeps the record terminator), streamed by the ingest stage;
 --        ingest_files(file_no, source_file, dt, missing_columns, ...), one row per landing file of the batch.
 -- parameters: $max_line_bytes (longer lines are not parsed).
 with lines as (
@@ -22,7 +23,7 @@ final as (
         cast(line_no as bigint) as line_no,
         cast(dt as date) as dt,
         raw,
-        cast(text as varchar) as text,
+        cast(ltrim(text, chr(65279)) as varchar) as text,
         case
             when octet_length(raw) > $max_line_bytes then 'line_too_long'
             when missing_columns is not null then 'missing_columns'

@@ -1,6 +1,6 @@
 -- staged_items: validate catalog fields from any landing format; the one place the item rules live.
 -- Every input row comes out exactly once: reason is null for an accepted row, otherwise why it is quarantined.
--- Attribute lists are flattened, '|'-separated strings split, elements trimmed, empty ones dropped.
+-- item_id must not hold a control character (C0, DEL, C1). Attribute lists are flattened, '|'-separated strings split, elements trimmed, empty ones dropped.
 -- grain: one row per source row (file_no, line_no).
 -- reads: item_fields(file_no, line_no, dt, raw, text, parse_error, item_id, title, description, brand,
 --        genres, categories, tags, updated_raw), a view over item_fields_<format>.
@@ -47,6 +47,7 @@ validated as (
             when parse_error is not null then parse_error
             when item_id is null or item_id = '' then 'missing_item_id'
             when length(item_id) > $max_field_chars then 'field_too_long'
+            when regexp_matches(item_id, '[\x00-\x1f\x7f\x{80}-\x{9f}]') then 'control_character_in_id'
             when title = '' and description = '' then 'missing_text'
         end as reason
     from normalised
