@@ -73,18 +73,20 @@ def occlusion_reasons(
     users: np.ndarray,
     states: Tensor,
     recommended: Tensor,
+    vectors: Tensor,
     window: int,
     max_tokens: int = 32_768,
 ) -> Tensor:
     """(B, N) model index of the reason of each recommended item (0 = none).
 
     histories: model indices (0 = padding) per user; users: (B,) rows of `histories`; states: (B, D') their
-    user states; recommended: (B, N) model indices of their recommended items (0 = empty slot)."""
+    user states; recommended: (B, N) model indices of their recommended items (0 = empty slot); vectors:
+    (B, N, D') the recommended items' representations (as scored)."""
     assert window >= 1, f"window must be >= 1, got {window}"
     device = states.device
     max_len = model.config.max_len
     padded = left_pad(histories, max_len + 1, users=users).to(device)  # (B, W): one older item in reserve
-    items = model.item_representations().float()[recommended]  # (B, N, D')
+    items = vectors.float()  # (B, N, D')
     base = torch.einsum("bd,bnd->bn", states, items)  # (B, N)
     seqs, valid = _occluded(padded, window)
     occluded = _states(model, seqs[:, -max_len:], max_tokens).view(window, len(users), -1)  # (window, B, D')

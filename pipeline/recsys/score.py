@@ -232,7 +232,8 @@ def _score_with_model(
         reasons = None
         if serving.reason_window:
             reasons = occlusion_reasons(model, histories, block_users, states[start : start + chunk_users],
-                                        model_index[top_columns], serving.reason_window, STATE_BATCH_TOKENS)
+                                        model_index[top_columns], items[top_columns], serving.reason_window,
+                                        STATE_BATCH_TOKENS)
             reasons = reasons.cpu().numpy()  # (B, k) model indices
         parts.append(Picks.from_topk(block_users, top_columns.cpu().numpy(), top_scores.cpu().numpy(), reasons))
     return Picks.concat(parts)
