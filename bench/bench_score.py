@@ -9,7 +9,9 @@ the popularity fallback. For each chunk size the script measures, in one run:
   with a reused output buffer: the physical limit of this step (no transformer, no masking, no output);
 - score_users: the whole production call (id lookups, transformer user states, seen-item masking, top-k,
   popularity fallback, the output Arrow table);
-- score_users*: the same with MALLOC_MMAP_THRESHOLD_=1048576 in the environment (see the footnote printed).
+- score_users*: the same with MALLOC_MMAP_THRESHOLD_=1048576 in the environment (see the footnote printed);
+- +reasons: score_users with the reason of every row (occlusion over the last --reason-window history items),
+  and the extra time it costs as a share of score_users' time.
 
 Peak memory is the process's high-water mark during the call minus its resident size just before it
 (Linux: reset with /proc/self/clear_refs), so the figures show what the call itself adds; every measurement
@@ -36,7 +38,7 @@ import torch
 
 from pipeline.recsys.bundle import ModelBundle
 from pipeline.recsys.model import ModelConfig, SeqRecModel
-from pipeline.recsys.score import ScoringInput, score_users
+from pipeline.recsys.score import ScoringInput, Serving, score_users
 
 STATUS = Path("/proc/self/status")
 GLIBC_RETURNS_LARGE_BLOCKS = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
@@ -114,10 +116,11 @@ def run_case(args: argparse.Namespace) -> dict[str, float]:
         seconds, peak = measure(lambda: raw_matmul_topk(user_vectors, items, args.k, args.chunk))
         rows = args.users * args.k
     else:
-        score_users(bundle, warm, args.k, 64, "cpu")
+        serving = Serving(reason_window=args.reason_window) if args.case == "explain" else Serving()
+        score_users(bundle, warm, args.k, 64, "cpu", serving)
         out: dict[str, pa.Table] = {}
         seconds, peak = measure(
-            lambda: out.setdefault("t", score_users(bundle, data, args.k, args.chunk, "cpu")))
+            lambda: out.setdefault("t", score_users(bundle, data, args.k, args.chunk, "cpu", serving)))
         rows = out["t"].num_rows
     return {"seconds": seconds, "peak_mb": peak, "rows": rows, "rss_mb": memory_mb()[0],
             "threads": torch.get_num_threads(), "mean_len": float(lengths.mean()),
@@ -146,7 +149,8 @@ def main() -> None:
     parser.add_argument("--history-cap", type=int, default=200)
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--case", choices=("raw", "score"), help=argparse.SUPPRESS)
+    parser.add_argument("--reason-window", type=int, default=5, help="history items occluded per reason")
+    parser.add_argument("--case", choices=("raw", "score", "explain"), help=argparse.SUPPRESS)
     parser.add_argument("--chunk", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -163,6 +167,7 @@ def main() -> None:
         raw = child(args, "raw", chunk)
         score = child(args, "score", chunk)
         trimmed = child(args, "score", chunk, GLIBC_RETURNS_LARGE_BLOCKS)
+        explained = child(args, "explain", chunk)
         if header:
             print(f"history length: mean {score['mean_len']:.1f}, median {score['median_len']:.0f}, "
                   f"p90 {score['p90_len']:.0f}, {score['at_max_len']:.1%} at >= max_len; "
@@ -170,10 +175,14 @@ def main() -> None:
             print(header)
             header = ""
         buffer_mb = chunk * args.items * 4 / 2**20
-        for name, r in (("raw mm+topk", raw), ("score_users", score), ("score_users*", trimmed)):
+        for name, r in (("raw mm+topk", raw), ("score_users", score), ("score_users*", trimmed),
+                        ("+reasons", explained)):
             ratio = f"{raw['seconds'] / r['seconds']:>7.0%}" if r is not raw else f"{'':>7}"
             print(f"{chunk:>6} {name:<12} {r['seconds']:>8.1f} {args.users / r['seconds']:>9,.0f} "
                   f"{r['peak_mb']:>9.0f} {buffer_mb:>10.0f} {ratio}")
+        extra = explained["seconds"] - score["seconds"]
+        print(f"{chunk:>6} reasons (window {args.reason_window}) cost {extra:+.1f} s = {extra / score['seconds']:+.0%} "
+              f"of score_users' time (target <= +50%)")
         expected = args.users * args.k
         assert score["rows"] == expected, f"score_users returned {score['rows']} rows, expected {expected}"
     print(f"* the same call with MALLOC_MMAP_THRESHOLD_=1048576: glibc then returns freed blocks above 1 MiB "

@@ -81,6 +81,10 @@ def _night() -> tuple[dt.date, dict]:
             description="Promote tonight's model even if it loses the gate. Audited: recorded on the model "
                         "version and in the task log with the triggering user.",
         ),
+        "diversity": Param(
+            SETTINGS.serving.diversity, type="number", minimum=0, maximum=1, title="Diversity (MMR weight)",
+            description="Re-rank each list by maximal marginal relevance with this weight (0..1); 0 = off.",
+        ),
         "data_date": Param(
             None, type=["null", "string"], format="date", title="Data date",
             description="Process this day (YYYY-MM-DD) instead of the day that just closed; for reruns.",
@@ -155,7 +159,7 @@ def nightly_recommendations() -> None:
         from pipeline.stages import stage_recommend
 
         day, params = _night()
-        return stage_recommend(SETTINGS, day, int(params["top_n"]))
+        return stage_recommend(SETTINGS, day, int(params["top_n"]), float(params["diversity"]))
 
     @task(outlets=[ASSETS["recommendations"]])
     def publish(staged: dict, chosen: dict) -> dict:

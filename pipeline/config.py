@@ -205,6 +205,9 @@ class ServingSettings(_Section):
     top_n: int = Field(10, ge=1, le=1000)        # recommendations per active user
     active_days: int = Field(30, ge=1)           # users with events in the last N days get recommendations
     score_chunk_users: int = Field(512, ge=1)    # users scored per block (bounds memory: block x items floats)
+    reason_window: int = Field(5, ge=0, le=200)  # last history items occluded to find each row's reason (0 = none)
+    diversity: Fraction = 0.0                    # MMR re-ranking weight (0 = off: the top-N by score)
+    gate_max_coverage_loss: Fraction = 0.5       # challenger may lose at most this share of the champion's coverage@10
 
 
 class AirflowSettings(_Section):

@@ -43,8 +43,10 @@ CHECKS = (
     "scores_non_increasing",
     "no_seen_items",
     "catalog_only",
+    "reason_in_history",
 )
-CANDIDATE_COLUMNS = ("user_id", "rank", "item_id", "score", "source")
+CANDIDATE_COLUMNS = ("user_id", "rank", "item_id", "score", "source", "reason_item_id")
+OPTIONAL_COLUMNS = {"reason_item_id": pa.string()}  # a staged table without them gets nulls
 PUBLISHED_SCHEMA = pa.schema(
     [
         ("dt", pa.date32()),
@@ -53,6 +55,7 @@ PUBLISHED_SCHEMA = pa.schema(
         ("item_id", pa.string()),
         ("score", pa.float64()),
         ("source", pa.string()),
+        ("reason_item_id", pa.string()),
         ("model_name", pa.string()),
         ("model_version", pa.string()),
         ("generated_at", pa.timestamp("us", tz="UTC")),
@@ -79,6 +82,7 @@ def validate(
     """Run every rule of sql/checks on the candidate table; raise PublishValidationError naming each broken
     rule with an example user. `seen` has (user_id, item_id); `expected_users` are the users to serve."""
     assert top_n >= 1, f"top_n must be >= 1, got {top_n}"
+    candidate = with_optional_columns(candidate)
     missing = set(CANDIDATE_COLUMNS) - set(candidate.column_names)
     if missing:
         raise ValueError(f"candidate table lacks columns {sorted(missing)}; it has {candidate.column_names}")
@@ -103,12 +107,20 @@ def validate(
              len(expected_users), len(CHECKS))
 
 
+def with_optional_columns(table: pa.Table) -> pa.Table:
+    """The table with every optional candidate column it lacks added as nulls (tables staged before reasons)."""
+    for name, kind in OPTIONAL_COLUMNS.items():
+        if name not in table.column_names:
+            table = table.append_column(pa.field(name, kind), pa.nulls(table.num_rows, kind))
+    return table
+
+
 def night_table(
     table: pa.Table, data_date: dt.date, model_name: str, model_version: str | None, generated_at: dt.datetime
 ) -> pa.Table:
     """The candidate (user_id, rank, item_id, score, source) with the published table's columns added."""
     n = table.num_rows
-    body = table.select(list(CANDIDATE_COLUMNS))
+    body = with_optional_columns(table).select(list(CANDIDATE_COLUMNS))
     columns = {
         "dt": pa.array([data_date] * n, pa.date32()),
         **{name: body[name] for name in CANDIDATE_COLUMNS},

@@ -35,6 +35,7 @@ from mlflow.pyfunc import PythonModel
 
 from pipeline.catalog import Catalog
 from pipeline.config import Settings
+from pipeline.guardrails import apply_guardrails
 from pipeline.recsys.bundle import ModelBundle
 
 log = logging.getLogger(__name__)
@@ -365,6 +366,8 @@ def run_gate(
         settings.serving.gate_tolerance,
         force=force,
     )
+    decision = apply_guardrails(decision, challenger_metrics, champion_metrics,
+                                settings.serving.gate_max_coverage_loss)
     evidence = {
         "metric": GATE_METRIC,
         "challenger": challenger_metrics[GATE_METRIC],

@@ -26,11 +26,12 @@ log = logging.getLogger(__name__)
 __all__ = ["METRICS", "plot_history", "render_markdown", "write_report"]
 
 METRICS = ("ndcg@10", "hr@10", "ndcg@20", "hr@20", "mrr", "coverage@10")
+BEYOND_ACCURACY = ("coverage@10", "gini@10", "novelty@10", "ild@10", "popularity_lift@10", "cold_share@10")
 
 
 def _sample_recommendations(con: duckdb.DuckDBPyConnection, data_date: dt.date, catalog: Path | None,
                             users: int = 3, k: int = 5) -> list[dict[str, Any]]:
-    """The top k of a few model-served users, with item titles from the night's catalog."""
+    """The top k of a few model-served users, with item titles (and the reason's) from the night's catalog."""
     if catalog is None:
         con.register("titles", pa.table({"item_id": pa.array([], pa.string()),
                                          "title": pa.array([], pa.string())}))
@@ -41,15 +42,16 @@ def _sample_recommendations(con: duckdb.DuckDBPyConnection, data_date: dt.date, 
                select distinct user_id from recommendations where dt = $dt and source = 'model'
                order by user_id limit $users)
            select r.user_id, r.rank, r.item_id, coalesce(t.title, '(not in catalog)') as title, r.score,
-                  r.source
+                  r.source, r.reason_item_id, rt.title as reason_title
            from recommendations as r
            join sample using (user_id)
            left join titles as t on t.item_id = r.item_id
+           left join titles as rt on rt.item_id = r.reason_item_id
            where r.dt = $dt and r.rank <= $k
            order by r.user_id, r.rank""",
         {"dt": data_date, "users": users, "k": k},
     ).fetchall()
-    names = ("user_id", "rank", "item_id", "title", "score", "source")
+    names = ("user_id", "rank", "item_id", "title", "score", "source", "reason_item_id", "reason_title")
     return [dict(zip(names, r, strict=True)) for r in rows]
 
 
@@ -170,6 +172,12 @@ def _metrics(r: dict[str, Any]) -> list[str]:
     for name, m in metrics.items():
         cells = [f"{m[k]:.4f}" if isinstance(m.get(k), int | float) else "" for k in METRICS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Beyond accuracy (top-10 lists: catalog coverage, Gini of exposure, novelty in bits, intra-list "
+              "diversity of the item texts, popularity lift over the users' histories, cold-item share):", "",
+              "| model | " + " | ".join(BEYOND_ACCURACY) + " |", "|---" * (len(BEYOND_ACCURACY) + 1) + "|"]
+    for name, m in metrics.items():
+        cells = [f"{m[k]:.4f}" if isinstance(m.get(k), int | float) else "" for k in BEYOND_ACCURACY]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
@@ -205,10 +213,10 @@ def _samples(r: dict[str, Any]) -> list[str]:
     samples = r.get("samples") or []
     if not samples:
         return []
-    lines = ["## Sample recommendations", "", "| user | rank | item | title | score |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {s['user_id']} | {s['rank']} | {s['item_id']} | {s['title']} | {s['score']:.3f} |"
-              for s in samples]
+    lines = ["## Sample recommendations", "", "| user | rank | item | title | score | because of |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {s['user_id']} | {s['rank']} | {s['item_id']} | {s['title']} | {s['score']:.3f} | "
+              f"{s.get('reason_title') or s.get('reason_item_id') or ''} |" for s in samples]
     return lines + [""]
 
 

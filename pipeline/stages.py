@@ -182,23 +182,27 @@ def stage_select_model(
 
 
 @_ledger("recommend")
-def stage_recommend(settings: Settings, data_date: dt.date, top_n: int | None = None) -> dict[str, Any]:
-    """Score every active user with `models:/<name>@champion`; stage the table for publishing."""
+def stage_recommend(settings: Settings, data_date: dt.date, top_n: int | None = None,
+                    diversity: float | None = None) -> dict[str, Any]:
+    """Score every active user with `models:/<name>@champion`, each row with its reason (and MMR re-ranking
+    when the diversity weight is above 0); stage the table for publishing."""
     import pyarrow as pa
 
     from pipeline import registry
-    from pipeline.recsys.score import score_users, scoring_input
+    from pipeline.recsys.score import Serving, score_users, scoring_input
 
     k = top_n or settings.serving.top_n
+    weight = settings.serving.diversity if diversity is None else diversity
     bundle, version = registry.load_bundle(settings, registry.CHAMPION)
     data = scoring_input(Catalog.of(settings), data_date)
-    table = score_users(bundle, data, k, settings.serving.score_chunk_users, settings.model.device)
+    table = score_users(bundle, data, k, settings.serving.score_chunk_users, settings.model.device,
+                        Serving(settings.serving.reason_window, weight))
     staged = Catalog.of(settings).new_staged_recommendations(data_date)
     staged.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, staged)
     sources = pa.table(table).column("source").to_pylist()
     return {"staged": str(staged), "model_version": version, "top_n": k, "users": len(data.user_ids),
-            "rows": table.num_rows, "popular_fallback_rows": sources.count("popular")}
+            "rows": table.num_rows, "popular_fallback_rows": sources.count("popular"), "diversity": weight}
 
 
 @_ledger("publish")

@@ -50,10 +50,13 @@ SCHEMA = [
         item_id varchar not null,
         score double not null,
         source varchar not null,
+        reason_item_id varchar,
         model_name varchar,
         model_version varchar,
         generated_at timestamptz not null
     )""",
+    # warehouses created before reasons existed gain the column (null for their earlier nights)
+    "alter table recommendations add column if not exists reason_item_id varchar",
     """create or replace view recommendations_latest as
         select * from recommendations where dt = (select max(dt) from recommendations)""",
 ]

@@ -120,12 +120,14 @@ def test_run_without_logical_date_processes_the_last_closed_day() -> None:
 
 
 def test_params_have_titles_and_descriptions_for_the_trigger_form(dag) -> None:
-    assert set(dag.params) == {"top_n", "retrain", "max_epochs", "force_promote", "data_date"}
+    assert set(dag.params) == {"top_n", "retrain", "max_epochs", "force_promote", "data_date", "diversity"}
     for name in dag.params:
         param = dag.params.get_param(name)
         assert param.description and param.schema.get("title"), name
     top_n = dag.params.get_param("top_n").schema
     assert (top_n["minimum"], top_n["maximum"]) == (1, 1000)
+    diversity = dag.params.get_param("diversity")
+    assert (diversity.value, diversity.schema["minimum"], diversity.schema["maximum"]) == (0.0, 0, 1)
     assert dag.doc_md and "degraded" in dag.doc_md.lower()
     assert {"recommendations", "nightly-recs"} <= set(dag.tags)
 

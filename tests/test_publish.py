@@ -53,13 +53,13 @@ def valid_rows(offset: int = 0) -> list[dict]:
         for rank in range(1, TOP_N + 1):
             item = unseen[(n + offset + rank) % len(unseen)]
             rows.append({"user_id": user, "rank": rank, "item_id": item, "score": 10.0 - rank - offset,
-                         "source": "model"})
+                         "source": "model", "reason_item_id": SEEN[user][0] if SEEN[user] else None})
     return rows
 
 
 def as_table(rows: list[dict]) -> pa.Table:
     schema = pa.schema([("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()),
-                        ("score", pa.float64()), ("source", pa.string())])
+                        ("score", pa.float64()), ("source", pa.string()), ("reason_item_id", pa.string())])
     return pa.Table.from_pylist(rows, schema=schema)
 
 
@@ -108,6 +108,11 @@ def break_catalog_only(rows: list[dict]) -> str:
     return "u3"
 
 
+def break_reason_in_history(rows: list[dict]) -> str:
+    row(rows, "u2", 1)["reason_item_id"] = "i19"  # u2 never saw i19
+    return "u2"
+
+
 BREAKERS = {
     "valid_values": break_valid_values,
     "expected_users": break_expected_users,
@@ -117,6 +122,7 @@ BREAKERS = {
     "scores_non_increasing": break_scores_non_increasing,
     "no_seen_items": break_no_seen_items,
     "catalog_only": break_catalog_only,
+    "reason_in_history": break_reason_in_history,
 }
 
 
@@ -282,3 +288,36 @@ def test_sigkill_mid_publish_keeps_previous_night_and_rerun_completes(tmp_path: 
 
 if __name__ == "__main__":
     child_main(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
+
+
+def test_reason_on_a_popular_fallback_row_is_refused() -> None:
+    rows = valid_rows()
+    row(rows, "u1", 1)["source"] = "popular"  # u1's reason i01 is in its history, but popular rows have none
+    with pytest.raises(PublishValidationError, match=r"rule 'reason_in_history' violated by 1 rows, e.g. user 'u1'"):
+        validate(as_table(rows), USERS, seen_table(), CATALOG, TOP_N)
+
+
+def test_table_staged_without_reasons_publishes_with_null_reasons(tmp_path: Path) -> None:
+    table = as_table(valid_rows()).drop_columns(["reason_item_id"])
+    publish_checked(tmp_path, NIGHT, table, "1")
+    with warehouse.connect(at(tmp_path).warehouse) as con:
+        assert con.execute("select count(*) from recommendations where reason_item_id is not null").fetchone() == (0,)
+
+
+def test_warehouse_without_the_reason_column_is_migrated(tmp_path: Path) -> None:
+    path = at(tmp_path).warehouse
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with duckdb.connect(str(path)) as con:  # the table as it was before reasons
+        con.execute("""create table recommendations (dt date not null, user_id varchar not null,
+                       rank integer not null, item_id varchar not null, score double not null,
+                       source varchar not null, model_name varchar, model_version varchar,
+                       generated_at timestamptz not null)""")
+        con.execute("insert into recommendations values ('2026-10-09', 'u1', 1, 'i02', 1.0, 'model', 'm', '1', "
+                    "now())")
+    publish_checked(tmp_path, NIGHT, as_table(valid_rows()), "2")
+    with warehouse.connect(path) as con:
+        reasons = dict(con.execute("select user_id, reason_item_id from recommendations_latest where rank = 1"
+                                   ).fetchall())
+        [(old,)] = con.execute("select reason_item_id from recommendations where dt = '2026-10-09'").fetchall()
+    assert reasons == {"u1": "i01", "u2": "i02", "u3": None, "u4": "i20", "u5": "i05"}
+    assert old is None

@@ -75,7 +75,7 @@ def test_model_users_match_brute_force(bundle: ModelBundle) -> None:
 def test_output_rules_hold(bundle: ModelBundle) -> None:
     data = make_input()
     table = score_users(bundle, data, k=8, chunk_users=5, device="cpu")
-    assert table.column_names == ["user_id", "rank", "item_id", "score", "source"]
+    assert table.column_names == ["user_id", "rank", "item_id", "score", "source", "reason_item_id"]
     rows = by_user(table)
     assert list(rows) == list(data.user_ids)  # every user, in input order
     for user, seen in zip(data.user_ids, data.seen, strict=True):

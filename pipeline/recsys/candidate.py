@@ -2,7 +2,8 @@
 the same test items, and save everything the registry needs into one folder.
 
     <folder>/bundle/          the model (recsys.bundle.ModelBundle)
-    <folder>/metrics.json     {"model": {...}, "most_popular": {...}, ...} on the test items
+    <folder>/metrics.json     {"model": {...}, "most_popular": {...}, ...} on the test items: accuracy and the
+                              beyond-accuracy metrics (coverage, Gini, novelty, ILD, popularity lift, cold share)
     <folder>/train.json       model and training configs, training metrics, per-epoch history, sizes
     <folder>/training_curves.png
 """
@@ -20,7 +21,8 @@ from typing import Any
 from pipeline.config import ModelSettings
 from pipeline.recsys.bundle import ModelBundle
 from pipeline.recsys.data import NightData
-from pipeline.recsys.evaluate import evaluate_baselines, evaluate_model
+from pipeline.recsys.diversity import ItemStats
+from pipeline.recsys.evaluate import evaluate_baselines, evaluate_model, popularity_scores
 from pipeline.recsys.model import ModelConfig
 from pipeline.recsys.train import TrainConfig, train_model
 
@@ -69,8 +71,9 @@ def train_candidate(
                                                 night.loo_valid, text_emb=night.text_emb, on_epoch=on_epoch,
                                                 init_state=init_state)
     test_inputs = night.test_inputs()
-    metrics = {"model": evaluate_model(model, test_inputs, night.loo_test)}
-    metrics.update(evaluate_baselines(train_seqs, test_inputs, night.loo_test, night.n_items))
+    stats = ItemStats(popularity_scores(train_seqs, night.n_items), night.text_emb)
+    metrics = {"model": evaluate_model(model, test_inputs, night.loo_test, item_stats=stats)}
+    metrics.update(evaluate_baselines(train_seqs, test_inputs, night.loo_test, night.n_items, item_stats=stats))
     log.info("candidate ndcg@10 %.4f; baselines %s", metrics["model"]["ndcg@10"],
              {name: round(m["ndcg@10"], 4) for name, m in metrics.items() if name != "model"})
     train_info = {

@@ -5,6 +5,9 @@ all items 1..n_items are ranked, items in the user's input history are removed f
 target itself, and the rank of the target is the number of remaining items scoring strictly higher plus the
 number tied with it (ties count against the target, so a constant scorer gets no credit). Target 0 (an item
 unknown to the model) is a miss.
+
+With `item_stats`, the top-10 lists are also measured beyond accuracy (recsys.diversity: Gini of exposure,
+novelty, intra-list diversity, popularity lift, cold-item share), for the model and every baseline alike.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 from torch import Tensor
 
 from pipeline.recsys.data import left_pad
+from pipeline.recsys.diversity import TOP_N, ItemStats, beyond_accuracy
 from pipeline.recsys.model import top_k_unseen
 
 if TYPE_CHECKING:
@@ -56,6 +60,7 @@ def _ranking_metrics(
     ks: Sequence[int] = (10, 20),
     cold_items: np.ndarray | None = None,
     batch_size: int = 512,
+    item_stats: ItemStats | None = None,
 ) -> dict[str, float]:
     """The protocol for any scorer: score_fn(user positions, histories) -> (B, n_items+1) scores."""
     targets = np.asarray(targets, dtype=np.int64)
@@ -63,6 +68,7 @@ def _ranking_metrics(
     ranks = np.full(len(targets), NOT_RANKED, dtype=np.int64)
     top_k = max(10, max(ks))
     top10_items: list[np.ndarray] = []
+    top10_lists: list[np.ndarray] = []  # (B, 10) per batch, 0 = empty slot
     n_candidates = np.zeros(len(targets), dtype=np.float64)
     for start in range(0, len(targets), batch_size):
         idx = np.arange(start, min(start + batch_size, len(targets)))
@@ -85,10 +91,13 @@ def _ranking_metrics(
         rank = higher + tied.clamp(min=0)
         ranks[idx] = torch.where(valid & torch.isfinite(target_score[:, 0]), rank, NOT_RANKED).numpy()
         top10_items.append(top[torch.isfinite(scores.gather(1, top))].numpy())
+        top10_lists.append(torch.where(torch.isfinite(scores.gather(1, top)), top, 0).numpy())
     metrics = rank_metrics(ranks, ks)
     reached = np.unique(np.concatenate(top10_items)) if top10_items else np.zeros(0, np.int64)
     metrics["coverage@10"] = float(len(reached[reached > 0]) / n_items)
     metrics["n_users"] = float(len(targets))
+    if item_stats is not None and top10_lists:
+        metrics.update(beyond_accuracy(np.concatenate(top10_lists)[:, :TOP_N], inputs, item_stats))
     if cold_items is not None:
         is_cold = np.isin(targets, np.asarray(cold_items, dtype=np.int64)) & (targets > 0)
         cold_ranks = ranks[is_cold]
@@ -107,8 +116,10 @@ def evaluate_model(
     ks: Sequence[int] = (10, 20),
     cold_items: np.ndarray | None = None,
     batch_size: int = 512,
+    item_stats: ItemStats | None = None,
 ) -> dict[str, float]:
-    """Full-ranking metrics of a SeqRecModel: hr@k, ndcg@k, mrr, coverage@10 (+ cold_recall@10, n_cold_targets)."""
+    """Full-ranking metrics of a SeqRecModel: hr@k, ndcg@k, mrr, coverage@10 (+ cold_recall@10, n_cold_targets;
+    + the beyond-accuracy metrics with item_stats)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -120,7 +131,8 @@ def evaluate_model(
         return (model.user_states(seqs) @ items.T).float().cpu()
 
     try:
-        return _ranking_metrics(score_fn, inputs, targets, model.config.n_items, ks, cold_items, batch_size)
+        return _ranking_metrics(score_fn, inputs, targets, model.config.n_items, ks, cold_items, batch_size,
+                                item_stats)
     finally:
         model.train(was_training)
 
@@ -179,6 +191,7 @@ def evaluate_baselines(
     n_items: int,
     ks: Sequence[int] = (10, 20),
     cold_items: np.ndarray | None = None,
+    item_stats: ItemStats | None = None,
 ) -> dict[str, dict[str, float]]:
     """most_popular, recent_popular and item_transition (last item -> next item counts, backing off to
     popularity for ties and unseen last items), under the same protocol as the model."""
@@ -201,5 +214,6 @@ def evaluate_baselines(
         "item_transition": transition_fn,
     }
     return {
-        name: _ranking_metrics(fn, inputs, targets, n_items, ks, cold_items) for name, fn in scorers.items()
+        name: _ranking_metrics(fn, inputs, targets, n_items, ks, cold_items, item_stats=item_stats)
+        for name, fn in scorers.items()
     }

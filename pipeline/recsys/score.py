@@ -6,6 +6,10 @@ that are still in the catalog, so padding and retired items never enter the matr
 history has no item the model knows fall back to the most popular catalog items they have not seen
 (`source = 'popular'`).
 
+Optional, per block after the top-k: MMR re-ranking of the top MMR_POOL x k items (`diversity` > 0, see
+recsys.diversity; the published score is then the MMR value) and the reason of each recommendation
+(`reason_window` > 0: occlusion over the last items of the history, see recsys.explain).
+
 Two passes over the model's users, sorted by history length: (1) user states, in transformer batches of at
 most STATE_BATCH_TOKENS history positions, each cut to its longest history (few large calls, little padding);
 (2) blocks of chunk_users users: one matrix multiply into the reused buffer, seen items masked, top-k.
@@ -35,6 +39,8 @@ from pipeline.catalog import Catalog
 from pipeline.device import resolve_device
 from pipeline.recsys.bundle import ModelBundle
 from pipeline.recsys.data import Ragged, left_pad
+from pipeline.recsys.diversity import MMR_POOL, mmr_rerank
+from pipeline.recsys.explain import occlusion_reasons
 from pipeline.recsys.model import top_k_unseen
 
 log = logging.getLogger(__name__)
@@ -46,6 +52,7 @@ RECOMMENDATION_SCHEMA = pa.schema(
         ("item_id", pa.string()),
         ("score", pa.float64()),
         ("source", pa.string()),
+        ("reason_item_id", pa.string()),  # the history item the recommendation rests on; null for 'popular'
     ]
 )
 
@@ -106,30 +113,40 @@ def lookup(values: Lists, index: pa.Array) -> Ragged:
 
 @dataclass
 class Picks:
-    """Chosen (user, rank, item, score) rows as numpy arrays; items are positions in an id array."""
+    """Chosen (user, rank, item, score, reason) rows as numpy arrays; items are positions in an id array,
+    reasons model indices (0 = no reason)."""
 
     user: np.ndarray
     rank: np.ndarray
     item: np.ndarray
     score: np.ndarray
+    reason: np.ndarray
 
     @classmethod
-    def from_topk(cls, users: np.ndarray, items: np.ndarray, scores: np.ndarray) -> Picks:
-        """users (B,), items and scores (B, k) best first; -inf entries (nothing left to pick) are dropped.
-        NaN scores are kept so that validation reports a broken model instead of a short list."""
+    def from_topk(cls, users: np.ndarray, items: np.ndarray, scores: np.ndarray,
+                  reasons: np.ndarray | None = None) -> Picks:
+        """users (B,), items, scores and reasons (B, k) best first; -inf entries (nothing left to pick) are
+        dropped. NaN scores are kept so that validation reports a broken model instead of a short list."""
         keep = ~np.isneginf(scores)
         ranks = np.broadcast_to(np.arange(1, scores.shape[1] + 1, dtype=np.int32), scores.shape)
+        reasons = np.zeros(scores.shape, np.int64) if reasons is None else reasons
         return cls(np.broadcast_to(users[:, None], scores.shape)[keep], ranks[keep], items[keep],
-                   scores[keep].astype(np.float64))
+                   scores[keep].astype(np.float64), reasons[keep])
 
     @classmethod
     def concat(cls, parts: list[Picks]) -> Picks:
         if not parts:
-            return cls(np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0))
-        fields = ("user", "rank", "item", "score")
+            return cls(np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0),
+                       np.zeros(0, np.int64))
+        fields = ("user", "rank", "item", "score", "reason")
         return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in fields))
 
-    def table(self, user_ids: pa.Array, item_ids: pa.Array, source: str) -> pa.Table:
+    def table(self, user_ids: pa.Array, item_ids: pa.Array, source: str, model_items: pa.Array | None = None
+              ) -> pa.Table:
+        """The rows as a table; reasons are looked up in `model_items` (index i + 1 -> id), null without."""
+        no_reason = self.reason <= 0
+        reasons = (pa.nulls(len(self.user), pa.string()) if model_items is None or no_reason.all() else
+                   model_items.take(pa.array(np.where(no_reason, 0, self.reason - 1), mask=no_reason)))
         return pa.table(
             {
                 "user_id": user_ids.take(pa.array(self.user)),
@@ -137,6 +154,7 @@ class Picks:
                 "item_id": item_ids.take(pa.array(self.item)),
                 "score": pa.array(self.score, pa.float64()),
                 "source": pa.array(np.full(len(self.user), source, dtype=object), pa.string()),
+                "reason_item_id": reasons,
             },
             schema=RECOMMENDATION_SCHEMA,
         )
@@ -175,16 +193,27 @@ def _user_states(
     return torch.cat(states)
 
 
+@dataclass(frozen=True)
+class Serving:
+    """How lists are shaped beyond the top-k by score."""
+
+    reason_window: int = 0   # history items occluded for each recommendation's reason (0 = no reasons)
+    diversity: float = 0.0   # MMR weight in [0, 1] (0 = the top-k by score, unchanged)
+
+
 @torch.inference_mode()
 def _score_with_model(
     model: torch.nn.Module, histories: Ragged, seen: Ragged, users: np.ndarray, columns: np.ndarray, k: int,
-    chunk_users: int, device: torch.device,
+    chunk_users: int, device: torch.device, serving: Serving = Serving(),
 ) -> Picks:
     """Top-k over the scorable item rows `columns` (model indices) for `users`; picks index into `columns`."""
     items = model.item_representations().float()[torch.from_numpy(columns).to(device)]  # (C, D')
     column_of = np.full(model.config.n_items + 1, -1, dtype=np.int64)
     column_of[columns] = np.arange(len(columns))
     k = min(k, len(columns))
+    pool = k if serving.diversity == 0 else min(len(columns), MMR_POOL * k)
+    unit_items = torch.nn.functional.normalize(items, dim=-1) if serving.diversity else items
+    model_index = torch.from_numpy(columns).to(device)  # column -> model index
     order = users[np.argsort(np.minimum(histories.lengths[users], model.config.max_len), kind="stable")]
     states = _user_states(model, histories, order, device, STATE_BATCH_TOKENS)  # (U, D')
     buffer = torch.empty(min(chunk_users, len(order)), len(columns), device=device)  # (B, C), reused
@@ -197,8 +226,16 @@ def _score_with_model(
         column = column_of[item]
         row, column = row[column >= 0], column[column >= 0]
         seen_cells = (torch.from_numpy(row).to(device), torch.from_numpy(column).to(device))
-        top_scores, top_columns = top_k_unseen(block, seen_cells, k)  # (B, k)
-        parts.append(Picks.from_topk(block_users, top_columns.cpu().numpy(), top_scores.cpu().numpy()))
+        top_scores, top_columns = top_k_unseen(block, seen_cells, pool)  # (B, pool)
+        if serving.diversity:
+            top_scores, top_columns = mmr_rerank(top_scores, top_columns, unit_items, k, serving.diversity)
+        reasons = None
+        if serving.reason_window:
+            reasons = occlusion_reasons(model, histories, block_users, states[start : start + chunk_users],
+                                        model_index[top_columns], items[top_columns], serving.reason_window,
+                                        STATE_BATCH_TOKENS)
+            reasons = reasons.cpu().numpy()  # (B, k) model indices
+        parts.append(Picks.from_topk(block_users, top_columns.cpu().numpy(), top_scores.cpu().numpy(), reasons))
     return Picks.concat(parts)
 
 
@@ -230,11 +267,13 @@ def _popular_in_catalog(popular: list[tuple[str, float]], catalog_ids: set[str] 
 
 
 def score_users(
-    bundle: ModelBundle, data: ScoringInput, k: int, chunk_users: int = 512, device: str = "auto"
+    bundle: ModelBundle, data: ScoringInput, k: int, chunk_users: int = 512, device: str = "auto",
+    serving: Serving = Serving(),
 ) -> pa.Table:
-    """Top-k per user as a table (user_id, rank, item_id, score, source), ranks 1..k, best first, users in
-    input order. A user gets fewer than k rows only when fewer than k items are left to recommend.
-    `device` is the setting (settings.model.device): auto | cpu | cuda[:N]."""
+    """Top-k per user as a table (user_id, rank, item_id, score, source, reason_item_id), ranks 1..k, best
+    first, users in input order. A user gets fewer than k rows only when fewer than k items are left to
+    recommend. `device` is the setting (settings.model.device): auto | cpu | cuda[:N]; `serving` adds reasons
+    and MMR re-ranking (off by default)."""
     assert k >= 1, f"k must be >= 1, got {k}"
     assert chunk_users >= 1, f"chunk_users must be >= 1, got {chunk_users}"
     started = time.perf_counter()
@@ -251,8 +290,10 @@ def score_users(
     if len(model_users):
         model = _on_device(bundle.model, torch_device)
         seen = _shift(lookup(seen_lists, model_items))
-        picks = _score_with_model(model, histories, seen, model_users, columns, k, chunk_users, torch_device)
-        parts.append((picks, picks.table(user_ids, model_items.take(pa.array(columns - 1)), "model")))
+        picks = _score_with_model(model, histories, seen, model_users, columns, k, chunk_users, torch_device,
+                                  serving)
+        parts.append((picks, picks.table(user_ids, model_items.take(pa.array(columns - 1)), "model",
+                                         model_items)))
     if len(fallback_users):
         parts.append(_fallback_part(data, seen_lists, user_ids, fallback_users, k, chunk_users))
     out = _in_user_order(parts, k)

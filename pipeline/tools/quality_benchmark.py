@@ -11,6 +11,8 @@ runs). Every item of the catalog is ranked; items already in the user's input hi
 `--cold-items F` removes every interaction of a random fraction F of the items from TRAINING only (their text
 stays known) and reports recall@10 on test targets that are such cold items, next to random ranking.
 Training and evaluation are the night's functions (`pipeline.recsys.train`, `pipeline.recsys.evaluate`).
+`--explain` prints how faithful the reasons are and `--diversity-weights` the accuracy/diversity trade-off of
+MMR re-ranking, for each trained model (`pipeline.tools.explain_benchmark`).
 """
 
 from __future__ import annotations
@@ -29,10 +31,12 @@ import numpy as np
 
 from pipeline.catalog import Catalog
 from pipeline.config import load_settings
+from pipeline.recsys.bundle import ModelBundle
 from pipeline.recsys.data import NightData, load_night
 from pipeline.recsys.evaluate import evaluate_baselines, evaluate_model
 from pipeline.recsys.model import ITEM_REPRS, ModelConfig, SeqRecModel
 from pipeline.recsys.train import TrainConfig, train_model
+from pipeline.tools.explain_benchmark import faithfulness, print_extras, tradeoff
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +113,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup-epochs", type=int, default=d_t.warmup_epochs)
     parser.add_argument("--patience", type=int, default=d_t.patience)
     parser.add_argument("--device", default=d_t.device, help="auto | cpu | cuda[:N] (training; auto = cuda if any)")
+    parser.add_argument("--explain", action="store_true", help="print the faithfulness of the reasons")
+    parser.add_argument("--reason-window", type=int, default=5, help="history items occluded for a reason")
+    parser.add_argument("--diversity-weights", default="", help="MMR weights for the trade-off, e.g. 0,0.2,0.5")
 
 
 def print_table(title: str, results: dict[str, dict[str, float]], file=sys.stdout) -> None:
@@ -137,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
         train_seqs = [s[~np.isin(s, cold)] for s in train_seqs]
         log.info("cold items: %d items removed from training", len(cold))
 
+    extras: dict[str, dict] = {}
     results: dict[str, dict[str, float]] = dict(
         evaluate_baselines(train_seqs, test_inputs, night.loo_test, night.n_items, cold_items=cold)
     )
@@ -149,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
         test = evaluate_model(model, test_inputs, night.loo_test, cold_items=cold)
         keep = ("train_seconds", "seconds_per_epoch", "best_epoch", "epochs", "valid_ndcg@10")
         results[repr_name] = {**test, **{k: train_metrics[k] for k in keep}}
+        extras[repr_name] = _extras(args, night, model, test_inputs)
         log.info("%s: test ndcg@10 %.4f, %.1f s/epoch", repr_name, test["ndcg@10"], train_metrics["seconds_per_epoch"])
 
     name = args.dataset_name or args.events.stem
@@ -161,14 +170,30 @@ def run(args: argparse.Namespace) -> int:
                     "items in the input history removed, ties ranked against the target",
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"},
         "results": results,
+        "explain_and_diversity": extras,
         "total_seconds": time.perf_counter() - t_start,
     }
     print_table(f"{name}: test metrics ({report['protocol']})", results)
+    for repr_name, extra in extras.items():
+        print_extras(f"{name} {repr_name}", extra.get("faithfulness"), extra.get("tradeoff"))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))
         log.info("wrote %s", args.json)
     return 0
+
+
+def _extras(args: argparse.Namespace, night: NightData, model: SeqRecModel, inputs: list[np.ndarray]
+            ) -> dict[str, dict]:
+    """Faithfulness of the reasons and the diversity trade-off of one trained model, when asked for."""
+    bundle = ModelBundle(model.cpu().eval(), night.item_ids)
+    out: dict[str, dict] = {}
+    if args.explain:
+        out["faithfulness"] = faithfulness(bundle, inputs, args.reason_window, seed=args.seed)
+    if args.diversity_weights:
+        weights = [float(w) for w in args.diversity_weights.split(",")]
+        out["tradeoff"] = tradeoff(bundle, inputs, night.loo_test, weights, night.text_emb)
+    return out
 
 
 def train_one(
