@@ -78,8 +78,7 @@ def next_data_date(settings: Settings) -> dt.date:
     from pipeline.ingest import landing_files
 
     catalog = Catalog.of(settings)
-    with warehouse.connect(catalog.warehouse) as con:
-        (last,) = con.execute("select max(dt) from recommendations").fetchall()[0]
+    last = warehouse.latest_published(catalog.warehouse)
     if last is not None:
         return last + dt.timedelta(days=1)
     dates = sorted(landing_files(catalog.landing_dir("events")))
