@@ -191,6 +191,8 @@ class ServingSettings(_Section):
     top_n: int = Field(10, ge=1, le=1000)        # recommendations per active user
     active_days: int = Field(30, ge=1)           # users with events in the last N days get recommendations
     score_chunk_users: int = Field(512, ge=1)    # users scored per block (bounds memory: block x items floats)
+    gate_sample_users: int = Field(256, ge=1, le=100_000)  # users the gate scores through the serving path
+    allow_future_dates: bool = False             # process data dates that have not ended yet (UTC); tests only
 
 
 class AirflowSettings(_Section):
