@@ -172,17 +172,20 @@ def _airflow(env: dict[str, str], *args: str, check: bool = True) -> subprocess.
 
 
 def prepare(settings: Settings, env: dict[str, str]) -> None:
-    """Create or upgrade the metadata DB, and the GPU pool if the settings name one that does not exist."""
+    """Create or upgrade the metadata DB, and the GPU and writer pools (one slot each) if the settings name
+    ones that do not exist."""
     Catalog.of(settings).airflow_home.mkdir(parents=True, exist_ok=True)
     try:
         _airflow(env, "db", "migrate")
     except subprocess.CalledProcessError as err:
         tail = err.stderr[-3000:]
         raise AirflowStartError(f"`airflow db migrate` failed in {Catalog.of(settings).airflow_home}:\n{tail}") from err
-    if settings.airflow.gpu_pool != "default_pool" and _airflow(env, "pools", "get", settings.airflow.gpu_pool,
-                                                        check=False).returncode != 0:
-        _airflow(env, "pools", "set", settings.airflow.gpu_pool, "1", "GPU slots for nightly-recs embed/train")
-        log.info("created pool %r with 1 slot (resize it in Admin > Pools)", settings.airflow.gpu_pool)
+    pools = {settings.airflow.gpu_pool: "GPU slots for nightly-recs embed/train",
+             settings.airflow.writer_pool: "one writer of the nightly-recs published table"}
+    for pool, description in pools.items():
+        if pool != "default_pool" and _airflow(env, "pools", "get", pool, check=False).returncode != 0:
+            _airflow(env, "pools", "set", pool, "1", description)
+            log.info("created pool %r with 1 slot (resize it in Admin > Pools)", pool)
 
 
 @dataclass
