@@ -218,14 +218,20 @@ def _replace_slice(warehouse_path: Path, data_date: dt.date, night: pa.Table, st
 
 def validation_inputs(catalog: Catalog, data_date: dt.date) -> tuple[list[str], pa.Table, list[str]]:
     """What the publishing rules check against, each mart read once: the users to serve (active users with a
-    history, as scoring selects them), their seen items (user_id, item_id) and the catalog's item ids."""
+    history, as scoring selects them), their seen items (user_id, item_id) and the item ids that may be
+    recommended (the catalog without items marked removed)."""
     activity = pq.read_table(catalog.mart(data_date, "user_activity"), columns=["user_id", "is_active"])
     active = set(activity.filter(activity["is_active"]).column("user_id").to_pylist())
     users = [u for u in pq.read_table(catalog.mart(data_date, "user_sequences"), columns=["user_id"])
              .column("user_id").to_pylist() if u in active]
     seen = pq.read_table(catalog.mart(data_date, "user_seen_items"), columns=["user_id", "item_id"])
-    items = pq.read_table(catalog.mart(data_date, "item_catalog"), columns=["item_id"]).column("item_id")
-    return users, seen, sorted(items.to_pylist())
+    return users, seen, recommendable_items(catalog, data_date)
+
+
+def recommendable_items(catalog: Catalog, data_date: dt.date) -> list[str]:
+    """The item_catalog's item ids without items marked removed (sql/marts/item_catalog.sql is_removed)."""
+    items = pq.read_table(catalog.mart(data_date, "item_catalog"), columns=["item_id", "is_removed"])
+    return sorted(items.filter(pc.invert(items["is_removed"])).column("item_id").to_pylist())
 
 
 def publish_validated(
