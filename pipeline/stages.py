@@ -267,6 +267,25 @@ def stage_report(settings: Settings, data_date: dt.date) -> dict[str, Any]:
     return paths
 
 
+def run_rollback(settings: Settings, to_version: str, operator: str, reason: str, top_n: int | None = None
+                 ) -> dict[str, Any]:
+    """Point `champion` at an earlier version (audited on the version: who, when, why) and republish the
+    latest published date with it (recommend + publish, validated like any night)."""
+    from pipeline import registry
+
+    previous = registry.rollback(settings, to_version, operator, reason)
+    day = warehouse.latest_published(Catalog.of(settings).warehouse)
+    out: dict[str, Any] = {"champion": to_version, "previous_champion": previous, "republished": None}
+    if day is None:
+        log.warning("rollback: nothing is published yet; the next night serves version %s", to_version)
+        return out
+    k = top_n or settings.serving.top_n
+    staged = stage_recommend(settings, day, k, to_version)
+    out["republished"] = {"data_date": day.isoformat(),
+                          **stage_publish(settings, day, staged["staged"], k, staged["model_version"])}
+    return out
+
+
 def run_night(settings: Settings, data_date: dt.date, top_n: int | None = None, retrain: bool = True,
               max_epochs: int | None = None, force_promote: bool = False) -> dict[str, Any]:
     """The whole night without Airflow, in the DAG's order and with its degraded mode."""
