@@ -23,6 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+# The baselines of the evaluation (recsys.evaluate.BASELINES) the gate may compare with.
+GATE_BASELINES = ("most_popular", "recent_popular", "item_transition")
 DEFAULT_EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating")
 # Placeholders a text template may use; sql/marts/item_catalog.sql fills each one from the column of that name.
 TEMPLATE_FIELDS = ("title", "description", "brand", "genres", "categories", "tags")
@@ -191,8 +193,18 @@ class ServingSettings(_Section):
     top_n: int = Field(10, ge=1, le=1000)        # recommendations per active user
     active_days: int = Field(30, ge=1)           # users with events in the last N days get recommendations
     score_chunk_users: int = Field(512, ge=1)    # users scored per block (bounds memory: block x items floats)
+    gate_baselines: tuple[str, ...] = GATE_BASELINES  # the challenger must beat the strongest of these
     gate_sample_users: int = Field(256, ge=1, le=100_000)  # users the gate scores through the serving path
     allow_future_dates: bool = False             # process data dates that have not ended yet (UTC); tests only
+
+    @field_validator("gate_baselines")
+    @classmethod
+    def _gate_baselines(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        names = tuple(dict.fromkeys(v.strip().lower() for v in value if v.strip()))
+        unknown = set(names) - set(GATE_BASELINES)
+        if not names or unknown:
+            raise ValueError(f"must name one or more of {list(GATE_BASELINES)} (unknown: {sorted(unknown)})")
+        return names
 
 
 class AirflowSettings(_Section):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -178,13 +179,14 @@ def _gate(settings: Settings, data_date: dt.date, version: str, folder: Path, me
     from pipeline.gate import health_problem, sample_users
     from pipeline.recsys.bundle import ModelBundle
     from pipeline.recsys.data import load_night
-    from pipeline.recsys.evaluate import BASELINES, evaluate_bundle
+    from pipeline.recsys.evaluate import evaluate_bundle
     from pipeline.recsys.score import scoring_input
 
     catalog = Catalog.of(settings)
     night = load_night(catalog, data_date)
     sample = sample_users(scoring_input(catalog, data_date), settings.serving.gate_sample_users)
-    baselines = {name: float(metrics[name]["ndcg@10"]) for name in BASELINES if name in metrics}
+    baselines = {name: float(metrics.get(name, {}).get("ndcg@10", math.nan))  # missing: never beaten
+                 for name in settings.serving.gate_baselines}
     return registry.run_gate(
         settings, version, ModelBundle.load(folder / "bundle"), lambda bundle: evaluate_bundle(bundle, night),
         baselines, force=force, operator=operator,
