@@ -37,7 +37,7 @@ def night(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     assert results["register"]["promoted"], results["register"]
     settings = load_settings(env={"NIGHTLY_RECS_HOME": str(home)})  # the default gate: every baseline
     assert settings.serving.gate_baselines == ("most_popular", "recent_popular", "item_transition")
-    return {"settings": settings, "results": results, "home": home}
+    return {"settings": settings, "fast": fast, "results": results, "home": home}
 
 
 def candidate_copy(night: dict[str, Any], name: str) -> Path:
@@ -119,6 +119,22 @@ def test_the_serving_path_of_the_champion_passes_the_publishing_rules(night: dic
     broken.user_ids[1] = broken.user_ids[0]  # two lists for one user: the output breaks rows_per_user
     problem = health_problem(bundle, broken, settings.serving.top_n) or ""
     assert "publishing rules" in problem and "rows_per_user" in problem
+
+
+def test_an_unhealthy_champion_never_wins_the_re_evaluation(night: dict[str, Any]) -> None:
+    fast = night["fast"]
+    broken = candidate_copy(night, "broken-champion")
+    bundle = ModelBundle.load(broken / "bundle")
+    with torch.no_grad():
+        bundle.model.id_emb.weight[2] = float("nan")
+    shutil.rmtree(broken / "bundle")
+    bundle.save(broken / "bundle")
+    rejected = stages.stage_register(fast, NIGHT, str(broken), dag_run_id="broken-champion")
+    registry.rollback(fast, rejected["version"], "test", "simulate a broken champion")
+    healthy = stages.stage_register(fast, NIGHT, str(candidate_copy(night, "after-broken")), dag_run_id="healthy")
+    assert healthy["promoted"], healthy["reason"]
+    assert healthy["reason"].startswith(f"champion v{rejected['version']} health:"), healthy["reason"]
+    assert registry.champion_version(fast) == healthy["version"]
 
 
 # ---- item 6: idempotent registration, degraded from the gate, the chosen version serves ----------------------
