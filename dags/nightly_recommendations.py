@@ -48,12 +48,12 @@ GPU = {"pool": SETTINGS.airflow.gpu_pool, "queue": SETTINGS.airflow.gpu_queue}
 # One writer of the published table at a time across runs (a backfill beside the nightly run): a pool of one
 # slot; publish.py's per-date lock holds the same promise outside Airflow.
 WRITER = {"pool": SETTINGS.airflow.writer_pool}
-# Page someone when a run has not finished this long after it was queued (02:00 + 4 h by default).
+# Page someone when a run has not finished this long after it was queued (02:00 + 4 h by default); 0 = off.
 DEADLINE = DeadlineAlert(
     reference=DeadlineReference.DAGRUN_QUEUED_AT,
     interval=dt.timedelta(minutes=SETTINGS.airflow.publish_deadline_minutes),
     callback=AsyncCallback(notify_deadline_missed),
-)
+) if SETTINGS.airflow.publish_deadline_minutes else None
 
 DOC_MD = __doc__ + """
 ### Data date

@@ -217,7 +217,7 @@ class AirflowSettings(_Section):
     task_timeout_minutes: int = Field(120, ge=1)  # execution_timeout of every task
     writer_pool: str = Field("default_pool", min_length=1)  # Airflow pool of the publishing task (1 slot: one writer)
     alert_webhook_url: str = Field("", pattern=r"^(https?://\S+)?$")  # JSON POST on failures, degraded, deadline
-    publish_deadline_minutes: int = Field(240, ge=1, le=24 * 60)  # alert when a run has not finished this long
+    publish_deadline_minutes: int = Field(240, ge=0, le=24 * 60)  # alert when a run is not done this long; 0 = off
 
 
 SECTIONS: dict[str, type[_Section]] = {
