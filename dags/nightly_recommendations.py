@@ -9,10 +9,26 @@ from __future__ import annotations
 import datetime as dt
 
 import pendulum
-from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
+from airflow.sdk import (
+    AsyncCallback,
+    CronDataIntervalTimetable,
+    DeadlineAlert,
+    DeadlineReference,
+    Param,
+    dag,
+    get_current_context,
+    task,
+)
 
 from pipeline.config import load_settings
-from pipeline.dag_support import SCHEDULE_CRON, data_date_from_context, nightly_assets
+from pipeline.dag_support import (
+    SCHEDULE_CRON,
+    call_stage,
+    data_date_from_context,
+    nightly_assets,
+    notify_deadline_missed,
+    notify_task_failed,
+)
 
 SETTINGS = load_settings()
 ASSETS = nightly_assets(SETTINGS)
@@ -24,10 +40,20 @@ DEFAULT_ARGS = {
     "retry_exponential_backoff": True,
     "max_retry_delay": dt.timedelta(hours=1),
     "execution_timeout": dt.timedelta(minutes=SETTINGS.airflow.task_timeout_minutes),
+    "on_failure_callback": notify_task_failed,  # log + the alert webhook, once a task has failed for good
 }
 # Where the accelerator-hungry tasks run: a pool bounds how many use the GPU at once, a queue routes them to
 # GPU workers (Celery/Kubernetes executors; LocalExecutor ignores queues).
 GPU = {"pool": SETTINGS.airflow.gpu_pool, "queue": SETTINGS.airflow.gpu_queue}
+# One writer of the published table at a time across runs (a backfill beside the nightly run): a pool of one
+# slot; publish.py's per-date lock holds the same promise outside Airflow.
+WRITER = {"pool": SETTINGS.airflow.writer_pool}
+# Page someone when a run has not finished this long after it was queued (02:00 + 4 h by default); 0 = off.
+DEADLINE = DeadlineAlert(
+    reference=DeadlineReference.DAGRUN_QUEUED_AT,
+    interval=dt.timedelta(minutes=SETTINGS.airflow.publish_deadline_minutes),
+    callback=AsyncCallback(notify_deadline_missed),
+) if SETTINGS.airflow.publish_deadline_minutes else None
 
 DOC_MD = __doc__ + """
 ### Data date
@@ -37,10 +63,15 @@ A run triggered without a logical date processes the last closed day; the `data_
 Rerunning a date replaces exactly what that date wrote (ingest is a no-op for unchanged landing files).
 
 ### Failure modes
+* **Deterministic errors** (bad landing data, a grain check, publishing rules, settings, a future data date)
+  fail their task at once, without retries; other errors retry with backoff. Every task that fails for good
+  notifies (log + `alert_webhook_url`); so does a degraded night, and a run not finished
+  `publish_deadline_minutes` after it was queued (a deadline alert).
 * **Ingest over its quarantine threshold**: `ingest` fails without retrying and nothing downstream runs for
   the date; earlier nights stay published. Fix the landing file, then clear `ingest`.
-* **Training fails after its retries**: *degraded mode*. `select_model` serves the current champion, the night
-  still publishes, and the report, the summary and the asset event say `degraded`.
+* **Training, registration or the gate fails after its retries**: *degraded mode*. `select_model` serves the
+  current champion, the night still publishes, and the report, the summary, the asset event and a notification
+  say `degraded`.
 
 ### Backfills
 `airflow backfill create --dag-id nightly_recommendations --from-date A --to-date B --dag-run-conf
@@ -62,6 +93,7 @@ def _night() -> tuple[dt.date, dict]:
     default_args=DEFAULT_ARGS,
     tags=["recommendations", "nightly-recs"],
     doc_md=DOC_MD,
+    deadline=DEADLINE,
     params={
         "top_n": Param(
             SETTINGS.serving.top_n, type="integer", minimum=1, maximum=1000, title="Recommendations per user",
@@ -95,28 +127,23 @@ def nightly_recommendations() -> None:
     @task(outlets=[ASSETS["interactions"]])
     def ingest() -> dict:
         """Landing files -> validated lake partitions. Fails without retry above the quarantine threshold."""
-        from pipeline.dag_support import fail_without_retry
-        from pipeline.ingest import IngestQualityError
         from pipeline.stages import stage_ingest
 
-        try:
-            return stage_ingest(SETTINGS, _night()[0])
-        except IngestQualityError as err:
-            raise fail_without_retry(err) from err
+        return call_stage(stage_ingest, SETTINGS, _night()[0])
 
     @task
     def features() -> dict:
         """Lake -> the night's feature marts (DuckDB SQL)."""
         from pipeline.stages import stage_features
 
-        return stage_features(SETTINGS, _night()[0])
+        return call_stage(stage_features, SETTINGS, _night()[0])
 
     @task(outlets=[ASSETS["item_embeddings"]], **GPU)
     def embed() -> dict:
         """Text embeddings of the catalog; only texts not in the cache are encoded."""
         from pipeline.stages import stage_embed
 
-        return stage_embed(SETTINGS, _night()[0])
+        return call_stage(stage_embed, SETTINGS, _night()[0])
 
     @task(**GPU)
     def train() -> dict:
@@ -125,7 +152,7 @@ def nightly_recommendations() -> None:
         from pipeline.stages import stage_train
 
         day, params = skip_unless_retrain(*_night())
-        return stage_train(SETTINGS, day, params["max_epochs"], get_current_context()["run_id"])
+        return call_stage(stage_train, SETTINGS, day, params["max_epochs"], get_current_context()["run_id"])
 
     @task(outlets=[ASSETS["model"]])
     def register(candidate: dict) -> dict:
@@ -135,40 +162,44 @@ def nightly_recommendations() -> None:
         from pipeline.stages import stage_register
 
         context = get_current_context()
-        result = stage_register(SETTINGS, data_date_from_context(context), candidate["candidate_dir"],
-                                audit_force_promote(context), context["run_id"],
-                                getattr(context["dag_run"], "triggering_user_name", None) or "",
-                                train_run_id=candidate.get("run_id", ""))
+        result = call_stage(stage_register, SETTINGS, data_date_from_context(context), candidate["candidate_dir"],
+                            audit_force_promote(context), context["run_id"],
+                            getattr(context["dag_run"], "triggering_user_name", None) or "",
+                            train_run_id=candidate.get("run_id", ""))
         attach_asset_extra(context, ASSETS["model"], model_summary(result))
         return result
 
     @task(trigger_rule="all_done")
     def select_model() -> dict:
-        """The model that serves tonight: the champion; degraded if tonight's training failed."""
-        from pipeline.dag_support import require_upstream_result
+        """The model that serves tonight: the champion; degraded (and notified) if no gate decision was recorded."""
+        from pipeline.dag_support import notify_degraded, require_upstream_result
         from pipeline.stages import stage_select_model
 
         context = get_current_context()
         require_upstream_result(context, "embed")
         day, params = _night()
-        return stage_select_model(SETTINGS, day, bool(params["retrain"]), context["run_id"])
+        chosen = call_stage(stage_select_model, SETTINGS, day, bool(params["retrain"]), context["run_id"])
+        if chosen["degraded"]:
+            notify_degraded(context, chosen, day)
+        return chosen
 
     @task
     def recommend(chosen: dict) -> dict:
-        """Score every active user with the champion; stage the table."""
+        """Score every active user with the version select_model chose; stage the table."""
         from pipeline.stages import stage_recommend
 
         day, params = _night()
-        return stage_recommend(SETTINGS, day, int(params["top_n"]), float(params["diversity"]))
+        return call_stage(stage_recommend, SETTINGS, day, int(params["top_n"]), chosen["version"],
+                          float(params["diversity"]))
 
-    @task(outlets=[ASSETS["recommendations"]])
+    @task(outlets=[ASSETS["recommendations"]], **WRITER)
     def publish(staged: dict, chosen: dict) -> dict:
         """Validate and atomically publish; the asset event carries the date, path and serving model."""
         from pipeline.dag_support import attach_asset_extra, publish_summary
         from pipeline.stages import stage_publish
 
         day = _night()[0]
-        result = stage_publish(SETTINGS, day, staged["staged"], staged["top_n"], staged["model_version"])
+        result = call_stage(stage_publish, SETTINGS, day, staged["staged"], staged["top_n"], staged["model_version"])
         return attach_asset_extra(get_current_context(), ASSETS["recommendations"],
                                   publish_summary(result, chosen, day))
 
@@ -184,7 +215,7 @@ def nightly_recommendations() -> None:
         """The nightly report (Markdown + JSON), attached to tonight's MLflow run."""
         from pipeline.stages import stage_report
 
-        return stage_report(SETTINGS, _night()[0])
+        return call_stage(stage_report, SETTINGS, _night()[0])
 
     embedded = embed()
     ingest() >> features() >> embedded

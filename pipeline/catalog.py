@@ -19,6 +19,7 @@ Layout under the state home (defaults; landing, lake, warehouse and MLflow can e
     models/dt=D/<candidate>/               a night's candidate models (bundle, metrics, curves)
     staging/dt=D/                          scored tables waiting for validation
     reports/<D>.md, <D>.json, <D>.html     the nightly report (Markdown, JSON, HTML with plots)
+    locks/publish-dt=D.lock                one writer per published date (flock)
     warehouse.duckdb                       published tables and ledgers
     mlflow/mlflow.db, mlflow/artifacts/    tracking and registry
     airflow/                               the local Airflow home
@@ -116,6 +117,11 @@ class Catalog:
         one left behind was written by a killed process."""
         folder = self.lake_table(table)
         return sorted(folder.glob("dt=*/.*.tmp")) if folder.is_dir() else []
+
+    def publish_lock(self, data_date: dt.date) -> Path:
+        """The lock file that serialises publishes of one date (on the local state home, not in the lake:
+        flock needs a local filesystem and readers of the lake never see it)."""
+        return self.paths.home / "locks" / f"publish-{_dt(data_date)}.lock"
 
     def quarantine_file(self, kind: str, data_date: dt.date) -> Path:
         return self.partition_file("quarantine", data_date, f"{kind}.parquet")

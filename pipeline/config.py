@@ -23,6 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+# The baselines of the evaluation (recsys.evaluate.BASELINES) the gate may compare with.
+GATE_BASELINES = ("most_popular", "recent_popular", "item_transition")
 DEFAULT_EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating")
 # Placeholders a text template may use; sql/marts/item_catalog.sql fills each one from the column of that name.
 TEMPLATE_FIELDS = ("title", "description", "brand", "genres", "categories", "tags")
@@ -208,6 +210,18 @@ class ServingSettings(_Section):
     reason_window: int = Field(5, ge=0, le=200)  # last history items occluded to find each row's reason (0 = none)
     diversity: Fraction = 0.0                    # MMR re-ranking weight (0 = off: the top-N by score)
     gate_max_coverage_loss: Fraction = 0.5       # challenger may lose at most this share of the champion's coverage@10
+    gate_baselines: tuple[str, ...] = GATE_BASELINES  # the challenger must beat the strongest of these
+    gate_sample_users: int = Field(256, ge=1, le=100_000)  # users the gate scores through the serving path
+    allow_future_dates: bool = False             # process data dates that have not ended yet (UTC); tests only
+
+    @field_validator("gate_baselines")
+    @classmethod
+    def _gate_baselines(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        names = tuple(dict.fromkeys(v.strip().lower() for v in value if v.strip()))
+        unknown = set(names) - set(GATE_BASELINES)
+        if not names or unknown:
+            raise ValueError(f"must name one or more of {list(GATE_BASELINES)} (unknown: {sorted(unknown)})")
+        return names
 
 
 class AirflowSettings(_Section):
@@ -218,6 +232,9 @@ class AirflowSettings(_Section):
     task_retries: int = Field(2, ge=0, le=20)    # retries per task (exponential backoff)
     retry_delay_seconds: int = Field(300, ge=1)  # first retry delay; doubles each retry
     task_timeout_minutes: int = Field(120, ge=1)  # execution_timeout of every task
+    writer_pool: str = Field("default_pool", min_length=1)  # Airflow pool of the publishing task (1 slot: one writer)
+    alert_webhook_url: str = Field("", pattern=r"^(https?://\S+)?$")  # JSON POST on failures, degraded, deadline
+    publish_deadline_minutes: int = Field(240, ge=0, le=24 * 60)  # alert when a run is not done this long; 0 = off
 
 
 class OperationsSettings(_Section):

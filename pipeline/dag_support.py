@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,69 @@ def fail_without_retry(err: Exception) -> Exception:
     from airflow.sdk.exceptions import AirflowFailException
 
     return AirflowFailException(f"{type(err).__name__}: {err}")
+
+
+# Failures that a retry cannot fix (bad data, bad settings, a model or table that breaks a rule): the task fails
+# at once. Matched by class name through the MRO, so this module imports none of the heavy modules defining them.
+DETERMINISTIC_ERRORS = frozenset({"IngestFormatError", "IngestQualityError", "IngestVolumeError", "GrainCheckError",
+                                  "PublishValidationError", "ConfigError", "DataDateError"})
+
+
+def is_deterministic(err: BaseException) -> bool:
+    return any(cls.__name__ in DETERMINISTIC_ERRORS for cls in type(err).__mro__)
+
+
+def call_stage(stage: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Run a stage function; a deterministic error fails the task without retries (AirflowFailException),
+    anything else (a lock wait, a full disk, a lost connection) is left to Airflow's retries."""
+    try:
+        return stage(*args, **kwargs)
+    except Exception as err:
+        if is_deterministic(err):
+            raise fail_without_retry(err) from err
+        raise
+
+
+def _webhook_url() -> str:
+    from pipeline.config import load_settings
+
+    return load_settings().airflow.alert_webhook_url
+
+
+def _run_details(context: Any) -> dict[str, Any]:
+    ti, dag_run = context.get("ti"), context.get("dag_run")
+    return {"dag_id": getattr(dag_run, "dag_id", None) or getattr(ti, "dag_id", None),
+            "run_id": getattr(dag_run, "run_id", None) or context.get("run_id"),
+            "task_id": getattr(ti, "task_id", None)}
+
+
+def notify_task_failed(context: Any) -> None:
+    """on_failure_callback: a task failed for good (after its retries, or at once for deterministic errors)."""
+    from pipeline.notify import notify
+
+    err = context.get("exception")
+    details = {**_run_details(context), "error": f"{type(err).__name__}: {err}" if err else None}
+    notify("task_failed", f"nightly-recs task {details['task_id']} failed", details, _webhook_url())
+
+
+def notify_degraded(context: Any, chosen: dict[str, Any], data_date: dt.date) -> None:
+    """A night that serves the previous champion because tonight's model never reached a gate decision."""
+    from pipeline.notify import notify
+
+    details = {**_run_details(context), "data_date": data_date.isoformat(), "serving_version": chosen.get("version")}
+    notify("degraded", f"nightly-recs {data_date}: DEGRADED, serving champion version {chosen.get('version')}",
+           details, _webhook_url())
+
+
+async def notify_deadline_missed(context: Any = None, **kwargs: Any) -> None:
+    """Deadline alert callback (runs in the triggerer): the night has not finished by its deadline."""
+    import asyncio
+
+    from pipeline.notify import notify
+
+    details = {**_run_details(context or {}), **kwargs}
+    await asyncio.to_thread(notify, "deadline_missed", "nightly-recs: the night's recommendations are not "
+                            "published by the deadline", details, _webhook_url())
 
 
 def audit_force_promote(context: Any) -> bool:

@@ -5,21 +5,27 @@ any violation blocks publishing with a message that names every broken rule, how
 an example user. Nothing is written before validation passes.
 
 Publishing a data date D, in this order:
-1. write lake/recommendations/dt=D/.part-0.<uuid>.tmp (readers never see it: it is not `*.parquet`);
+0. take the date's lock (an exclusive `flock` on <home>/locks/publish-dt=D.lock): one writer per
+   date, so a backfill beside the nightly run waits instead of interleaving; the kernel releases the lock
+   when its holder dies, so a killed writer never blocks the next one. Holding it, remove every
+   `.part-*.tmp` of the date: only the lock holder writes them, so they are a dead writer's leftovers;
+1. write lake/recommendations/dt=D/.part-0.<writer uuid>.tmp (readers never see it: it is not `*.parquet`);
 2. in one DuckDB transaction, delete the D slice of `recommendations` and insert the night, then commit;
 3. rename the temp file over lake/recommendations/dt=D/part-0.parquet (atomic on one filesystem).
 A crash (even SIGKILL) before the commit leaves the warehouse as it was; DuckDB's write-ahead log makes
 the commit all-or-nothing; a crash between the commit and the rename leaves the warehouse new and the lake
-partition old, and rerunning D replaces both. The warehouse is the consumers' source of truth; stale temp
-files are removed by the next publish of the same date.
+partition old, and rerunning D replaces both. The warehouse is the consumers' source of truth.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import logging
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +68,7 @@ PUBLISHED_SCHEMA = pa.schema(
     ]
 )
 PART_FILE = "part-0.parquet"
+LOCK_WAIT_S = 1800.0  # how long a publish waits for another writer of the same date
 
 Checkpoint = Callable[[str], None]  # called with a step name; tests use it to kill the process at that step
 
@@ -139,34 +146,65 @@ def publish(
     model_version: str | None,
     generated_at: dt.datetime | None = None,
     checkpoint: Checkpoint | None = None,
+    lock_wait_s: float = LOCK_WAIT_S,
 ) -> dict[str, Any]:
     """Write a validated table for data_date to the lake and the warehouse, replacing that date only.
 
     Call validate() first (publish_validated does both). `checkpoint(step)` is called after each step
-    ("parquet_written", "rows_inserted" inside the open transaction, "committed", "renamed").
+    ("parquet_written", "rows_inserted" inside the open transaction, "committed", "renamed"). Waits at most
+    lock_wait_s for another writer of the same date (PublishLockedError after that).
     """
     step = checkpoint or (lambda _name: None)
     generated_at = generated_at or dt.datetime.now(dt.UTC)
     night = night_table(table, data_date, model_name, model_version, generated_at)
     folder, warehouse_path = catalog.partition("recommendations", data_date), catalog.warehouse
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob(".part-*.tmp"):  # left by a publish that was killed
-        stale.unlink()
-    tmp = folder / f".part-0.{uuid.uuid4().hex}.tmp"
-    try:
-        pq.write_table(night, tmp, compression="zstd")
-        step("parquet_written")
-        rows = _replace_slice(warehouse_path, data_date, night, step)
-        step("committed")
-        tmp.replace(folder / PART_FILE)
-        step("renamed")
-    finally:
-        tmp.unlink(missing_ok=True)
+    with date_lock(catalog.publish_lock(data_date), data_date, lock_wait_s):
+        for stale in folder.glob(".part-*.tmp"):  # a dead writer's: only the lock holder writes temp files
+            log.warning("removing %s, left by a publish of %s that died", stale, data_date)
+            stale.unlink()
+        tmp = folder / f".part-0.{uuid.uuid4().hex}.tmp"  # this writer's own
+        try:
+            pq.write_table(night, tmp, compression="zstd")
+            step("parquet_written")
+            rows = _replace_slice(warehouse_path, data_date, night, step)
+            step("committed")
+            tmp.replace(folder / PART_FILE)
+            step("renamed")
+        finally:
+            tmp.unlink(missing_ok=True)
     users = pc.count_distinct(night["user_id"]).as_py()
     log.info("published %d recommendations for %d users on %s to %s and %s", rows, users, data_date,
              folder / PART_FILE, warehouse_path)
     return {"rows": rows, "users": users, "parquet": str(folder / PART_FILE),
             "warehouse": str(warehouse_path), "generated_at": generated_at.isoformat()}
+
+
+class PublishLockedError(RuntimeError):
+    """Another writer held the date's publish lock for longer than the wait allowed."""
+
+
+@contextlib.contextmanager
+def date_lock(path: Path, data_date: dt.date, wait_s: float) -> Iterator[None]:
+    """Hold an exclusive flock on `path` (one writer per date); wait up to wait_s, polling with backoff."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline, delay = time.monotonic() + wait_s, 0.05
+    with path.open("a+") as fh:
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise PublishLockedError(f"recommendations for {data_date}: another publish holds {path} "
+                                             f"(waited {wait_s:.0f} s)") from None
+                log.info("a publish of %s is in progress; waiting for %s", data_date, path)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _replace_slice(warehouse_path: Path, data_date: dt.date, night: pa.Table, step: Checkpoint) -> int:
@@ -192,14 +230,20 @@ def _replace_slice(warehouse_path: Path, data_date: dt.date, night: pa.Table, st
 
 def validation_inputs(catalog: Catalog, data_date: dt.date) -> tuple[list[str], pa.Table, list[str]]:
     """What the publishing rules check against, each mart read once: the users to serve (active users with a
-    history, as scoring selects them), their seen items (user_id, item_id) and the catalog's item ids."""
+    history, as scoring selects them), their seen items (user_id, item_id) and the item ids that may be
+    recommended (the catalog without items marked removed)."""
     activity = pq.read_table(catalog.mart(data_date, "user_activity"), columns=["user_id", "is_active"])
     active = set(activity.filter(activity["is_active"]).column("user_id").to_pylist())
     users = [u for u in pq.read_table(catalog.mart(data_date, "user_sequences"), columns=["user_id"])
              .column("user_id").to_pylist() if u in active]
     seen = pq.read_table(catalog.mart(data_date, "user_seen_items"), columns=["user_id", "item_id"])
-    items = pq.read_table(catalog.mart(data_date, "item_catalog"), columns=["item_id"]).column("item_id")
-    return users, seen, sorted(items.to_pylist())
+    return users, seen, recommendable_items(catalog, data_date)
+
+
+def recommendable_items(catalog: Catalog, data_date: dt.date) -> list[str]:
+    """The item_catalog's item ids without items marked removed (sql/marts/item_catalog.sql is_removed)."""
+    items = pq.read_table(catalog.mart(data_date, "item_catalog"), columns=["item_id", "is_removed"])
+    return sorted(items.filter(pc.invert(items["is_removed"])).column("item_id").to_pylist())
 
 
 def publish_validated(

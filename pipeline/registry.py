@@ -23,67 +23,33 @@ import json
 import logging
 import math
 import tempfile
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-from mlflow.pyfunc import PythonModel
 
 from pipeline.catalog import Catalog
 from pipeline.config import Settings
+from pipeline.gate import GATE_METRIC, GateDecision, decide, strongest_baseline
 from pipeline.guardrails import apply_guardrails
 from pipeline.recsys.bundle import ModelBundle
+from pipeline.recsys.pyfunc import BUNDLE_ARTIFACT, BundlePyfunc  # noqa: F401 - the script of models logged before
 
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "nightly-recs"
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-BUNDLE_ARTIFACT = "bundle"
-GATE_METRIC = "ndcg@10"
 MODEL_REQUIREMENTS = ("mlflow", "torch", "numpy", "pyarrow", "pydantic")  # what the pyfunc's imports need
 PYFUNC_SCRIPT = (
     "import mlflow\n"
-    "from pipeline.registry import BundlePyfunc\n"
+    "from pipeline.recsys.pyfunc import BundlePyfunc\n"
     "mlflow.models.set_model(BundlePyfunc())\n"
 )
-
-
-class BundlePyfunc(PythonModel):
-    """pyfunc: predict([[item_id, ...], ...]) -> the top-k item ids for each history (oldest item first),
-    items in the history excluded; k is `top_k` from the logged model_config."""
-
-    def load_context(self, context: Any) -> None:
-        self.bundle = ModelBundle.load(Path(context.artifacts[BUNDLE_ARTIFACT]))
-        self.top_k = int((context.model_config or {}).get("top_k", 10))
-
-    def predict(self, context: Any, model_input: list[list[str]], params: dict[str, Any] | None = None
-                ) -> list[list[str]]:
-        from pipeline.recsys.data import left_pad
-
-        max_len = self.bundle.model.config.max_len
-        encoded = [self.bundle.encode(list(items)) for items in model_input]
-        known = [i for i, seq in enumerate(encoded) if len(seq)]
-        out: list[list[str]] = [[] for _ in encoded]
-        if not known:
-            return out
-        seqs = left_pad([encoded[i] for i in known], max_len)  # (B, L)
-        k = min(self.top_k, self.bundle.model.config.n_items)
-        ids, _ = self.bundle.model.recommend(seqs, k)  # seen items excluded (recsys.model.top_k_unseen)
-        for row, i in enumerate(known):
-            out[i] = [self.bundle.item_ids[j - 1] for j in ids[row].tolist()]
-        return out
-
-
-@dataclass(frozen=True)
-class GateDecision:
-    promote: bool
-    reason: str
-    forced: bool = False
 
 
 def _client(settings: Settings) -> MlflowClient:
@@ -103,57 +69,6 @@ def experiment_id(settings: Settings) -> str:
     artifacts = Catalog.of(settings).mlflow_artifacts.resolve()
     artifacts.mkdir(parents=True, exist_ok=True)
     return client.create_experiment(EXPERIMENT, artifact_location=artifacts.as_uri())
-
-
-# ---- the gate rule -----------------------------------------------------------------------------------------
-
-
-def _rule(challenger: float, champion: float | None, popular: float, tolerance: float) -> GateDecision:
-    if not math.isfinite(challenger):
-        return GateDecision(False, f"challenger {GATE_METRIC} is {challenger}, not a finite number")
-    if not math.isfinite(popular):
-        return GateDecision(False, f"most-popular {GATE_METRIC} is {popular}; cannot compare with it")
-    if challenger <= popular:
-        return GateDecision(
-            False, f"challenger {GATE_METRIC} {challenger:.4f} does not beat most-popular {popular:.4f}"
-        )
-    if champion is None:
-        return GateDecision(
-            True, f"first model; {GATE_METRIC} {challenger:.4f} beats most-popular {popular:.4f}"
-        )
-    if not math.isfinite(champion):
-        return GateDecision(True, f"champion {GATE_METRIC} is {champion}; challenger {challenger:.4f} beats "
-                                  f"most-popular {popular:.4f}")
-    floor = champion * (1 - tolerance)
-    if challenger < floor:
-        return GateDecision(
-            False, f"challenger {GATE_METRIC} {challenger:.4f} below champion {champion:.4f} "
-                   f"x (1 - {tolerance}) = {floor:.4f}",
-        )
-    return GateDecision(
-        True, f"challenger {GATE_METRIC} {challenger:.4f} >= champion {champion:.4f} x (1 - {tolerance}) = "
-              f"{floor:.4f} and beats most-popular {popular:.4f}",
-    )
-
-
-def decide(
-    challenger_ndcg: float,
-    champion_ndcg: float | None,
-    popular_ndcg: float,
-    tolerance: float,
-    force: bool = False,
-) -> GateDecision:
-    """The promotion rule: beat most-popular, and be no worse than the champion beyond the tolerance.
-
-    The first model (no champion) must still beat most-popular; NaN or infinite metrics never pass.
-    `force` promotes anyway and says what the rule alone would have decided.
-    """
-    verdict = _rule(challenger_ndcg, champion_ndcg, popular_ndcg, tolerance)
-    if not force:
-        return verdict
-    would = "promote" if verdict.promote else "reject"
-    return GateDecision(True, f"force_promote requested by operator; the gate alone would {would}: "
-                              f"{verdict.reason}", forced=True)
 
 
 # ---- tracking ----------------------------------------------------------------------------------------------
@@ -210,7 +125,9 @@ def log_training(
             _log_evaluation(evaluation)
         info = _log_model(settings, bundle_dir)
         run_id = run.info.run_id
-    version = str(mlflow.register_model(info.model_uri, settings.serving.model_name).version)
+    # tags travel with the registration, so a retry finds this version by them (stages.stage_register)
+    version = str(mlflow.register_model(info.model_uri, settings.serving.model_name,
+                                        tags={**tags, "run_id": run_id}).version)
     client.set_registered_model_alias(settings.serving.model_name, CHALLENGER, version)
     for key, value in {**tags, "run_id": run_id}.items():
         client.set_model_version_tag(settings.serving.model_name, version, key, value)
@@ -338,9 +255,14 @@ class GateResult:
     challenger_metrics: dict[str, float]
     champion_metrics: dict[str, float] | None
     popular_ndcg: float
+    baselines: dict[str, float] = field(default_factory=dict)
+    health: str | None = None  # why the challenger failed the health check (None: healthy)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+Health = Callable[[ModelBundle], str | None]  # why a model must not serve, or None (gate.health_problem)
 
 
 def run_gate(
@@ -348,24 +270,37 @@ def run_gate(
     version: str,
     challenger: ModelBundle,
     evaluate: Callable[[ModelBundle], dict[str, float]],
-    popular_ndcg: float,
+    baselines: Mapping[str, float] | float,
     force: bool = False,
     operator: str = "operator",
+    health: Health | None = None,
 ) -> GateResult:
-    """Champion/challenger gate for a registered version: evaluate the challenger and the current champion
-    (loaded from the registry) with the same `evaluate` (the same night's split), decide, record, promote."""
+    """Champion/challenger gate for a registered version: check the challenger's health (no metric is
+    computed for a model that fails it, and force cannot promote it), evaluate the challenger and the current
+    champion (loaded from the registry) with the same `evaluate` (the same night's split), decide against the
+    strongest baseline (`baselines`: {name: ndcg@10}; a float is most-popular alone), record, promote."""
+    baselines = dict(baselines) if isinstance(baselines, Mapping) else {"most_popular": float(baselines)}
+    popular = baselines.get("most_popular", strongest_baseline(baselines)[1])
     previous = champion_version(settings)
-    champion_metrics = None
+    problem = health(challenger) if health else None
+    if problem:
+        decision = GateDecision(False, f"challenger fails the health check: {problem}")
+        evidence = {"metric": GATE_METRIC, "health": problem, "champion_version": previous, **baselines}
+        apply_gate(settings, version, decision, evidence, operator)
+        return GateResult(version, False, decision.reason, False, previous, {}, None, popular, baselines, problem)
+    champion_metrics, champion_note = None, ""
     if previous is not None and previous != version:
-        champion_metrics = evaluate(load_bundle(settings, previous)[0])
+        champion = load_bundle(settings, previous)[0]
+        champion_problem = health(champion) if health else None
+        if champion_problem:  # a broken champion must not win the re-evaluation
+            champion_metrics, champion_note = {GATE_METRIC: math.nan}, f"champion v{previous} {champion_problem}; "
+        else:
+            champion_metrics = evaluate(champion)
     challenger_metrics = evaluate(challenger)
-    decision = decide(
-        challenger_metrics[GATE_METRIC],
-        None if champion_metrics is None else champion_metrics[GATE_METRIC],
-        popular_ndcg,
-        settings.serving.gate_tolerance,
-        force=force,
-    )
+    decision = decide(challenger_metrics[GATE_METRIC],
+                      None if champion_metrics is None else champion_metrics[GATE_METRIC],
+                      baselines, settings.serving.gate_tolerance, force=force)
+    decision = GateDecision(decision.promote, champion_note + decision.reason, decision.forced)
     decision = apply_guardrails(decision, challenger_metrics, champion_metrics,
                                 settings.serving.gate_max_coverage_loss)
     evidence = {
@@ -373,26 +308,72 @@ def run_gate(
         "challenger": challenger_metrics[GATE_METRIC],
         "champion_version": previous,
         "champion": None if champion_metrics is None else champion_metrics[GATE_METRIC],
-        "most_popular": popular_ndcg,
+        **baselines,
+        "strongest_baseline": strongest_baseline(baselines)[0],
         "tolerance": settings.serving.gate_tolerance,
     }
     apply_gate(settings, version, decision, evidence, operator)
     return GateResult(version, decision.promote, decision.reason, decision.forced, previous,
-                      challenger_metrics, champion_metrics, popular_ndcg)
+                      challenger_metrics, champion_metrics, popular, baselines)
 
 
 def version_tags(settings: Settings, version: str) -> dict[str, str]:
     return dict(_client(settings).get_model_version(settings.serving.model_name, version).tags)
 
 
-def versions_for_date(settings: Settings, data_date: str, dag_run_id: str = "") -> list[str]:
+def versions_for_date(settings: Settings, data_date: str, dag_run_id: str = "", candidate: str = "") -> list[str]:
     """Versions registered for a data date (their `data_date` tag), oldest first; only those of one Airflow run
-    when dag_run_id is given (a rerun of a date must not count an earlier run's model as tonight's)."""
+    when dag_run_id is given (a rerun of a date must not count an earlier run's model as tonight's), and of one
+    candidate folder when `candidate` is given (its name: the `candidate` tag)."""
     client = _client(settings)
     try:
         versions = client.search_model_versions(filter_string=f"name = '{settings.serving.model_name}'")
     except MlflowException:
         return []
-    found = [v.version for v in versions if v.tags.get("data_date") == data_date
-             and (not dag_run_id or v.tags.get("dag_run_id") == dag_run_id)]
+    wanted = {"data_date": data_date, "dag_run_id": dag_run_id, "candidate": candidate}
+    found = [v.version for v in versions
+             if all(v.tags.get(key) == value for key, value in wanted.items() if value or key == "data_date")]
     return sorted((str(v) for v in found), key=int)
+
+
+def gated_versions(settings: Settings, data_date: str, dag_run_id: str = "") -> list[str]:
+    """Tonight's versions (as versions_for_date) on which the gate recorded a decision, oldest first."""
+    return [v for v in versions_for_date(settings, data_date, dag_run_id)
+            if "gate.decision" in version_tags(settings, v)]
+
+
+def recorded_gate(settings: Settings, version: str) -> GateResult | None:
+    """The gate result recorded on a version's tags, or None when no gate ran for it (a retried `register`
+    returns this instead of gating again)."""
+    tags = version_tags(settings, version)
+    if "gate.decision" not in tags:
+        return None
+    evidence = json.loads(tags.get("gate.evidence") or "{}")
+    baselines = {k: float(evidence[k]) for k in ("most_popular", "recent_popular", "item_transition")
+                 if isinstance(evidence.get(k), int | float)}
+    champion = evidence.get("champion")
+    return GateResult(version, tags["gate.decision"] == "promoted", tags.get("gate.reason", ""),
+                      tags.get("gate.forced") == "true", evidence.get("champion_version"),
+                      {} if evidence.get("challenger") is None else {GATE_METRIC: evidence["challenger"]},
+                      None if champion is None else {GATE_METRIC: champion},
+                      baselines.get("most_popular", math.nan), baselines, evidence.get("health"))
+
+
+def rollback(settings: Settings, to_version: str, operator: str, reason: str) -> str | None:
+    """Point `champion` at an earlier version, audited like a forced promotion (rollback.* tags on the version:
+    who, when, why, from which version); returns the previous champion."""
+    import datetime as dt
+
+    client = _client(settings)
+    name = settings.serving.model_name
+    if not to_version.isdigit():
+        raise ValueError(f"rollback needs a version number, got {to_version!r}")
+    client.get_model_version(name, to_version)  # MlflowException naming the version when it does not exist
+    previous = champion_version(settings)
+    tags = {"rollback.by": operator, "rollback.at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "rollback.reason": reason, "rollback.from_version": str(previous)}
+    for key, value in tags.items():
+        client.set_model_version_tag(name, to_version, key, value)
+    client.set_registered_model_alias(name, CHAMPION, to_version)
+    log.warning("ROLLBACK by %s: %s champion %s -> %s (%s)", operator, name, previous, to_version, reason)
+    return previous

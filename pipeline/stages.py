@@ -10,7 +10,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,12 +26,26 @@ from pipeline.config import Settings
 log = logging.getLogger(__name__)
 
 
+class DataDateError(ValueError):
+    """The data date has not ended yet (UTC) and future dates are not allowed."""
+
+
+def check_data_date(settings: Settings, data_date: dt.date, today: dt.date | None = None) -> None:
+    """Refuse a data date that is today or later (UTC) unless `allow_future_dates` is set: its data is
+    incomplete, and a published future date would be the newest night for every reader."""
+    today = today or dt.datetime.now(dt.UTC).date()
+    if data_date >= today and not settings.serving.allow_future_dates:
+        raise DataDateError(f"data date {data_date} has not ended yet (today is {today} UTC); set "
+                            "allow_future_dates to process it anyway")
+
+
 def _ledger(stage: str) -> Callable[[Callable[..., dict[str, Any]]], Callable[..., dict[str, Any]]]:
     """Record every run of a stage (status, timings, returned counts or the error) in the `runs` ledger."""
 
     def wrap(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
         def run(settings: Settings, data_date: dt.date, *args: Any, **kwargs: Any) -> dict[str, Any]:
             started = dt.datetime.now(dt.UTC)
+            check_data_date(settings, data_date)
             try:
                 result = fn(settings, data_date, *args, **kwargs)
             except Exception as err:
@@ -132,29 +148,35 @@ def stage_register(
     settings: Settings, data_date: dt.date, candidate_dir: str, force_promote: bool = False, dag_run_id: str = "",
     operator: str = "", train_run_id: str = "",
 ) -> dict[str, Any]:
-    """Log the candidate to MLflow as a new version (`challenger`), re-evaluate the champion on the same split,
-    and promote the challenger to `champion` only if it wins (or an operator forces it, recorded as such).
-    Continues the training's MLflow run when `train_run_id` names it."""
+    """Log the candidate to MLflow as a new version (`challenger`), check its health through the serving path,
+    re-evaluate the champion on the same split, and promote the challenger to `champion` only if it beats the
+    strongest baseline and the champion (or an operator forces it, recorded as such).
+
+    Continues the training's MLflow run when `train_run_id` names it. Idempotent per (date, DAG run,
+    candidate): a retry finds the version the failed attempt registered (its tags) and gates it, or returns the
+    decision already recorded on it, instead of registering another."""
     from pipeline import registry, tracking
-    from pipeline.recsys.bundle import ModelBundle
-    from pipeline.recsys.data import load_night
-    from pipeline.recsys.evaluate import evaluate_bundle
 
     folder = Path(candidate_dir)
     metrics = json.loads((folder / "metrics.json").read_text())
-    train_info = json.loads((folder / "train.json").read_text())
-    artifacts = {name: folder / name for name in ("metrics.json", "train.json", "training_curves.png")
-                 if (folder / name).is_file()}
-    tags = {"data_date": data_date.isoformat(), "dag_run_id": dag_run_id}
-    run_id, version = registry.log_training(settings, folder / "bundle", registry.run_params(train_info, data_date),
-                                            registry.run_metrics(metrics, train_info), train_info["history"],
-                                            artifacts, tags, evaluation=metrics, run_id=train_run_id or None)
-    night = load_night(Catalog.of(settings), data_date)
-    gate = registry.run_gate(
-        settings, version, ModelBundle.load(folder / "bundle"), lambda bundle: evaluate_bundle(bundle, night),
-        metrics["most_popular"]["ndcg@10"], force=force_promote, operator=operator or dag_run_id or "cli",
-    )
-    tracking.log_gate(settings, run_id, gate)
+    tags = {"data_date": data_date.isoformat(), "dag_run_id": dag_run_id, "candidate": folder.name}
+    earlier = registry.versions_for_date(settings, tags["data_date"], dag_run_id, folder.name)
+    if earlier:
+        version = earlier[-1]
+        run_id = registry.version_tags(settings, version).get("run_id", "")
+        log.info("register retried: reusing version %s registered for %s by this run", version, data_date)
+    else:
+        train_info = json.loads((folder / "train.json").read_text())
+        artifacts = {name: folder / name for name in ("metrics.json", "train.json", "training_curves.png")
+                     if (folder / name).is_file()}
+        run_id, version = registry.log_training(
+            settings, folder / "bundle", registry.run_params(train_info, data_date),
+            registry.run_metrics(metrics, train_info), train_info["history"], artifacts, tags, evaluation=metrics,
+            run_id=train_run_id or None)
+    gate = registry.recorded_gate(settings, version) or _gate(
+        settings, data_date, version, folder, metrics, force_promote, operator or dag_run_id or "cli")
+    if run_id:
+        tracking.log_gate(settings, run_id, gate)
     record = {**gate.to_dict(), "champion_version": gate.previous_champion}
     (folder / "gate.json").write_text(json.dumps(record, indent=2))
     return {"run_id": run_id, "version": version, "promoted": gate.promoted, "reason": gate.reason,
@@ -162,30 +184,56 @@ def stage_register(
             "candidate_dir": candidate_dir}
 
 
+def _gate(settings: Settings, data_date: dt.date, version: str, folder: Path, metrics: dict[str, Any],
+          force: bool, operator: str) -> Any:
+    """registry.run_gate with the night's evaluation split, its baselines and a health check on a sample of
+    the night's users through the serving path."""
+    from pipeline import registry
+    from pipeline.gate import health_problem, sample_users
+    from pipeline.recsys.bundle import ModelBundle
+    from pipeline.recsys.data import load_night
+    from pipeline.recsys.evaluate import evaluate_bundle
+    from pipeline.recsys.score import scoring_input
+
+    catalog = Catalog.of(settings)
+    night = load_night(catalog, data_date)
+    sample = sample_users(scoring_input(catalog, data_date), settings.serving.gate_sample_users)
+    baselines = {name: float(metrics.get(name, {}).get("ndcg@10", math.nan))  # missing: never beaten
+                 for name in settings.serving.gate_baselines}
+    return registry.run_gate(
+        settings, version, ModelBundle.load(folder / "bundle"), lambda bundle: evaluate_bundle(bundle, night),
+        baselines, force=force, operator=operator,
+        health=lambda bundle: health_problem(bundle, sample, settings.serving.top_n, settings.model.device),
+    )
+
+
 @_ledger("select_model")
 def stage_select_model(
     settings: Settings, data_date: dt.date, retrain: bool = True, dag_run_id: str = ""
 ) -> dict[str, Any]:
-    """Which model serves tonight: the champion. Degraded when tonight's training was expected but no version
-    for this date (and this Airflow run, when given) was registered: training or registration failed."""
+    """Which model serves tonight: the champion. Degraded when tonight's training was expected but no gate
+    decision was recorded for this date (and this Airflow run, when given): training, registration or the
+    gate failed, whether or not a version was registered."""
     from pipeline import registry
 
     champion = registry.champion_version(settings)
     if champion is None:
         raise RuntimeError(f"no '{registry.CHAMPION}' model in the registry {settings.serving.model_name!r}; "
-                           "the first night must train a model that beats most-popular")
-    trained_tonight = registry.versions_for_date(settings, data_date.isoformat(), dag_run_id)
-    degraded = retrain and not trained_tonight
+                           "the first night must train a model that beats the baselines")
+    gated = registry.gated_versions(settings, data_date.isoformat(), dag_run_id)
+    degraded = retrain and not gated
     if degraded:
-        log.error("DEGRADED: no model was trained for %s; serving champion version %s", data_date, champion)
-    return {"version": champion, "degraded": degraded, "retrain": retrain, "trained_versions": trained_tonight}
+        log.error("DEGRADED: no gate decision was recorded for %s; serving champion version %s", data_date,
+                  champion)
+    return {"version": champion, "degraded": degraded, "retrain": retrain, "trained_versions": gated}
 
 
 @_ledger("recommend")
 def stage_recommend(settings: Settings, data_date: dt.date, top_n: int | None = None,
-                    diversity: float | None = None) -> dict[str, Any]:
-    """Score every active user with `models:/<name>@champion`, each row with its reason (and MMR re-ranking
-    when the diversity weight is above 0); stage the table for publishing."""
+                    model_version: str | None = None, diversity: float | None = None) -> dict[str, Any]:
+    """Score every active user with the version select_model chose (`models:/<name>/<version>`; the current
+    champion when none is given), each row with its reason (and MMR re-ranking when the diversity weight is
+    above 0); stage the table for publishing."""
     import pyarrow as pa
 
     from pipeline import registry
@@ -193,7 +241,7 @@ def stage_recommend(settings: Settings, data_date: dt.date, top_n: int | None = 
 
     k = top_n or settings.serving.top_n
     weight = settings.serving.diversity if diversity is None else diversity
-    bundle, version = registry.load_bundle(settings, registry.CHAMPION)
+    bundle, version = registry.load_bundle(settings, model_version or registry.CHAMPION)
     data = scoring_input(Catalog.of(settings), data_date)
     table = score_users(bundle, data, k, settings.serving.score_chunk_users, settings.model.device,
                         Serving(settings.serving.reason_window, weight))
@@ -245,10 +293,30 @@ def stage_report(settings: Settings, data_date: dt.date) -> dict[str, Any]:
     return paths
 
 
+def run_rollback(settings: Settings, to_version: str, operator: str, reason: str, top_n: int | None = None
+                 ) -> dict[str, Any]:
+    """Point `champion` at an earlier version (audited on the version: who, when, why) and republish the
+    latest published date with it (recommend + publish, validated like any night)."""
+    from pipeline import registry
+
+    previous = registry.rollback(settings, to_version, operator, reason)
+    day = warehouse.latest_published(Catalog.of(settings).warehouse)
+    out: dict[str, Any] = {"champion": to_version, "previous_champion": previous, "republished": None}
+    if day is None:
+        log.warning("rollback: nothing is published yet; the next night serves version %s", to_version)
+        return out
+    k = top_n or settings.serving.top_n
+    staged = stage_recommend(settings, day, k, to_version)
+    out["republished"] = {"data_date": day.isoformat(),
+                          **stage_publish(settings, day, staged["staged"], k, staged["model_version"])}
+    return out
+
+
 def run_night(settings: Settings, data_date: dt.date, top_n: int | None = None, retrain: bool = True,
               max_epochs: int | None = None, force_promote: bool = False) -> dict[str, Any]:
     """The whole night without Airflow, in the DAG's order and with its degraded mode."""
     t0 = time.perf_counter()
+    run_id = f"cli-{uuid.uuid4().hex[:12]}"  # tonight's versions are told from earlier runs of the date by it
     results: dict[str, Any] = {"data_date": data_date.isoformat()}
     results["ingest"] = stage_ingest(settings, data_date)
     results["features"] = stage_features(settings, data_date)
@@ -257,12 +325,13 @@ def run_night(settings: Settings, data_date: dt.date, top_n: int | None = None, 
         try:
             results["train"] = stage_train(settings, data_date, max_epochs)
             results["register"] = stage_register(settings, data_date, results["train"]["candidate_dir"],
-                                                 force_promote, train_run_id=results["train"]["run_id"])
+                                                 force_promote, run_id, "cli",
+                                                 train_run_id=results["train"]["run_id"])
         except Exception:  # degraded mode, exactly as the DAG: any training or registration failure
             log.exception("training or registration failed; serving the current champion (degraded)")
-    results["select_model"] = stage_select_model(settings, data_date, retrain)
+    results["select_model"] = stage_select_model(settings, data_date, retrain, run_id)
     k = top_n or settings.serving.top_n
-    results["recommend"] = stage_recommend(settings, data_date, k)
+    results["recommend"] = stage_recommend(settings, data_date, k, results["select_model"]["version"])
     results["publish"] = stage_publish(settings, data_date, results["recommend"]["staged"], k,
                                        results["recommend"]["model_version"])
     results["housekeeping"] = stage_housekeeping(settings, data_date)

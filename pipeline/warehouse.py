@@ -1,7 +1,8 @@
 """The warehouse: one DuckDB file with the published tables and the ledgers.
 
 Tables: ``ingest_ledger`` (one row per landing file per ingest), ``runs`` (one row per stage run),
-``recommendations`` (one row per dt, user, rank) and the view ``recommendations_latest``.
+``recommendations`` (one row per dt, user, rank) and the view ``recommendations_latest`` (the newest published
+date that has ended, UTC).
 """
 
 from __future__ import annotations
@@ -57,8 +58,10 @@ SCHEMA = [
     )""",
     # warehouses created before reasons existed gain the column (null for their earlier nights)
     "alter table recommendations add column if not exists reason_item_id varchar",
+    # the newest date that has ended: a date published ahead of time (allow_future_dates) never pins it
     """create or replace view recommendations_latest as
-        select * from recommendations where dt = (select max(dt) from recommendations)""",
+        select * from recommendations
+        where dt = (select max(dt) from recommendations where dt < current_date)""",
 ]
 
 
@@ -129,3 +132,10 @@ def night_results(path: Path, day: dt.date) -> dict[str, Any]:
         parsed = json.loads(details) if details else {}
         out[stage] = parsed if status == "ok" else {"status": status, **parsed}
     return out
+
+
+def latest_published(path: Path) -> dt.date | None:
+    """The date `recommendations_latest` shows (the newest published date that has ended), or None."""
+    with connect(path) as con:
+        (day,) = con.execute("select max(dt) from recommendations_latest").fetchall()[0]
+    return day

@@ -27,6 +27,12 @@ os.environ.update(
         "DO_NOT_TRACK": "1",
         # tasks fail fast in tests: Airflow retries are exercised by configuration, not by waiting
         "NIGHTLY_RECS_TASK_RETRIES": "0",
+        # whole-night tests train 2 epochs, which beat most-popular but not item-transition on the small demo;
+        # tests/test_gate_night.py checks the default rule (the strongest of all baselines)
+        "NIGHTLY_RECS_GATE_BASELINES": "most_popular",
+        # dag.test() in Airflow 3.3 cannot finish a successful run of a DAG with a deadline alert (see
+        # airflow_local.run_dag); tests/test_alerts.py checks the alert's wiring with the setting on
+        "NIGHTLY_RECS_PUBLISH_DEADLINE_MINUTES": "0",
     }
 )
 

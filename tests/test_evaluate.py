@@ -108,3 +108,26 @@ def test_cold_recall_counts_cold_targets_only() -> None:
     assert m["cold_recall@10"] == pytest.approx(0.5)  # item 2 hit, item 1 miss; warm hits do not count
     assert m["hr@10"] == pytest.approx(3 / 4)
     assert m["random_recall@10"] == pytest.approx(10 / 11)
+
+
+def test_nan_scores_count_against_the_model() -> None:
+    """NaN is the worst case (issue 14, item 1): a scorer that is NaN everywhere but on the target must not get
+    full marks (it did: 1.0), and NaN on half the catalog must not beat an honest scorer."""
+    from pipeline.recsys.evaluate import _ranking_metrics
+
+    n_items, targets = 20, np.array([3, 7, 11], dtype=np.int64)
+    inputs = [np.array([1], dtype=np.int64)] * len(targets)
+
+    def nan_but_target(idx: np.ndarray, hist: list[np.ndarray]) -> torch.Tensor:
+        scores = torch.full((len(idx), n_items + 1), float("nan"))
+        scores[torch.arange(len(idx)), torch.from_numpy(targets[idx])] = 1.0
+        return scores
+
+    def half_nan(idx: np.ndarray, hist: list[np.ndarray]) -> torch.Tensor:
+        scores = torch.arange(n_items + 1, dtype=torch.float32).flip(0).repeat(len(idx), 1)  # item 1 best
+        scores[:, ::2] = float("nan")
+        return scores
+
+    assert _ranking_metrics(nan_but_target, inputs, targets, n_items)["ndcg@10"] == 0.0
+    honest = rank_metrics(targets - 2)  # targets ranked by id: item 2 first (item 1 is seen)
+    assert _ranking_metrics(half_nan, inputs, targets, n_items)["ndcg@10"] < honest["ndcg@10"]

@@ -157,10 +157,14 @@ def test_top_k_unseen_never_returns_seen_items_and_respects_k() -> None:
 
 
 def test_top_k_unseen_nan_handling() -> None:
-    """NaN scores of unseen items are not masked (torch.topk ranks them first, so a broken model shows up in
-    the output instead of a short list); a NaN on a seen item is masked like any seen score."""
+    """NaN scores of unseen items rank last (after every finite score, before masked items) and come back as
+    NaN, so a broken model shows up in validation instead of topping every list (issue 14, item 1); a NaN on a
+    seen item is masked like any seen score."""
     scores = torch.tensor([[0.0, float("nan"), 2.0, 1.0, float("nan")]])
     top_scores, top_ids = top_k_unseen(scores, torch.tensor([[0, 4]]), k=2)
-    assert top_ids.tolist() == [[1, 2]]
-    assert torch.isnan(top_scores[0, 0]) and top_scores[0, 1] == 2.0
+    assert top_ids.tolist() == [[2, 3]]
+    assert top_scores.tolist() == [[2.0, 1.0]]
+    all_scores, all_ids = top_k_unseen(scores.clone(), torch.tensor([[0, 4]]), k=4)
+    assert all_ids[0, :3].tolist() == [2, 3, 1] and torch.isnan(all_scores[0, 2])
+    assert torch.isneginf(all_scores[0, 3])
     assert torch.isneginf(scores[0, 4])  # masked in place

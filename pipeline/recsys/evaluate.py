@@ -4,7 +4,8 @@ Protocol (shared by the model and every baseline): each user has an input histor
 all items 1..n_items are ranked, items in the user's input history are removed from the ranking except the
 target itself, and the rank of the target is the number of remaining items scoring strictly higher plus the
 number tied with it (ties count against the target, so a constant scorer gets no credit). Target 0 (an item
-unknown to the model) is a miss.
+unknown to the model) is a miss. NaN is the worst case for the model: a NaN target score is a miss and every
+other candidate with a NaN score counts as ranked above the target.
 
 With `item_stats`, the top-10 lists are also measured beyond accuracy (recsys.diversity: Gini of exposure,
 novelty, intra-list diversity, popularity lift, cold-item share), for the model and every baseline alike.
@@ -86,7 +87,7 @@ def _ranking_metrics(
         excluded[:, 0] = True
         excluded.scatter_(1, tgt_safe.unsqueeze(1), ~valid.unsqueeze(1))
         n_candidates[idx] = (~excluded).sum(1).numpy()
-        higher = (scores > target_score).sum(1)
+        higher = ((scores > target_score) | (torch.isnan(scores) & ~excluded)).sum(1)  # NaN counts against
         tied = ((scores == target_score) & ~excluded).sum(1) - 1  # minus the target itself
         rank = higher + tied.clamp(min=0)
         ranks[idx] = torch.where(valid & torch.isfinite(target_score[:, 0]), rank, NOT_RANKED).numpy()

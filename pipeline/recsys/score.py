@@ -79,8 +79,9 @@ def scoring_input(catalog: Catalog, data_date: dt.date) -> ScoringInput:
     seen: dict[str, list[str]] = {}
     for u, i in zip(seen_t["user_id"], seen_t["item_id"], strict=True):
         seen.setdefault(u, []).append(i)
-    catalog_ids = set(pq.read_table(catalog.mart(data_date, "item_catalog"),
-                                    columns=["item_id"]).column("item_id").to_pylist())
+    from pipeline.publish import recommendable_items
+
+    catalog_ids = set(recommendable_items(catalog, data_date))  # items marked removed are never recommended
     pop = pq.read_table(catalog.mart(data_date, "item_popularity")).to_pydict()
     popular = sorted(zip(pop["item_id"], pop["events_30d"], pop["events_all"], strict=True),
                      key=lambda r: (-r[1], -r[2], r[0]))

@@ -1,6 +1,9 @@
 """`nightly-recs`: run one stage or the whole night for a date, a DAG run through Airflow, the demo source,
 importers and benchmarks.
 
+`rollback --to-version N --reason R` points `champion` at version N (tags rollback.by/at/reason/from_version on
+it) and republishes the latest published date with it.
+
 Each stage command (`ingest`, `features`, `embed`, `train`, `register`, `select`, `recommend`, `publish`,
 `report`) runs that stage of `pipeline.stages` for `--date D` and prints its result as JSON. A stage that needs
 an earlier stage's output (the candidate folder, the staged table) takes it from that stage's latest ledger
@@ -164,6 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
     dag_run.add_argument("--conf", default="{}", help="JSON params, e.g. '{\"top_n\": 20}'")
     dag_run.add_argument("--in-process", action="store_true", help="run here, with Airflow's full output")
 
+    rollback = sub.add_parser("rollback", help="point champion at an earlier version and republish the latest "
+                                               "published date with it (audited on the version)")
+    rollback.add_argument("--to-version", required=True, help="the model version to serve, e.g. 3")
+    rollback.add_argument("--reason", required=True, help="why (recorded on the version)")
+    rollback.add_argument("--operator", help="who asks (default: the login name)")
+    rollback.add_argument("--top-n", type=int)
+
     summary = sub.add_parser("summary", help="print the summary of a night")
     summary.add_argument("--date", type=_parse_date, required=True)
 
@@ -219,6 +229,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "dag-run":
         return _dag_run(settings, args)
+    if args.command == "rollback":
+        import getpass
+
+        from pipeline.stages import run_rollback
+
+        result = run_rollback(settings, args.to_version, args.operator or getpass.getuser(), args.reason,
+                              args.top_n)
+        print(json.dumps(result, indent=2, default=str))
+        return 0
     if args.command == "summary":
         print_summary(settings, args.date)
         return 0

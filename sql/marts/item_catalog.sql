@@ -3,6 +3,8 @@
 -- reads: stg_lake_items.
 -- parameters: $text_template_parts (varchar[]: the text template split into literals and field placeholders
 --             such as '{title}', see pipeline.features.template_parts).
+-- is_removed: the latest version says `removed = true`: the item stays in the catalog (its history trains the
+--             model) but is never recommended (scoring and publishing validation leave it out).
 -- text: the template filled from the item's fields (lists joined with ', ', missing fields empty), then split
 --       on '. ', empty parts dropped and the rest joined again, so missing fields leave no stray separators.
 with versions as (
@@ -62,6 +64,7 @@ final as (
         cast(l.tags as varchar[]) as tags,
         cast(l.updated_at as timestamptz) as updated_at,
         cast(f.first_seen_dt as date) as first_seen_dt,
+        cast(coalesce(l.removed, false) as boolean) as is_removed,
         cast(t.text as varchar) as text
     from latest as l
     inner join first_seen as f on l.item_id = f.item_id

@@ -1,6 +1,8 @@
 -- stg_lake_items: every catalog version dropped up to the run date, from the lake.
 -- grain: one row per (item_id, dt).
 -- parameters: $items_glob (Parquet files of lake/items), $run_date (date, inclusive).
+-- removed: the optional boolean `removed` of a version (true: the item is discontinued as of that version);
+--          read through the row's JSON so that partitions without the column read as null (not removed).
 with source as (
     select * from read_parquet($items_glob, hive_partitioning = true, union_by_name = true)
 ),
@@ -15,6 +17,7 @@ final as (
         cast(categories as varchar[]) as categories,
         cast(tags as varchar[]) as tags,
         cast(updated_at as timestamptz) as updated_at,
+        cast(try_cast(to_json(source) ->> 'removed' as boolean) as boolean) as removed,
         cast(dt as date) as dt
     from source
     where cast(dt as date) <= cast($run_date as date)
