@@ -80,11 +80,17 @@ def next_data_date(settings: Settings) -> dt.date:
     catalog = Catalog.of(settings)
     last = warehouse.latest_published(catalog.warehouse)
     if last is not None:
-        return last + dt.timedelta(days=1)
-    dates = sorted(landing_files(catalog.landing_dir("events")))
-    if not dates:
-        raise SystemExit(f"no landing files in {catalog.landing_dir('events')}: run `nightly-recs demo-data`")
-    return dates[max(0, len(dates) - 3)]
+        day = last + dt.timedelta(days=1)
+    else:
+        dates = sorted(landing_files(catalog.landing_dir("events")))
+        if not dates:
+            raise SystemExit(f"no landing files in {catalog.landing_dir('events')}: run `nightly-recs demo-data`")
+        day = dates[max(0, len(dates) - 3)]
+    today = dt.datetime.now(dt.UTC).date()
+    if day >= today and not settings.serving.allow_future_dates:
+        raise SystemExit(f"the next night to run is {day}, which has not ended yet (today is {today} UTC): "
+                         "every closed day is published; run again after midnight UTC")
+    return day
 
 
 def run_dag_logged(settings: Settings, data_date: dt.date, conf: dict[str, Any]) -> str:

@@ -14,12 +14,16 @@ logger = logging.getLogger(__name__)
 
 
 def write_demo_source(catalog: Catalog, days: int, seed: int, if_empty: bool = False) -> dict[str, int]:
-    """Generate the demo source into the landing folder and mark it as the demo (so it can extend itself)."""
+    """Generate the demo source into the landing folder and mark it as the demo (so it can extend itself).
+
+    The drops end yesterday (UTC): a night only processes days that have ended, so the demo's last `days`
+    days are real past dates wherever and whenever it is generated (same seed, same content)."""
     events = catalog.landing_dir("events")
     if if_empty and events.is_dir() and any(events.iterdir()):
         logger.info("landing folder %s already has events; not generating demo data", events)
         return {}
-    config = DemoConfig(days=days, seed=seed)
+    yesterday = datetime.datetime.now(datetime.UTC).date() - datetime.timedelta(days=1)
+    config = DemoConfig(days=days, seed=seed, start_date=yesterday - datetime.timedelta(days=days - 1))
     counts = generate(catalog.landing, config)
     marker = {"days": config.days, "seed": config.seed, "start_date": config.start_date.isoformat()}
     catalog.demo_marker.write_text(json.dumps(marker))
