@@ -137,8 +137,13 @@ class Catalog:
         return self.scratch_root / f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex}"
 
     # --- features and embeddings ---
+    @property
+    def features_root(self) -> Path:
+        """Every night's marts, one `dt=D` folder per date."""
+        return self.paths.lake_dir / "features"
+
     def features_dir(self, data_date: dt.date) -> Path:
-        return self.paths.lake_dir / "features" / _dt(data_date)
+        return self.features_root / _dt(data_date)
 
     def mart(self, data_date: dt.date, name: str) -> Path:
         return self.features_dir(data_date) / f"{name}.parquet"

@@ -244,6 +244,7 @@ class OperationsSettings(_Section):
     report_trend_nights: int = Field(30, ge=2, le=366)  # nights the HTML report's trend plots span
     staging_keep_days: int = Field(0, ge=0, le=366)  # staged tables of dates older than the night by more go
     candidate_keep_days: int = Field(7, ge=0, le=3660)  # rejected or unregistered candidate folders: days kept
+    features_keep_days: int = Field(14, ge=1, le=3660)  # the night's marts of older dates are removed
     embedding_cache_max_parts: int = Field(8, ge=1, le=100_000)  # compact the embedding cache above this
 
 

@@ -5,6 +5,8 @@
 - Candidate folders (`models/dt=D/<id>/`) of trainings the gate rejected, or that were never registered (the
   training or registration failed after saving), are removed once older than `candidate_keep_days`.
   Promoted candidates stay: they are the champions' local evidence (the registry holds the models).
+- The night's marts (`lake/features/dt=D/`) are derived data that any rerun of D rebuilds; dates more than
+  `features_keep_days` before the night are removed.
 - The embedding cache gets one Parquet part per night with new texts; above `embedding_cache_max_parts`
   parts it is rewritten as one part (one row per encoder and text hash, the newest), written before the old
   parts are removed, so a reader never misses a vector.
@@ -48,6 +50,16 @@ def clean_staging(catalog: Catalog, data_date: dt.date, keep_days: int) -> dict[
         shutil.rmtree(folder)
         log.info("housekeeping: removed staged tables %s (%d files)", folder, len(parts))
     return {"staging_files_removed": files, "staging_bytes_removed": size}
+
+
+def clean_features(catalog: Catalog, data_date: dt.date, keep_days: int) -> dict[str, int]:
+    """Remove the marts of dates more than keep_days before data_date (a rerun of such a date rebuilds them)."""
+    removed = 0
+    for folder in _dated_folders(catalog.features_root, data_date - dt.timedelta(days=keep_days + 1)):
+        shutil.rmtree(folder)
+        removed += 1
+        log.info("housekeeping: removed the marts of %s", folder)
+    return {"feature_dates_removed": removed}
 
 
 def _rejected(candidate: Path) -> bool:
@@ -104,6 +116,7 @@ def run_housekeeping(ops: OperationsSettings, catalog: Catalog, data_date: dt.da
     counts: dict[str, Any] = {}
     counts.update(clean_staging(catalog, data_date, ops.staging_keep_days))
     counts.update(clean_candidates(catalog, data_date, ops.candidate_keep_days))
+    counts.update(clean_features(catalog, data_date, ops.features_keep_days))
     counts.update(compact_embedding_cache(catalog.embedding_cache, ops.embedding_cache_max_parts))
     log.info("housekeeping for %s: %s", data_date, counts)
     return counts
