@@ -45,6 +45,7 @@ DEFAULT_ITEM_COLUMNS = {
     "categories": "categories",
     "tags": "tags",
     "updated_at": "updated_at",
+    "removed": "removed",  # optional: true marks the item discontinued as of this version
 }
 
 

@@ -236,6 +236,31 @@ def test_items_marked_removed_are_never_recommended(night: dict[str, Any]) -> No
         stages.stage_features(settings, NIGHT)
 
 
+def test_a_removal_in_the_landing_catalog_is_never_recommended(night: dict[str, Any]) -> None:
+    """The documented field end to end: a catalog line `{"item_id": ..., "removed": true}` in a later file of
+    the date (a correction: tags order a date's files) marks the item removed; it needs no text."""
+    settings = night["settings"]
+    catalog = Catalog.of(settings)
+    top = stages.stage_recommend(settings, NIGHT, 10, "1")
+    counts = pc.value_counts(pq.read_table(top["staged"]).column("item_id")).to_pylist()
+    removed = max(counts, key=lambda c: c["counts"])["values"]
+    drop = catalog.landing_file("items", NIGHT, ".2.jsonl")
+    drop.write_text(f'{{"item_id": "{removed}", "removed": true, "updated_at": "{NIGHT}T23:59:59Z"}}\n')
+    try:
+        stages.stage_ingest(settings, NIGHT)
+        stages.stage_features(settings, NIGHT)
+        items = pq.read_table(catalog.mart(NIGHT, "item_catalog")).to_pylist()
+        assert [i["is_removed"] for i in items if i["item_id"] == removed] == [True]
+        staged = stages.stage_recommend(settings, NIGHT, 10, "1")
+        assert removed not in set(pq.read_table(staged["staged"]).column("item_id").to_pylist())
+    finally:
+        drop.unlink()
+        stages.stage_ingest(settings, NIGHT)  # the date is re-ingested without the vanished file
+        stages.stage_features(settings, NIGHT)
+    items = pq.read_table(catalog.mart(NIGHT, "item_catalog")).to_pylist()
+    assert [i["is_removed"] for i in items if i["item_id"] == removed] == [False]
+
+
 # ---- item 8: rollback ----------------------------------------------------------------------------------------
 
 

@@ -14,7 +14,8 @@ with records as (
         f.genres_pos,
         f.categories_pos,
         f.tags_pos,
-        f.updated_at_pos
+        f.updated_at_pos,
+        f.removed_pos
     from csv_records as r
     inner join ingest_files as f on r.file_no = f.file_no
 ),
@@ -34,7 +35,8 @@ final as (
         [fields[genres_pos]] as genres,
         [fields[categories_pos]] as categories,
         [fields[tags_pos]] as tags,
-        fields[updated_at_pos] as updated_raw
+        fields[updated_at_pos] as updated_raw,
+        fields[removed_pos] as removed_raw
     from records
 )
 

@@ -4,7 +4,7 @@
 -- grain: one row per source line (file_no, line_no); nothing is filtered, unparsable lines get a parse_error.
 -- reads: json_lines (from json_lines.sql).
 -- parameters: $paths (JSON paths of the mapped source fields), $item_id_idx, $title_idx, $description_idx,
---             $brand_idx, $genres_idx, $categories_idx, $tags_idx, $updated_at_idx (1-based positions in
+--             $brand_idx, $genres_idx, $categories_idx, $tags_idx, $updated_at_idx, $removed_idx (1-based positions in
 --             $paths; null when the field is not mapped).
 with lines as (
     select * from json_lines
@@ -47,7 +47,8 @@ final as (
             else [v[$categories_idx] ->> '$'] end as categories,
         case when json_type(v[$tags_idx]) = 'ARRAY' then try_cast(v[$tags_idx] as varchar[])
             else [v[$tags_idx] ->> '$'] end as tags,
-        v[$updated_at_idx] ->> '$' as updated_raw
+        v[$updated_at_idx] ->> '$' as updated_raw,
+        v[$removed_idx] ->> '$' as removed_raw
     from typed
 )
 

@@ -1,6 +1,6 @@
 -- item_fields_parquet: the mapped columns of Parquet catalog files as the pipeline's item fields.
 -- grain: one row per Parquet row (file_no, line_no = 1-based row number in the file).
--- reads: source_rows(file_no, line_no, item_id, title, description, brand, updated_at: varchar; genres,
+-- reads: source_rows(file_no, line_no, item_id, title, description, brand, updated_at, removed: varchar; genres,
 --        categories, tags: varchar[]), streamed by the ingest stage; ingest_files(file_no, dt, missing_columns).
 -- parameters: none.
 with rows_in as (
@@ -27,7 +27,8 @@ final as (
         genres,
         categories,
         tags,
-        updated_at as updated_raw
+        updated_at as updated_raw,
+        removed as removed_raw
     from rows_in
 )
 

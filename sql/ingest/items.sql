@@ -19,6 +19,7 @@ final as (
         cast(l.categories as varchar[]) as categories,
         cast(l.tags as varchar[]) as tags,
         cast(coalesce(l.updated_at, cast(l.dt as timestamptz)) as timestamptz) as updated_at,
+        cast(l.removed as boolean) as removed,
         cast(l.dt as date) as dt,
         cast(f.source_file as varchar) as source_file,
         cast($ingested_at as timestamptz) as ingested_at

@@ -1,9 +1,10 @@
 -- staged_items: validate catalog fields from any landing format; the one place the item rules live.
 -- Every input row comes out exactly once: reason is null for an accepted row, otherwise why it is quarantined.
--- item_id must not hold a control character (C0, DEL, C1). Attribute lists are flattened, '|'-separated strings split, elements trimmed, empty ones dropped.
+-- item_id must not hold a control character (C0, DEL, C1). `removed` (true/false/1/0/yes/no, empty = false) marks
+-- a discontinued item; a removal needs no text, any other value is invalid_removed_flag. Attribute lists are flattened, '|'-separated strings split, elements trimmed, empty ones dropped.
 -- grain: one row per source row (file_no, line_no).
 -- reads: item_fields(file_no, line_no, dt, raw, text, parse_error, item_id, title, description, brand,
---        genres, categories, tags, updated_raw), a view over item_fields_<format>.
+--        genres, categories, tags, updated_raw, removed_raw), a view over item_fields_<format>.
 -- parameters: $max_field_chars (bound on item_id), $max_raw_chars (bound on the raw text kept for quarantine).
 with source as (
     select * from item_fields
@@ -36,7 +37,12 @@ normalised as (
                            lambda g: trim(g)),
             lambda g: g <> ''
         ) as tags,
-        try_cast(updated_raw as timestamptz) as updated_at
+        try_cast(updated_raw as timestamptz) as updated_at,
+        case
+            when removed_raw is null or trim(removed_raw) = '' then false
+            when lower(trim(removed_raw)) in ('true', '1', 'yes') then true
+            when lower(trim(removed_raw)) in ('false', '0', 'no') then false
+        end as removed
     from source
 ),
 
@@ -48,7 +54,8 @@ validated as (
             when item_id is null or item_id = '' then 'missing_item_id'
             when length(item_id) > $max_field_chars then 'field_too_long'
             when regexp_matches(item_id, '[\x00-\x1f\x7f\x{80}-\x{9f}]') then 'control_character_in_id'
-            when title = '' and description = '' then 'missing_text'
+            when removed is null then 'invalid_removed_flag'
+            when title = '' and description = '' and not removed then 'missing_text'
         end as reason
     from normalised
 ),
@@ -69,7 +76,8 @@ final as (
         cast(coalesce(genres, []) as varchar[]) as genres,
         cast(coalesce(categories, []) as varchar[]) as categories,
         cast(coalesce(tags, []) as varchar[]) as tags,
-        cast(updated_at as timestamptz) as updated_at
+        cast(updated_at as timestamptz) as updated_at,
+        cast(coalesce(removed, false) as boolean) as removed
     from validated
 )
 
