@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 BIN := $(VENV)/bin
 
-.PHONY: setup browser run test lint bench bench-ingest bench-embed bench-score bench-quality airflow clean
+.PHONY: setup browser run test test-venv lint bench bench-ingest bench-embed bench-score bench-quality airflow clean
 
 setup: $(VENV)/.installed
 
@@ -31,6 +31,10 @@ browser:
 
 test: setup browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# A night's logged model loads in a fresh virtualenv built from its own requirements.txt (network: PyPI).
+test-venv: setup
+	NIGHTLY_RECS_VENV_TESTS=1 $(BIN)/python -m pytest -q tests/test_operator_view.py -k fresh_virtualenv
 
 lint: setup
 	$(BIN)/ruff check pipeline dags tests bench

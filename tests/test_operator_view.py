@@ -229,7 +229,7 @@ def test_logged_model_ships_its_code_and_loads_outside_the_repository(two_nights
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("NIGHTLY_RECS_VENV_TESTS") != "1",
                     reason="builds a virtualenv from the model's requirements (network, minutes): "
-                           "set NIGHTLY_RECS_VENV_TESTS=1 (CI's nightly job does)")
+                           "set NIGHTLY_RECS_VENV_TESTS=1 (`make test-venv`)")
 def test_logged_model_loads_in_a_fresh_virtualenv(two_nights: Any, tmp_path: Path) -> None:
     model_dir = _model_dir(two_nights, tmp_path / "model")
     venv = tmp_path / "venv"
