@@ -12,10 +12,10 @@ Learnable structure:
   decaying 0.8x per volume.
 - Users: 1-3 latent topics with Dirichlet weights; each day a user's mix shifts with prob. 1.5%
   (one topic replaced). Heterogeneous daily activity; ~20% of users join after day 1.
-- Sequences: each user has up to 3 open series (the last series read, most recent first). Within a
-  session the next item continues one of them, chosen uniformly (p=0.55: the next volume of a series
+- Sequences: each user has up to 4 open series (the last series read, most recent first). Within a
+  session the next item continues one of them, chosen uniformly (p=0.6: the next volume of a series
   read earlier, not necessarily the last one, so a first-order chain over the last item cannot tell
-  which), another item of the previous item's topic (0.2), an item from one of the user's topics
+  which), another item of the previous item's topic (0.15), an item from one of the user's topics
   (0.15) or a globally popular item (0.1, noise). A day's first event often returns to an open series
   after the gap (0.4). Items the user already consumed are avoided (resampled).
 - ~15% of items are released after day 1 (mostly later volumes of existing series, some whole
@@ -50,9 +50,9 @@ DRIFT_RATE = 0.015  # per user and day
 LATE_SESSION_RATE = 0.01
 UPDATE_RATE = 0.005 / 7  # per released item and day
 MAX_SESSION = 60
-MODES_IN_SESSION = (0.55, 0.20, 0.15, 0.10)  # continue an open series, same topic, user topic, popular
+MODES_IN_SESSION = (0.60, 0.15, 0.15, 0.10)  # continue an open series, same topic, user topic, popular
 MODES_AT_START = (0.40, 0.05, 0.40, 0.15)
-THREADS = 3  # series a user has open at once: the next volume may continue any of them, not only the last
+THREADS = 4  # series a user has open at once: the next volume may continue any of them, not only the last
 EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating")
 EVENT_PROBS = (0.58, 0.26, 0.07, 0.04, 0.05)
 
