@@ -86,10 +86,13 @@ def next_data_date(settings: Settings) -> dt.date:
         if not dates:
             raise SystemExit(f"no landing files in {catalog.landing_dir('events')}: run `nightly-recs demo-data`")
         day = dates[max(0, len(dates) - 3)]
-    today = dt.datetime.now(dt.UTC).date()
-    if day >= today and not settings.serving.allow_future_dates:
-        raise SystemExit(f"the next night to run is {day}, which has not ended yet (today is {today} UTC): "
-                         "every closed day is published; run again after midnight UTC")
+    from pipeline.stages import DataDateError, check_data_date
+
+    try:
+        check_data_date(settings, day)  # the stages' own rule: only days that have ended (UTC)
+    except DataDateError as err:
+        raise SystemExit(f"the next night to run is {day}: {err}. Every closed day is published; run again "
+                         "after midnight UTC") from err
     return day
 
 
