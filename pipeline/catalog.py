@@ -20,7 +20,7 @@ Layout under the state home (defaults; landing, lake, warehouse and MLflow can e
     staging/dt=D/                          scored tables waiting for validation
     reports/<D>.md, <D>.json, <D>.html     the nightly report (Markdown, JSON, HTML with plots)
     locks/publish-dt=D.lock                one writer per published date (flock)
-    warehouse.duckdb                       published tables and ledgers
+    warehouse.duckdb                       published tables and ledgers (or PostgreSQL: warehouse_uri)
     mlflow/mlflow.db, mlflow/artifacts/    tracking and registry
     airflow/                               the local Airflow home
 """
@@ -193,8 +193,9 @@ class Catalog:
 
     # --- services ---
     @property
-    def warehouse(self) -> Path:
-        return self.paths.warehouse_path
+    def warehouse(self) -> Path | str:
+        """The warehouse: the PostgreSQL URI of `warehouse_uri` when set, else the DuckDB file."""
+        return self.paths.warehouse_uri or self.paths.warehouse_path
 
     @property
     def mlflow_uri(self) -> str:
@@ -205,8 +206,17 @@ class Catalog:
         return self.paths.home / "mlflow"
 
     @property
-    def mlflow_artifacts(self) -> Path:
-        return self.mlflow_dir / "artifacts"
+    def mlflow_is_local(self) -> bool:
+        """Whether tracking is a local database or folder (not a tracking server)."""
+        return self.paths.mlflow_uri.startswith(("sqlite:", "file:", "/"))
+
+    @property
+    def mlflow_artifact_location(self) -> Path | str | None:
+        """Where a new experiment keeps its artifacts: `mlflow_artifacts_uri` when set (e.g. s3://bucket/mlflow),
+        the home's mlflow/artifacts folder for a local backend, else None (the tracking server's default)."""
+        if self.paths.mlflow_artifacts_uri:
+            return self.paths.mlflow_artifacts_uri
+        return self.mlflow_dir / "artifacts" if self.mlflow_is_local else None
 
     @property
     def airflow_home(self) -> Path:

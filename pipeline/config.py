@@ -97,7 +97,9 @@ class PathSettings(_Section):
     landing_dir: Path                            # where source drops land (events/, items/)
     lake_dir: Path                               # date-partitioned Parquet lake
     warehouse_path: Path                         # DuckDB file with published tables and ledgers
+    warehouse_uri: str = Field("", pattern=r"^(|postgres(ql)?://.+)$")  # a PostgreSQL URI replaces the file
     mlflow_uri: str                              # tracking + registry URI
+    mlflow_artifacts_uri: str = ""               # artifact root of a new experiment ("" = local folder / server's)
 
 
 class IngestSettings(_Section):

@@ -10,11 +10,13 @@ Publishing a data date D, in this order:
    when its holder dies, so a killed writer never blocks the next one. Holding it, remove every
    `.part-*.tmp` of the date: only the lock holder writes them, so they are a dead writer's leftovers;
 1. write lake/recommendations/dt=D/.part-0.<writer uuid>.tmp (readers never see it: it is not `*.parquet`);
-2. in one DuckDB transaction, delete the D slice of `recommendations` and insert the night, then commit;
+2. in one warehouse transaction (DuckDB or PostgreSQL), delete the D slice of `recommendations` and bulk-load
+   the night, then commit;
 3. rename the temp file over lake/recommendations/dt=D/part-0.parquet (atomic on one filesystem).
-A crash (even SIGKILL) before the commit leaves the warehouse as it was; DuckDB's write-ahead log makes
-the commit all-or-nothing; a crash between the commit and the rename leaves the warehouse new and the lake
-partition old, and rerunning D replaces both. The warehouse is the consumers' source of truth.
+A crash (even SIGKILL) before the commit leaves the warehouse as it was; the database's write-ahead log makes
+the commit all-or-nothing (PostgreSQL readers see the previous night or the new one, and never wait for it);
+a crash between the commit and the rename leaves the warehouse new and the lake partition old, and rerunning
+D replaces both. The warehouse is the consumers' source of truth.
 """
 
 from __future__ import annotations
@@ -159,7 +161,7 @@ def publish(
     night = night_table(table, data_date, model_name, model_version, generated_at)
     folder, warehouse_path = catalog.partition("recommendations", data_date), catalog.warehouse
     folder.mkdir(parents=True, exist_ok=True)
-    with date_lock(catalog.publish_lock(data_date), data_date, lock_wait_s):
+    with publish_lock(catalog, data_date, lock_wait_s):
         for stale in folder.glob(".part-*.tmp"):  # a dead writer's: only the lock holder writes temp files
             log.warning("removing %s, left by a publish of %s that died", stale, data_date)
             stale.unlink()
@@ -175,13 +177,22 @@ def publish(
             tmp.unlink(missing_ok=True)
     users = pc.count_distinct(night["user_id"]).as_py()
     log.info("published %d recommendations for %d users on %s to %s and %s", rows, users, data_date,
-             folder / PART_FILE, warehouse_path)
+             folder / PART_FILE, warehouse.describe(warehouse_path))
     return {"rows": rows, "users": users, "parquet": str(folder / PART_FILE),
-            "warehouse": str(warehouse_path), "generated_at": generated_at.isoformat()}
+            "warehouse": warehouse.describe(warehouse_path), "generated_at": generated_at.isoformat()}
 
 
 class PublishLockedError(RuntimeError):
     """Another writer held the date's publish lock for longer than the wait allowed."""
+
+
+def publish_lock(catalog: Catalog, data_date: dt.date, wait_s: float) -> contextlib.AbstractContextManager[None]:
+    """One writer per date: a PostgreSQL advisory lock when the warehouse is PostgreSQL (workers that share no
+    disk see the same lock), else a flock on the home's lock file."""
+    if warehouse.is_postgres(catalog.warehouse):
+        return warehouse.advisory_lock(catalog.warehouse, f"publish {data_date.isoformat()}", wait_s,
+                                       PublishLockedError)
+    return date_lock(catalog.publish_lock(data_date), data_date, wait_s)
 
 
 @contextlib.contextmanager
@@ -207,25 +218,12 @@ def date_lock(path: Path, data_date: dt.date, wait_s: float) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _replace_slice(warehouse_path: Path, data_date: dt.date, night: pa.Table, step: Checkpoint) -> int:
-    """Delete the date's rows and insert the night in one transaction; returns the date's row count."""
-    with warehouse.connect(warehouse_path) as con:
-        con.register("night", night)
-        con.execute("begin transaction")
-        try:
-            con.execute("delete from recommendations where dt = $dt", {"dt": data_date})
-            con.execute("insert into recommendations by name select * from night")
-            step("rows_inserted")
-            [(rows,)] = con.execute("select count(*) from recommendations where dt = $dt",
-                                    {"dt": data_date}).fetchall()
-            if rows != night.num_rows:
-                raise RuntimeError(f"recommendations for {data_date}: {rows} rows after insert, "
-                                   f"expected {night.num_rows}")
-            con.execute("commit")
-        except Exception:
-            con.execute("rollback")
-            raise
-    return int(rows)
+def _replace_slice(location: Path | str, data_date: dt.date, night: pa.Table, step: Checkpoint) -> int:
+    """Delete the date's rows and load the night in one transaction; returns the date's row count."""
+    with warehouse.connect(location) as wh, wh.transaction():
+        rows = warehouse.replace_date(wh, "recommendations", "dt", data_date, night)
+        step("rows_inserted")
+    return rows
 
 
 def validation_inputs(catalog: Catalog, data_date: dt.date) -> tuple[list[str], pa.Table, list[str]]:

@@ -54,21 +54,26 @@ PYFUNC_SCRIPT = (
 
 def _client(settings: Settings) -> MlflowClient:
     catalog = Catalog.of(settings)
-    catalog.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    if catalog.mlflow_is_local:
+        catalog.mlflow_dir.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(catalog.mlflow_uri)
     mlflow.set_registry_uri(catalog.mlflow_uri)
     return MlflowClient(tracking_uri=catalog.mlflow_uri, registry_uri=catalog.mlflow_uri)
 
 
 def experiment_id(settings: Settings) -> str:
-    """The pipeline's experiment, created on first use with its artifacts under <home>/mlflow/artifacts."""
+    """The pipeline's experiment, created on first use with its artifacts at the catalog's artifact location
+    (<home>/mlflow/artifacts for a local backend, `mlflow_artifacts_uri` when set, else the tracking server's
+    default, e.g. artifacts it proxies to object storage)."""
     client = _client(settings)
     exp = client.get_experiment_by_name(EXPERIMENT)
     if exp is not None:
         return exp.experiment_id
-    artifacts = Catalog.of(settings).mlflow_artifacts.resolve()
-    artifacts.mkdir(parents=True, exist_ok=True)
-    return client.create_experiment(EXPERIMENT, artifact_location=artifacts.as_uri())
+    location = Catalog.of(settings).mlflow_artifact_location
+    if isinstance(location, Path):
+        location.mkdir(parents=True, exist_ok=True)
+        location = location.resolve().as_uri()
+    return client.create_experiment(EXPERIMENT, artifact_location=location)
 
 
 # ---- tracking ----------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from pipeline import warehouse
 from pipeline.catalog import Catalog
 from pipeline.config import Settings
 from pipeline.report_html import plot_history, render_html
@@ -80,7 +81,9 @@ def _published(settings: Settings, data_date: dt.date) -> dict[str, Any]:
     """Coverage and samples of the night as published in the warehouse."""
     items = Catalog.of(settings).mart(data_date, "item_catalog")
     catalog_path = items if items.is_file() else None
-    with duckdb.connect(str(Catalog.of(settings).warehouse), read_only=True) as con:
+    night = warehouse.published_night(Catalog.of(settings).warehouse, data_date)
+    with duckdb.connect() as con:
+        con.register("recommendations", night)
         return {"coverage": _coverage(con, data_date, catalog_path),
                 "samples": _sample_recommendations(con, data_date, catalog_path)}
 

@@ -67,9 +67,13 @@ def trend_rows(path: Path, data_date: dt.date, nights: int) -> list[dict[str, An
     """One row per published night among the last `nights` dates up to data_date, oldest first."""
     with warehouse.connect(path) as con:
         rows = con.execute(
-            """select dt, stage, details from runs
-               where status = 'ok' and dt <= $dt and dt > cast($dt as date) - cast($nights as integer)
-               qualify row_number() over (partition by dt, stage order by finished_at desc) = 1
+            """select dt, stage, details from (
+                   select dt, stage, details,
+                          row_number() over (partition by dt, stage order by finished_at desc) as newest
+                   from runs
+                   where status = 'ok' and dt <= $dt and dt > cast($dt as date) - cast($nights as integer))
+                   as ranked
+               where newest = 1
                order by dt""",
             {"dt": data_date, "nights": nights},
         ).fetchall()
@@ -116,7 +120,9 @@ def popularity_deciles(settings: Settings, data_date: dt.date) -> list[float]:
     popularity, items = catalog.mart(data_date, "item_popularity"), catalog.mart(data_date, "item_catalog")
     if not (popularity.is_file() and items.is_file()):
         return []
-    with duckdb.connect(str(catalog.warehouse), read_only=True) as con:
+    night = warehouse.published_night(catalog.warehouse, data_date)
+    with duckdb.connect() as con:
+        con.register("recommendations", night)
         rows = con.execute(
             """with items as (select item_id from read_parquet($items)),
                popularity as (select item_id, events_30d from read_parquet($popularity)),

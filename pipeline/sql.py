@@ -28,7 +28,11 @@ def load_query(name: str) -> str:
 
 def bind(name: str, params: dict[str, Any] | None) -> dict[str, Any]:
     """The subset of params that sql/<name>.sql uses (DuckDB rejects unused named parameters)."""
-    query = load_query(name)
+    return used_params(load_query(name), params)
+
+
+def used_params(query: str, params: dict[str, Any] | None) -> dict[str, Any]:
+    """The subset of params that a query names as `$name` (DuckDB rejects unused named parameters)."""
     return {k: v for k, v in (params or {}).items() if f"${k}" in query}
 
 

@@ -46,6 +46,31 @@ def airflow_db() -> Path:
     return _AIRFLOW_HOME
 
 
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A PostgreSQL server for the session: NIGHTLY_RECS_TEST_POSTGRES when set, else one started here."""
+    given = os.environ.get("NIGHTLY_RECS_TEST_POSTGRES")
+    if given:
+        yield given.rstrip("/")
+        return
+    raise RuntimeError("set NIGHTLY_RECS_TEST_POSTGRES")
+
+
+@pytest.fixture
+def postgres_database(postgres_server: str) -> Iterator[str]:
+    """A fresh, empty database on the session's PostgreSQL server (dropped afterwards)."""
+    import uuid
+
+    import psycopg
+
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(f"{postgres_server}/postgres", autocommit=True) as con:
+        con.execute(f"create database {name}")
+    yield f"{postgres_server}/{name}"
+    with psycopg.connect(f"{postgres_server}/postgres", autocommit=True) as con:
+        con.execute(f"drop database if exists {name} with (force)")
+
+
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """An empty NIGHTLY_RECS_HOME for one test."""

@@ -192,10 +192,13 @@ def test_a_second_writer_of_the_same_date_waits_for_the_lock(tmp_path: Path) -> 
     assert published_versions(catalog, NIGHT) == ({"A"}, {"A"})
 
 
-def test_overlapping_publishes_of_one_date_end_consistent(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["duckdb", "postgresql"])
+def test_overlapping_publishes_of_one_date_end_consistent(tmp_path: Path, backend: str,
+                                                          request: pytest.FixtureRequest) -> None:
     """B starts while A is between its temp file and its commit and waits for A: the warehouse and the lake
-    both end with the last writer, B."""
-    catalog = Catalog.of(load_settings(env={"NIGHTLY_RECS_HOME": str(tmp_path)}))
+    both end with the last writer, B. With PostgreSQL the lock is an advisory lock in the warehouse."""
+    uri = request.getfixturevalue("postgres_database") if backend == "postgresql" else ""
+    catalog = Catalog.of(load_settings(env={"NIGHTLY_RECS_HOME": str(tmp_path)}, warehouse_uri=uri))
     errors: list[BaseException] = []
 
     def writer_b() -> None:

@@ -13,13 +13,11 @@ import socket
 import time
 from pathlib import Path
 
-import duckdb
-
 from pipeline.catalog import Catalog
 from pipeline.config import IngestSettings
 from pipeline.ingest.kinds import EVENTS, Kind
 from pipeline.ingest.ledger import FileCounts, record
-from pipeline.sql import relation
+from pipeline.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +65,12 @@ def _running(pid: int) -> bool:
     return True
 
 
-def handle_vanished(wh: duckdb.DuckDBPyConnection, cfg: IngestSettings, catalog: Catalog, kind: Kind,
+def handle_vanished(wh: Warehouse, cfg: IngestSettings, catalog: Catalog, kind: Kind,
                     gone: dict[dt.date, list[FileCounts]], at: dt.datetime) -> list[str]:
     """Dates ingested before whose landing files have all vanished: flagged in the ledger (`source_missing`, the
     partition stays) or, with `retract_removed_landing`, retracted (partition and quarantine file removed,
     `retracted`). Each date is handled once; returns `kind:date` labels."""
-    status = {(k, d): s for k, d, s in relation(wh, "ingest/ledger_status").fetchall()}
+    status = {(k, d): s for k, d, s in wh.query("ingest/ledger_status")}
     labels = []
     for day, counts in sorted(gone.items()):
         if status.get((kind.name, day)) in SETTLED:
@@ -90,7 +88,7 @@ def handle_vanished(wh: duckdb.DuckDBPyConnection, cfg: IngestSettings, catalog:
     return labels
 
 
-def volume_problem(wh: duckdb.DuckDBPyConnection, cfg: IngestSettings, kind: Kind,
+def volume_problem(wh: Warehouse, cfg: IngestSettings, kind: Kind,
                    data_date: dt.date) -> str | None:
     """Why the data date's accepted rows look broken against the ledger's trailing baseline, or None: no rows
     accepted at all (freshness), or fewer than the kind's ratio x the median of the earlier dates (volume)."""
@@ -98,7 +96,7 @@ def volume_problem(wh: duckdb.DuckDBPyConnection, cfg: IngestSettings, kind: Kin
     if ratio <= 0:
         return None
     params = {"kind": kind.name, "data_date": data_date, "days": cfg.volume_baseline_days}
-    ((accepted, median, dates),) = relation(wh, "ingest/volume_baseline", params).fetchall()
+    ((accepted, median, dates),) = wh.query("ingest/volume_baseline", params)
     setting = f"{kind.name}_min_volume_ratio"
     if accepted == 0:
         return f"{data_date}: no {kind.row} rows accepted (freshness check; set {setting} = 0 to disable)"

@@ -8,11 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pyarrow as pa
 
 from pipeline.ingest.discovery import file_sha256
-from pipeline.sql import relation
+from pipeline.warehouse import Warehouse
 
 TOP_REASONS = 3
 
@@ -48,10 +47,10 @@ def top_reasons(reasons: dict[str, int]) -> str:
     return ", ".join(f"{reason} ({n})" for reason, n in top)
 
 
-def ledger_state(wh: duckdb.DuckDBPyConnection) -> dict[tuple[str, dt.date], list[FileCounts]]:
+def ledger_state(wh: Warehouse) -> dict[tuple[str, dt.date], list[FileCounts]]:
     """The per-file counts of the latest successful (ok or noop) ingest of every (kind, date)."""
     state: dict[tuple[str, dt.date], list[FileCounts]] = {}
-    for kind, day, *values in relation(wh, "ingest/ledger_latest").fetchall():
+    for kind, day, *values in wh.query("ingest/ledger_latest"):
         state.setdefault((kind, day), []).append(FileCounts(*values, day=day))
     return state
 
@@ -70,7 +69,7 @@ def unchanged(files: list[Path], previous: list[FileCounts] | None, partition: P
     return all(before[p.name] == checksums[p] for p in files)
 
 
-def record(wh: duckdb.DuckDBPyConnection, kind: str, rows: list[tuple[FileCounts, str]], at: dt.datetime) -> None:
+def record(wh: Warehouse, kind: str, rows: list[tuple[FileCounts, str]], at: dt.datetime) -> None:
     """Append one ledger row per (file counts, status) in a single insert."""
     if not rows:
         return
@@ -81,11 +80,7 @@ def record(wh: duckdb.DuckDBPyConnection, kind: str, rows: list[tuple[FileCounts
          "top_reasons": top_reasons(c.reasons) or None, "ingested_at": at}
         for c, status in rows
     ])
-    wh.register("ledger_rows", table)
-    try:
-        wh.execute("insert into ingest_ledger by name select * from ledger_rows")
-    finally:
-        wh.unregister("ledger_rows")
+    wh.append("ingest_ledger", table)
 
 
 def summarise(counts: list[FileCounts], status: str) -> dict[str, Any]:

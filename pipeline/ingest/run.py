@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import duckdb
-
 from pipeline import warehouse
 from pipeline.catalog import Catalog
 from pipeline.config import IngestSettings, Settings, VolumeCheck
@@ -23,6 +21,7 @@ from pipeline.ingest.ledger import FileCounts, ledger_state, record, summarise, 
 from pipeline.ingest.partitions import publish
 from pipeline.ingest.validation import file_counts, files_table, known_items, over_threshold, scratch_connection, stage
 from pipeline.sql import relation
+from pipeline.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +84,7 @@ class _Night:
     cfg: IngestSettings
     catalog: Catalog
     data_date: dt.date
-    wh: duckdb.DuckDBPyConnection
+    wh: Warehouse
     previous: dict[tuple[str, dt.date], list[FileCounts]]  # the ledger's last successful ingest of each date
     ingested_at: dt.datetime
     summary: dict[str, Any]

@@ -1,9 +1,11 @@
 -- ledger_latest: the per-file counts of the latest successful ingest (ok or noop) of every
 -- (kind, date), from the warehouse ledger; ingest compares checksums with it to skip unchanged dates.
 -- grain: one row per (kind, dt, source_file).
--- reads: ingest_ledger. parameters: none.
+-- reads: ingest_ledger. parameters: none. Portable: runs on DuckDB and PostgreSQL (pipeline/warehouse.py).
 with successful as (
-    select *
+    select
+        *,
+        max(ingested_at) over (partition by kind, dt) as latest_at
     from ingest_ledger
     where status in ('ok', 'noop')
 ),
@@ -11,7 +13,7 @@ with successful as (
 latest as (
     select *
     from successful
-    qualify ingested_at = max(ingested_at) over (partition by kind, dt)
+    where ingested_at = latest_at
 ),
 
 final as (

@@ -1,11 +1,21 @@
 -- ledger_status: the latest ledger status of every (kind, date) of the ingest ledger, whatever it was (ok, noop,
 -- failed, source_missing, retracted); ingest flags or retracts a date whose landing files vanished only once.
 -- grain: one row per (kind, dt).
--- reads: ingest_ledger. parameters: none.
-with latest as (
-    select kind, dt, status
+-- reads: ingest_ledger. parameters: none. Portable: runs on DuckDB and PostgreSQL (pipeline/warehouse.py).
+with ranked as (
+    select
+        kind,
+        dt,
+        status,
+        ingested_at,
+        max(ingested_at) over (partition by kind, dt) as latest_at
     from ingest_ledger
-    qualify ingested_at = max(ingested_at) over (partition by kind, dt)
+),
+
+latest as (
+    select kind, dt, status
+    from ranked
+    where ingested_at = latest_at
 ),
 
 final as (

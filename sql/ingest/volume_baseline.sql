@@ -2,12 +2,23 @@
 -- (the median of the accepted rows per date over the $days dates before it, counting only dates whose latest
 -- ledger entry is a successful ingest: ok or noop).
 -- grain: one row.
+-- Portable: runs on DuckDB and PostgreSQL (pipeline/warehouse.py).
 -- reads: ingest_ledger. parameters: $kind ('events' | 'items'), $data_date, $days (length of the baseline).
-with latest as (
-    select dt, accepted, status
+with window_rows as (
+    select
+        dt,
+        accepted,
+        status,
+        ingested_at,
+        max(ingested_at) over (partition by dt) as latest_at
     from ingest_ledger
     where kind = $kind and dt between cast($data_date as date) - cast($days as integer) and cast($data_date as date)
-    qualify ingested_at = max(ingested_at) over (partition by dt)
+),
+
+latest as (
+    select dt, accepted, status
+    from window_rows
+    where ingested_at = latest_at
 ),
 
 per_date as (
@@ -20,7 +31,10 @@ per_date as (
 final as (
     select
         cast(coalesce(sum(accepted) filter (where dt = cast($data_date as date)), 0) as bigint) as accepted,
-        cast(median(accepted) filter (where dt < cast($data_date as date)) as double) as baseline_median,
+        cast(
+            percentile_cont(0.5) within group (order by accepted) filter (where dt < cast($data_date as date))
+            as double precision
+        ) as baseline_median,
         cast(count(*) filter (where dt < cast($data_date as date)) as integer) as baseline_dates
     from per_date
 )
