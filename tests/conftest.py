@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from pipeline.tools.stack import Stack
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
@@ -44,6 +49,28 @@ def airflow_db() -> Path:
 
     db.initdb()
     return _AIRFLOW_HOME
+
+
+def stack_folder() -> Path:
+    """A new temporary folder for a stack. Not under pytest's tmp_path: as root, PostgreSQL runs as `postgres`,
+    which must reach folder/pg, and pytest's base folder is private to root."""
+    folder = Path(tempfile.mkdtemp(prefix="nightly-recs-stack-"))
+    folder.chmod(0o755)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    """The local service stack (PostgreSQL, moto, MLflow server), started once in a temporary folder. Without the
+    PostgreSQL binaries this fails, naming them: CI has them."""
+    from pipeline.tools.stack import start_stack, stop_stack
+
+    folder = stack_folder()
+    try:
+        yield start_stack(folder)
+    finally:
+        stop_stack(folder)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
