@@ -4,11 +4,14 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 export NIGHTLY_RECS_HOME ?= $(CURDIR)/var
+# the local service stack's state, data and logs (`make stack`)
+STACK_DIR ?= $(CURDIR)/var-stack
 export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 BIN := $(VENV)/bin
 
-.PHONY: setup browser run test test-venv lint bench bench-ingest bench-embed bench-score bench-quality airflow clean
+.PHONY: setup browser run test test-venv lint bench bench-ingest bench-embed bench-score bench-quality airflow stack \
+	stack-down clean
 
 setup: $(VENV)/.installed
 
@@ -55,6 +58,13 @@ bench-quality: setup
 
 airflow: setup
 	$(BIN)/nightly-recs airflow-standalone
+
+# PostgreSQL, S3 (moto) and an MLflow server on 127.0.0.1, in the background; prints the settings to source.
+stack: setup
+	$(BIN)/nightly-recs stack up --folder $(STACK_DIR)
+
+stack-down:
+	$(BIN)/nightly-recs stack down --folder $(STACK_DIR)
 
 clean:
 	rm -rf $(NIGHTLY_RECS_HOME)

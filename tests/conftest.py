@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from pipeline.tools.stack import Stack
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
@@ -46,14 +51,32 @@ def airflow_db() -> Path:
     return _AIRFLOW_HOME
 
 
+def stack_folder() -> Path:
+    """A new temporary folder for a stack. Not under pytest's tmp_path: as root, PostgreSQL runs as `postgres`,
+    which must reach folder/pg, and pytest's base folder is private to root."""
+    folder = Path(tempfile.mkdtemp(prefix="nightly-recs-stack-"))
+    folder.chmod(0o755)
+    return folder
+
+
 @pytest.fixture(scope="session")
-def postgres_server() -> Iterator[str]:
-    """A PostgreSQL server for the session: NIGHTLY_RECS_TEST_POSTGRES when set, else one started here."""
-    given = os.environ.get("NIGHTLY_RECS_TEST_POSTGRES")
-    if given:
-        yield given.rstrip("/")
-        return
-    raise RuntimeError("set NIGHTLY_RECS_TEST_POSTGRES")
+def stack() -> Iterator[Stack]:
+    """The local service stack (PostgreSQL, moto, MLflow server), started once in a temporary folder. Without the
+    PostgreSQL binaries this fails, naming them: CI has them."""
+    from pipeline.tools.stack import start_stack, stop_stack
+
+    folder = stack_folder()
+    try:
+        yield start_stack(folder)
+    finally:
+        stop_stack(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server(stack: Stack) -> str:
+    """The stack's PostgreSQL server, as a URI without a database."""
+    return stack.postgres_uri("postgres").rsplit("/", 1)[0]
 
 
 @pytest.fixture

@@ -190,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     quality_benchmark.add_arguments(quality)
     sub.add_parser("airflow-standalone", help="start Airflow (UI, scheduler) on 127.0.0.1 with the project's DAGs")
+
+    stack = sub.add_parser("stack", help="the local service stack on 127.0.0.1: PostgreSQL, S3 (moto), MLflow server")
+    stack.add_argument("action", choices=["up", "down", "env"], help="start it, stop it, or print its settings")
+    stack.add_argument("--folder", type=Path, default=Path("var-stack"), help="its state, data and logs")
     return parser
 
 
@@ -209,6 +213,26 @@ def _dag_run(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if state == "success" else 1
 
 
+def _stack(action: str, folder: Path) -> int:
+    from pipeline.tools import stack
+
+    if action == "down":
+        stack.stop_stack(folder)
+        return 0
+    try:
+        running = stack.start_stack(folder) if action == "up" else stack.running_stack(folder)
+    except stack.StackError as err:
+        log.error("%s", err)
+        return 1
+    if running is None:
+        log.error("no stack is running in %s: start it with `nightly-recs stack up --folder %s`", folder, folder)
+        return 1
+    print(running.env_text(), end="")
+    if action == "up":
+        print(f"\nLoad these settings with:  source {running.folder / stack.ENV_FILE}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -217,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.tools import quality_benchmark
 
         return quality_benchmark.run(args)
+    if args.command == "stack":
+        return _stack(args.action, args.folder)
     settings = load_settings()
     if args.command in STAGE_COMMANDS:
         print(json.dumps(run_stage(settings, args), indent=2, default=str))
