@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 BIN := $(VENV)/bin
 
-.PHONY: setup browser run test test-venv lint bench bench-ingest bench-embed bench-score bench-quality airflow stack \
+.PHONY: setup browser run test test-venv lint bench bench-ingest bench-embed bench-score bench-storage bench-quality airflow stack \
 	stack-down clean
 
 setup: $(VENV)/.installed
@@ -42,7 +42,7 @@ test-venv: setup
 lint: setup
 	$(BIN)/ruff check pipeline dags tests bench
 
-bench: bench-ingest bench-embed bench-score bench-quality
+bench: bench-ingest bench-embed bench-score bench-storage bench-quality
 
 bench-ingest: setup
 	$(BIN)/python bench/bench_ingest.py
@@ -52,6 +52,9 @@ bench-embed: setup
 
 bench-score: setup
 	$(BIN)/python bench/bench_score.py
+
+bench-storage: setup
+	$(BIN)/python bench/bench_storage.py
 
 bench-quality: setup
 	$(BIN)/python bench/bench_quality.py

@@ -139,6 +139,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     folder = Path(tempfile.mkdtemp(prefix="bench-storage-"))
+    folder.chmod(0o755)  # as root, PostgreSQL runs as `postgres`, which must reach folder/stack/pg
     stack = start_stack(folder / "stack")
     try:
         settings = stack.settings()

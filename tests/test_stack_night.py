@@ -1,0 +1,75 @@
+"""A whole night against the local service stack (real PostgreSQL warehouse, MLflow server with its artifacts on
+the S3 endpoint): it publishes what the embedded default publishes for the same data and seed, the model lives
+in the MLflow server and its artifacts in the bucket, and rerunning the date changes nothing."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from pathlib import Path
+
+import pytest
+from conftest import SMALL_START, write_small_demo
+
+from pipeline import warehouse
+from pipeline.catalog import Catalog
+from pipeline.config import load_settings
+from pipeline.tools.cli import main
+from pipeline.tools.stack import BUCKET, Stack
+
+NIGHT = SMALL_START + dt.timedelta(days=9)
+COLUMNS = "user_id, rank, item_id, score, source, reason_item_id, model_version"
+
+
+def published(location: Path | str) -> list[tuple]:
+    with warehouse.connect(location) as wh:
+        return sorted(wh.execute(f"select {COLUMNS} from recommendations where dt = $d", {"d": NIGHT}).fetchall())
+
+
+def run_night(monkeypatch: pytest.MonkeyPatch, home: Path, landing: Path, **settings: str) -> Catalog:
+    monkeypatch.setenv("NIGHTLY_RECS_HOME", str(home))
+    monkeypatch.setenv("NIGHTLY_RECS_LANDING_DIR", str(landing))
+    for name, value in settings.items():
+        monkeypatch.setenv(f"NIGHTLY_RECS_{name.upper()}", value)
+    assert main(["night", "--date", NIGHT.isoformat(), "--max-epochs", "2"]) == 0
+    return Catalog.of(load_settings())
+
+
+@pytest.mark.stack
+def test_a_night_on_the_stack_publishes_what_the_embedded_default_does(
+    tmp_path: Path, stack: Stack, postgres_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    landing = tmp_path / "landing"
+    write_small_demo(landing, days=12)
+    embedded = run_night(monkeypatch, tmp_path / "embedded", landing)
+    expected = published(embedded.warehouse)
+    assert expected
+
+    model_name = f"nightly-recs-{uuid.uuid4().hex[:8]}"  # the server is shared by the session's tests
+    on_stack = {"warehouse_uri": postgres_database, "mlflow_uri": stack.mlflow_uri, "model_name": model_name}
+    catalog = run_night(monkeypatch, tmp_path / "stack", landing, **on_stack)
+    rows = published(catalog.warehouse)
+    assert [r[:3] + r[4:] for r in rows] == [r[:3] + r[4:] for r in expected]
+    assert [r[3] for r in rows] == pytest.approx([r[3] for r in expected], rel=1e-5, abs=1e-6)
+    assert not (tmp_path / "stack" / "mlflow").exists(), "nothing of MLflow is kept on the home with a server"
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=stack.mlflow_uri, registry_uri=stack.mlflow_uri)
+    champion = client.get_model_version_by_alias(model_name, "champion")
+    assert champion.version == "1"
+    keys = [o["Key"] for page in stack.s3_client().get_paginator("list_objects_v2").paginate(
+        Bucket=BUCKET, Prefix="mlflow/") for o in page.get("Contents", [])]
+    run_files = [k for k in keys if f"/{champion.run_id}/" in k]
+    model_files = [k for k in keys if k.endswith("MLmodel")]
+    assert run_files and model_files, keys[:20]
+
+    again = run_night(monkeypatch, tmp_path / "stack", landing, **on_stack)  # a rerun of the same date
+    rerun = published(again.warehouse)
+    assert len(rerun) == len(rows) and {r[-1] for r in rerun} <= {"1", "2"}
+    with warehouse.connect(again.warehouse) as wh:
+        [(statuses,)] = wh.execute("select count(*) from ingest_ledger where dt = $d and kind = 'events' "
+                                   "and status = 'noop'", {"d": NIGHT}).fetchall()
+        [(per_key,)] = wh.execute("select max(n) from (select count(*) as n from recommendations "
+                                  "group by dt, user_id, rank) as keys").fetchall()
+    assert statuses >= 1 and per_key == 1
