@@ -1,8 +1,8 @@
 """Atomic file writes: write under a hidden temporary name beside the target, then rename onto it.
 
 Readers see the old file or the new one, never half of one, and `*.parquet` / `*.jsonl` globs never match a
-file being written. `PendingFile` is the one implementation; the context managers and the streaming Parquet
-writer are built on it for callers whose writes span one block or many calls.
+file being written. `PendingFile` is the one implementation; the context managers are built on it. (The
+lake's tables do not use it: they are Delta tables, see pipeline.lake.)
 """
 
 from __future__ import annotations
@@ -11,10 +11,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
-
-if TYPE_CHECKING:  # pyarrow is imported where it is used: DAG parsing imports this module and must stay light
-    import pyarrow as pa
+from typing import IO, Any
 
 
 class PendingFile:
@@ -49,29 +46,3 @@ def atomic_open(target: Path, mode: str = "wb") -> Iterator[IO[Any]]:
     """A file object whose contents appear at `target` (replacing it) only once the block succeeds."""
     with atomic_path(target) as tmp, tmp.open(mode) as fh:
         yield fh
-
-
-class AtomicParquetWriter:
-    """A streaming Parquet writer for `target`: batches go to a temporary file beside it; commit() closes and
-    renames it into place, discard() closes and removes it. Writer options (compression, use_dictionary)
-    are passed to pyarrow's ParquetWriter."""
-
-    def __init__(self, target: Path, schema: pa.Schema, **options: Any) -> None:
-        import pyarrow.parquet as pq
-
-        self.target = target
-        self._pending = PendingFile(target)
-        self._writer = pq.ParquetWriter(self._pending.tmp, schema, **options)
-
-    def write(self, batch: pa.RecordBatch) -> None:
-        self._writer.write_batch(batch)
-
-    def commit(self) -> None:
-        self._writer.close()
-        self._pending.commit()
-
-    def discard(self) -> None:
-        try:
-            self._writer.close()
-        finally:
-            self._pending.discard()

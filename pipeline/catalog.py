@@ -8,14 +8,14 @@ that no other module builds these paths.
 Layout under the state home (defaults; landing, lake, warehouse and MLflow can each be pointed elsewhere):
 
     landing/events/<D>.jsonl ...           the source's daily drops (events/, items/)
-    lake/interactions/dt=D/part-0.parquet  accepted events of D
-    lake/items/dt=D/part-0.parquet         item versions received on D
-    lake/quarantine/dt=D/<kind>.parquet    rejected rows of D with their reason
+    lake/interactions/                     accepted events (Delta table, partitioned by dt; `lake_uri` moves
+    lake/items/                            item versions       the four tables to object storage)
+    lake/quarantine/                       rejected rows with their reason (partitioned by dt and kind)
     lake/_tmp/<host>-<pid>-<id>/           an ingest batch's scratch space (DuckDB spills), removed after it
     lake/features/dt=D/<mart>.parquet      the night's marts (sql/marts/)
     lake/features/dt=D/item_embeddings.parquet   the night's catalog embeddings, one row per item
     lake/item_embeddings/                  the embedding cache, keyed by (encoder, text hash)
-    lake/recommendations/dt=D/part-0.parquet     the published table's partition
+    lake/recommendations/                  the published table (Delta, partitioned by dt)
     models/dt=D/<candidate>/               a night's candidate models (bundle, metrics, curves)
     staging/dt=D/                          scored tables waiting for validation
     reports/<D>.md, <D>.json, <D>.html     the nightly report (Markdown, JSON, HTML with plots)
@@ -28,13 +28,13 @@ Layout under the state home (defaults; landing, lake, warehouse and MLflow can e
 from __future__ import annotations
 
 import datetime as dt
-import glob
 import os
 import socket
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline import storage
 from pipeline.config import PathSettings, Settings
 
 LAKE_TABLES = ("interactions", "items", "quarantine", "recommendations")
@@ -94,29 +94,19 @@ class Catalog:
     # --- lake ---
     @property
     def lake(self) -> Path:
+        """The local lake folder: derived files (features, embeddings, scratch) live here."""
         return self.paths.lake_dir
 
-    def lake_table(self, table: str) -> Path:
+    @property
+    def lake_root(self) -> Path | str:
+        """Where the lake's tables live: `lake_uri` (e.g. s3://bucket/lake) when set, else the lake folder."""
+        return self.paths.lake_uri or self.paths.lake_dir
+
+    def lake_table(self, table: str) -> Path | str:
+        """The Delta table of a lake table (pipeline.lake reads and writes it): a local folder or a URI."""
         assert table in LAKE_TABLES, f"unknown lake table {table!r}"
-        return self.paths.lake_dir / table
-
-    def partition(self, table: str, data_date: dt.date) -> Path:
-        """The folder of one date of a lake table."""
-        return self.lake_table(table) / _dt(data_date)
-
-    def partition_file(self, table: str, data_date: dt.date, name: str = "part-0.parquet") -> Path:
-        return self.partition(table, data_date) / name
-
-    def partition_glob(self, table: str) -> str:
-        """Every data file of a lake table (temporary files never match), as a glob pattern for DuckDB or Python:
-        glob characters of the location itself (a home such as ``runs[1]``) are escaped."""
-        return glob.escape(str(self.lake_table(table))) + "/dt=*/*.parquet"
-
-    def partition_temp_files(self, table: str) -> list[Path]:
-        """Temporary files beside the partitions of a lake table (`pipeline.atomic` names them `.<name>.<id>.tmp`);
-        one left behind was written by a killed process."""
-        folder = self.lake_table(table)
-        return sorted(folder.glob("dt=*/.*.tmp")) if folder.is_dir() else []
+        root = self.lake_root
+        return storage.join(root, table) if isinstance(root, str) else root / table
 
     def publish_lock(self, data_date: dt.date) -> Path:
         """The lock file that serialises publishes of one date (on the local state home, not in the lake:

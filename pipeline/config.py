@@ -95,11 +95,20 @@ class PathSettings(_Section):
 
     home: Path                                   # root of all state (NIGHTLY_RECS_HOME)
     landing_dir: Path                            # where source drops land (events/, items/)
-    lake_dir: Path                               # date-partitioned Parquet lake
+    lake_dir: Path                               # local lake folder (derived files; the tables by default)
+    lake_uri: str = Field("", pattern=r"^(|s3a?://.+)$")  # the lake's Delta tables on object storage
     warehouse_path: Path                         # DuckDB file with published tables and ledgers
     warehouse_uri: str = Field("", pattern=r"^(|postgres(ql)?://.+)$")  # a PostgreSQL URI replaces the file
     mlflow_uri: str                              # tracking + registry URI
     mlflow_artifacts_uri: str = ""               # artifact root of a new experiment ("" = local folder / server's)
+
+    @field_validator("lake_dir")
+    @classmethod
+    def _lake_dir_url_safe(cls, value: Path) -> Path:
+        if "[" in str(value) or "]" in str(value):  # delta-rs turns the folder into a URL and rejects brackets
+            raise ValueError(f"{value}: the lake folder may not contain '[' or ']' (Delta Lake cannot open it); "
+                             "choose another home or lake_dir")
+        return value
 
 
 class IngestSettings(_Section):
@@ -248,6 +257,7 @@ class OperationsSettings(_Section):
     staging_keep_days: int = Field(0, ge=0, le=366)  # staged tables of dates older than the night by more go
     candidate_keep_days: int = Field(7, ge=0, le=3660)  # rejected or unregistered candidate folders: days kept
     features_keep_days: int = Field(14, ge=1, le=3660)  # the night's marts of older dates are removed
+    lake_history_days: int = Field(7, ge=0, le=3660)  # lake table versions stay readable this long (vacuum)
     embedding_cache_max_parts: int = Field(8, ge=1, le=100_000)  # compact the embedding cache above this
 
 

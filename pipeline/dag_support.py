@@ -197,30 +197,32 @@ def write_daily_summary(extra: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     """Example consumer of the recommendations asset: summarise one published date into
     `out_dir/daily_summary_<date>.json` (rows, users, distinct items, popular-fallback share, top items).
 
-    Reads the date's Parquet partition named in the event (an atomically replaced file), not the warehouse, so
-    a consumer never holds a lock on the DuckDB file the next night writes.
+    Reads the date from the lake's Delta table at the version named in the event (the commit that published
+    it: a later rerun of the date does not change what this run reads), not the warehouse, so a consumer never
+    holds a lock on the DuckDB file the next night writes.
     """
     import duckdb
+    import pyarrow.dataset as pads
+    from deltalake import DeltaTable
 
-    if "data_date" not in extra or "parquet" not in extra:
-        raise ValueError(f"asset event extra lacks data_date/parquet: {sorted(extra)}")
+    from pipeline import storage
+
+    if not {"data_date", "lake_table", "lake_version"} <= set(extra):
+        raise ValueError(f"asset event extra lacks data_date/lake_table/lake_version: {sorted(extra)}")
     data_date = dt.date.fromisoformat(extra["data_date"])
-    parquet = Path(extra["parquet"])
-    if not parquet.is_file():
-        raise FileNotFoundError(f"{parquet}: published partition for {data_date} is missing")
+    table = DeltaTable(extra["lake_table"], version=int(extra["lake_version"]),
+                       storage_options=storage.delta_options(extra["lake_table"]))
+    night = table.to_pyarrow_dataset().to_table(filter=pads.field("dt") == data_date)
     con = duckdb.connect()
     try:
+        con.register("night", night)
         rows, users, items, popular = con.execute(
             """select count(*), count(distinct user_id), count(distinct item_id),
                       count(*) filter (where source = 'popular')
-               from read_parquet($path)""",
-            {"path": str(parquet)},
-        ).fetchall()[0]
+               from night""").fetchall()[0]
         top = con.execute(
-            """select item_id, count(*) as users from read_parquet($path)
-               group by item_id order by users desc, item_id limit 5""",
-            {"path": str(parquet)},
-        ).fetchall()
+            """select item_id, count(*) as users from night
+               group by item_id order by users desc, item_id limit 5""").fetchall()
     finally:
         con.close()
     summary = {
@@ -232,7 +234,7 @@ def write_daily_summary(extra: dict[str, Any], out_dir: Path) -> dict[str, Any]:
         "top_items": [{"item_id": item, "users": n} for item, n in top],
         "model_version": extra.get("model_version"),
         "degraded": bool(extra.get("degraded")),
-        "source": str(parquet),
+        "source": f"{extra['lake_table']}@v{extra['lake_version']}",
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"daily_summary_{data_date.isoformat()}.json"

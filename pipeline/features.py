@@ -15,6 +15,7 @@ from typing import Any
 
 import duckdb
 
+from pipeline import lake
 from pipeline.atomic import atomic_path
 from pipeline.catalog import Catalog
 from pipeline.config import DEFAULT_TEXT_TEMPLATE, TEMPLATE_FIELDS, Settings
@@ -99,14 +100,15 @@ def build_features(
     Raises GrainCheckError (naming the table and column) when a model breaks its grain.
     """
     params: dict[str, Any] = {
-        "interactions_glob": catalog.partition_glob("interactions"),
-        "items_glob": catalog.partition_glob("items"),
         "run_date": data_date,
         "split_date": split_date or data_date,
         "max_history": max_history,
         "active_days": active_days,
         "text_template_parts": template_parts(text_template),
     }
+    for table in ("interactions", "items"):
+        if not lake.register(con, catalog, table, f"lake_{table}"):
+            raise FileNotFoundError(f"the lake has no {table} table at {catalog.lake_table(table)}: ingest first")
     counts: dict[str, int] = {}
     for model in MODELS:
         counts[model.table] = create_table(con, model.table, model.path, params)

@@ -7,6 +7,8 @@
   Promoted candidates stay: they are the champions' local evidence (the registry holds the models).
 - The night's marts (`lake/features/dt=D/`) are derived data that any rerun of D rebuilds; dates more than
   `features_keep_days` before the night are removed.
+- The lake's Delta tables keep old versions (replaced dates) readable for `lake_history_days`; files that no
+  version within that window needs, and files a killed writer left, are vacuumed.
 - The embedding cache gets one Parquet part per night with new texts; above `embedding_cache_max_parts`
   parts it is rewritten as one part (one row per encoder and text hash, the newest), written before the old
   parts are removed, so a reader never misses a vector.
@@ -24,8 +26,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from pipeline import lake
 from pipeline.atomic import atomic_path
-from pipeline.catalog import Catalog, partition_date
+from pipeline.catalog import LAKE_TABLES, Catalog, partition_date
 from pipeline.config import OperationsSettings
 
 log = logging.getLogger(__name__)
@@ -111,12 +114,19 @@ def compact_embedding_cache(folder: Path, max_parts: int) -> dict[str, int]:
     return {"cache_parts_before": len(parts), "cache_parts_after": 1}
 
 
+def vacuum_lake(catalog: Catalog, keep_days: int) -> dict[str, int]:
+    """Vacuum every lake table: versions older than keep_days stop being readable, their files go."""
+    removed = sum(lake.vacuum(catalog, table, keep_days * 24) for table in LAKE_TABLES)
+    return {"lake_files_vacuumed": removed}
+
+
 def run_housekeeping(ops: OperationsSettings, catalog: Catalog, data_date: dt.date) -> dict[str, Any]:
     """All of the night's cleaning, after it published; returns the counts for the ledger and the report."""
     counts: dict[str, Any] = {}
     counts.update(clean_staging(catalog, data_date, ops.staging_keep_days))
     counts.update(clean_candidates(catalog, data_date, ops.candidate_keep_days))
     counts.update(clean_features(catalog, data_date, ops.features_keep_days))
+    counts.update(vacuum_lake(catalog, ops.lake_history_days))
     counts.update(compact_embedding_cache(catalog.embedding_cache, ops.embedding_cache_max_parts))
     log.info("housekeeping for %s: %s", data_date, counts)
     return counts

@@ -5,18 +5,18 @@ any violation blocks publishing with a message that names every broken rule, how
 an example user. Nothing is written before validation passes.
 
 Publishing a data date D, in this order:
-0. take the date's lock (an exclusive `flock` on <home>/locks/publish-dt=D.lock): one writer per
-   date, so a backfill beside the nightly run waits instead of interleaving; the kernel releases the lock
-   when its holder dies, so a killed writer never blocks the next one. Holding it, remove every
-   `.part-*.tmp` of the date: only the lock holder writes them, so they are a dead writer's leftovers;
-1. write lake/recommendations/dt=D/.part-0.<writer uuid>.tmp (readers never see it: it is not `*.parquet`);
-2. in one warehouse transaction (DuckDB or PostgreSQL), delete the D slice of `recommendations` and bulk-load
+0. take the date's lock: one writer per date, so a backfill beside the nightly run waits instead of
+   interleaving. With a PostgreSQL warehouse it is an advisory lock there (workers that share no disk see it);
+   otherwise an exclusive `flock` on <home>/locks/publish-dt=D.lock. Either is released when its holder dies,
+   so a killed writer never blocks the next one;
+1. in one warehouse transaction (DuckDB or PostgreSQL), delete the D slice of `recommendations` and bulk-load
    the night, then commit;
-3. rename the temp file over lake/recommendations/dt=D/part-0.parquet (atomic on one filesystem).
-A crash (even SIGKILL) before the commit leaves the warehouse as it was; the database's write-ahead log makes
-the commit all-or-nothing (PostgreSQL readers see the previous night or the new one, and never wait for it);
-a crash between the commit and the rename leaves the warehouse new and the lake partition old, and rerunning
-D replaces both. The warehouse is the consumers' source of truth.
+2. replace date D of the lake's Delta table `recommendations` in one commit (pipeline.lake).
+A crash (even SIGKILL) before the warehouse commit leaves the warehouse as it was; the database's write-ahead
+log makes the commit all-or-nothing (PostgreSQL readers see the previous night or the new one, and never wait
+for it); a crash between the two commits leaves the warehouse new and the lake's date old (a Delta commit is
+all-or-nothing too: data files a killed writer left belong to no version and housekeeping vacuums them), and
+rerunning D replaces both. The warehouse is the consumers' source of truth.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import datetime as dt
 import fcntl
 import logging
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline import warehouse
+from pipeline import lake, warehouse
 from pipeline.catalog import Catalog
 from pipeline.sql import relation
 
@@ -153,32 +152,24 @@ def publish(
     """Write a validated table for data_date to the lake and the warehouse, replacing that date only.
 
     Call validate() first (publish_validated does both). `checkpoint(step)` is called after each step
-    ("parquet_written", "rows_inserted" inside the open transaction, "committed", "renamed"). Waits at most
+    ("locked", "rows_inserted" inside the open transaction, "committed", "lake_committed"). Waits at most
     lock_wait_s for another writer of the same date (PublishLockedError after that).
     """
     step = checkpoint or (lambda _name: None)
     generated_at = generated_at or dt.datetime.now(dt.UTC)
     night = night_table(table, data_date, model_name, model_version, generated_at)
-    folder, warehouse_path = catalog.partition("recommendations", data_date), catalog.warehouse
-    folder.mkdir(parents=True, exist_ok=True)
+    warehouse_path = catalog.warehouse
     with publish_lock(catalog, data_date, lock_wait_s):
-        for stale in folder.glob(".part-*.tmp"):  # a dead writer's: only the lock holder writes temp files
-            log.warning("removing %s, left by a publish of %s that died", stale, data_date)
-            stale.unlink()
-        tmp = folder / f".part-0.{uuid.uuid4().hex}.tmp"  # this writer's own
-        try:
-            pq.write_table(night, tmp, compression="zstd")
-            step("parquet_written")
-            rows = _replace_slice(warehouse_path, data_date, night, step)
-            step("committed")
-            tmp.replace(folder / PART_FILE)
-            step("renamed")
-        finally:
-            tmp.unlink(missing_ok=True)
+        step("locked")
+        rows = _replace_slice(warehouse_path, data_date, night, step)
+        step("committed")
+        version = lake.replace_dates(catalog, "recommendations", [data_date], night)
+        step("lake_committed")
     users = pc.count_distinct(night["user_id"]).as_py()
-    log.info("published %d recommendations for %d users on %s to %s and %s", rows, users, data_date,
-             folder / PART_FILE, warehouse.describe(warehouse_path))
-    return {"rows": rows, "users": users, "parquet": str(folder / PART_FILE),
+    lake_table = str(catalog.lake_table("recommendations"))
+    log.info("published %d recommendations for %d users on %s to %s (version %d) and %s", rows, users, data_date,
+             lake_table, version, warehouse.describe(warehouse_path))
+    return {"rows": rows, "users": users, "lake_table": lake_table, "lake_version": version,
             "warehouse": warehouse.describe(warehouse_path), "generated_at": generated_at.isoformat()}
 
 

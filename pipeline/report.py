@@ -201,8 +201,9 @@ def _published_section(r: dict[str, Any]) -> list[str]:
         return ["## Published", "", "Nothing was published for this date.", ""]
     version = (r.get("recommend") or {}).get("model_version") or (r.get("select_model") or {}).get("version")
     lines = ["## Published", "",
-             f"{pub.get('rows')} rows for {pub.get('users')} users from model version {version}; Parquet "
-             f"`{pub.get('parquet')}`; warehouse table `recommendations` in `{pub.get('warehouse')}`.", ""]
+             f"{pub.get('rows')} rows for {pub.get('users')} users from model version {version}; lake table "
+             f"`{pub.get('lake_table')}` (Delta version {pub.get('lake_version')}); warehouse table "
+             f"`recommendations` in `{pub.get('warehouse')}`.", ""]
     if cov:
         share = ""
         if "catalog_items" in cov:

@@ -24,11 +24,12 @@ from typing import Any
 
 import mlflow
 import pyarrow.parquet as pq
+from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.data.sources import LocalArtifactDatasetSource
 from mlflow.entities import RunTag
 
-from pipeline import registry
+from pipeline import lake, registry
 from pipeline.catalog import Catalog
 from pipeline.config import Settings
 
@@ -39,12 +40,14 @@ TRAINING_MARTS = ("item_catalog", "user_sequences", "split_leave_one_out")
 
 
 class PartitionDataset(MetaDataset):
-    """A lake partition or mart as an MLflow dataset: its location and row count, no data loaded."""
+    """A lake table's date or a mart as an MLflow dataset: its location and row count, no data loaded."""
 
-    def __init__(self, path: Path, name: str, rows: int) -> None:
+    def __init__(self, location: Path | str, name: str, rows: int) -> None:
         self.rows = rows
-        digest = hashlib.sha256(f"{path.resolve().as_uri()}:{rows}".encode()).hexdigest()[:8]
-        super().__init__(LocalArtifactDatasetSource(path.resolve().as_uri()), name=name, digest=digest)
+        uri = location if isinstance(location, str) else location.resolve().as_uri()
+        digest = hashlib.sha256(f"{uri}:{rows}".encode()).hexdigest()[:8]
+        source = LocalArtifactDatasetSource(uri) if uri.startswith("file:") else resolve_dataset_source(uri)
+        super().__init__(source, name=name, digest=digest)
 
     @property
     def profile(self) -> dict[str, int]:
@@ -65,10 +68,11 @@ def night_inputs(catalog: Catalog, data_date: dt.date) -> list[tuple[PartitionDa
     feature marts built from the lake (what the model saw)."""
     found: list[tuple[PartitionDataset, str]] = []
     for table in ("interactions", "items"):
-        partition = catalog.partition(table, data_date)
-        if partition.is_dir():
-            found.append((PartitionDataset(partition, f"lake.{table}@{data_date}", parquet_rows(partition)),
-                          "source"))
+        rows = lake.count(catalog, table, data_date)
+        if rows:
+            location = catalog.lake_table(table)
+            uri = location if isinstance(location, str) else location.resolve().as_uri()
+            found.append((PartitionDataset(f"{uri}?dt={data_date}", f"lake.{table}@{data_date}", rows), "source"))
     for mart in (*TRAINING_MARTS, "item_embeddings"):
         path = catalog.mart(data_date, mart)
         if path.is_file():

@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -120,3 +120,22 @@ def shared_dataset(name: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"{path} is absent (the shared datasets live beside the repository, not in it)")
     return path
+
+
+def lake_query(settings: Any, query: str, params: dict[str, Any] | None = None) -> list[tuple]:
+    """Run a query over snapshots of the lake's tables: {interactions}, {items}, {quarantine} and
+    {recommendations} stand for them (an empty result for a table never written)."""
+    import duckdb
+
+    from pipeline import lake
+    from pipeline.catalog import Catalog
+
+    catalog = Catalog.of(settings)
+    with duckdb.connect() as con:
+        con.execute("set TimeZone = 'UTC'")
+        names = {}
+        for table in ("interactions", "items", "quarantine", "recommendations"):
+            names[table] = f"lake_{table}"
+            if not lake.register(con, catalog, table, names[table]):
+                con.execute(f"create table lake_{table} (dt date)")
+        return con.execute(query.format(**names), params or {}).fetchall()

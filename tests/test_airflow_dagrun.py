@@ -13,7 +13,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import SMALL_START, write_small_demo
+from conftest import SMALL_START, lake_query, write_small_demo
 
 from pipeline.catalog import Catalog
 
@@ -56,11 +56,9 @@ class Home:
                from recommendations where dt = $d order by user_id, rank""", d=day)
 
     def lake_partition(self, day: dt.date) -> list[tuple]:
-        """The date's published Parquet partition, without generated_at."""
-        path = self.settings.paths.lake_dir / "recommendations" / f"dt={day.isoformat()}" / "part-0.parquet"
-        with duckdb.connect() as con:
-            return con.execute("""select * exclude (generated_at) from read_parquet($p)
-                                  order by user_id, rank""", {"p": str(path)}).fetchall()
+        """The date's published rows in the lake, without generated_at."""
+        return lake_query(self.settings, """select * exclude (generated_at) from {recommendations}
+                                            where dt = $d order by user_id, rank""", {"d": day})
 
     def all_published(self) -> list[tuple]:
         return self.query("""select dt, user_id, rank, item_id, score, source, model_name, model_version
@@ -181,7 +179,7 @@ def test_publish_event_tells_consumers_the_date_path_and_model(home: Home, tmp_p
             select(AssetEvent.extra).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
             .where(AssetModel.name == ASSET_NAMES["recommendations"]).order_by(AssetEvent.timestamp)
         ).all()
-    by_date = {e["data_date"]: e for e in extras if e.get("parquet", "").startswith(str(home.root))}
+    by_date = {e["data_date"]: e for e in extras if e.get("lake_table", "").startswith(str(home.root))}
     assert by_date[DEGRADED.isoformat()]["degraded"] is True
     event = by_date[RETRAIN_FALSE.isoformat()]
     assert event["degraded"] is False and event["model_version"] == home.champion()

@@ -182,15 +182,22 @@ def test_gpu_pool_and_queue_come_from_settings(monkeypatch: pytest.MonkeyPatch) 
 
 def test_daily_summary_of_a_published_partition(tmp_path: Path) -> None:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
+    from pipeline import lake
+    from pipeline.catalog import Catalog
+    from pipeline.config import load_settings
     from pipeline.dag_support import events_extras, write_daily_summary
 
-    part = tmp_path / "part-0.parquet"
-    pq.write_table(pa.table({"user_id": ["u1", "u1", "u2", "u2"], "rank": [1, 2, 1, 2],
-                             "item_id": ["a", "b", "a", "c"],
-                             "source": ["model", "model", "popular", "popular"]}), part)
-    extra = {"data_date": "2026-11-23", "parquet": str(part), "model_version": "4", "degraded": True}
+    catalog, day = Catalog.of(load_settings(env={}, home=tmp_path)), dt.date(2026, 11, 23)
+
+    def night(users: list[str]) -> pa.Table:
+        return pa.table({"dt": pa.array([day] * 4, pa.date32()), "user_id": users, "rank": [1, 2, 1, 2],
+                         "item_id": ["a", "b", "a", "c"], "source": ["model", "model", "popular", "popular"]})
+
+    version = lake.replace_dates(catalog, "recommendations", [day], night(["u1", "u1", "u2", "u2"]))
+    lake.replace_dates(catalog, "recommendations", [day], night(["u3"] * 4))  # a later rerun of the date
+    extra = {"data_date": day.isoformat(), "lake_table": str(catalog.lake_table("recommendations")),
+             "lake_version": version, "model_version": "4", "degraded": True}
     event = SimpleNamespace(extra=extra, timestamp=1)
     (extra,) = events_extras({"recommendations": [event]})
 
@@ -234,6 +241,7 @@ def test_asset_events_say_which_model_and_whether_it_serves() -> None:
     extra = model_summary(registered)
     assert extra["model_version"] == "7" and extra["promoted"] is False and "below champion" in extra["reason"]
     assert "candidate_dir" not in extra
-    published = publish_summary({"rows": 10, "parquet": "/p.parquet"}, {"version": "6", "degraded": True},
+    table = {"rows": 10, "lake_table": "/lake/recommendations", "lake_version": 3}
+    published = publish_summary(table, {"version": "6", "degraded": True},
                                 dt.date(2026, 11, 23))
     assert published["model_version"] == "6" and published["degraded"] is True

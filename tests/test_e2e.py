@@ -8,7 +8,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import SMALL_START, write_small_demo
+from conftest import SMALL_START, lake_query, write_small_demo
 
 from pipeline.catalog import Catalog
 
@@ -49,21 +49,16 @@ def _wh(night: dict) -> duckdb.DuckDBPyConnection:
 
 
 def _seen_and_active(night: dict) -> tuple[dict[str, set[str]], set[str], set[str]]:
-    lake = night["settings"].paths.lake_dir
-    con = duckdb.connect()
-    rows = con.execute(
-        "select user_id, item_id from read_parquet($g) where dt <= $d",
-        {"g": str(lake / "interactions" / "*" / "*.parquet"), "d": NIGHT},
-    ).fetchall()
+    rows = lake_query(night["settings"], "select user_id, item_id from {interactions} where dt <= $d", {"d": NIGHT})
     seen: dict[str, set[str]] = {}
     for user, item in rows:
         seen.setdefault(user, set()).add(item)
-    active = {u for (u,) in con.execute(
-        "select distinct user_id from read_parquet($g) where cast(event_ts as date) > $d - 30",
-        {"g": str(lake / "interactions" / "*" / "*.parquet"), "d": NIGHT}).fetchall()}
-    catalog = {i for (i,) in con.execute(
-        "select item_id from read_parquet($p)",
-        {"p": str(lake / "features" / f"dt={NIGHT}" / "item_catalog.parquet")}).fetchall()}
+    active = {u for (u,) in lake_query(
+        night["settings"], "select distinct user_id from {interactions} where cast(event_ts as date) > $d - 30",
+        {"d": NIGHT})}
+    catalog = {i for (i,) in duckdb.sql(
+        f"select item_id from read_parquet('{Catalog.of(night['settings']).mart(NIGHT, 'item_catalog')}')"
+    ).fetchall()}
     return seen, active, catalog
 
 
@@ -101,10 +96,7 @@ def test_champion_registered_in_mlflow(night: dict) -> None:
 
 
 def test_quarantine_holds_malformed_rows_with_reasons(night: dict) -> None:
-    lake = night["settings"].paths.lake_dir
-    rows = duckdb.sql(
-        f"select reason, raw, line_no from read_parquet('{lake}/quarantine/*/events.parquet')"
-    ).fetchall()
+    rows = lake_query(night["settings"], "select reason, raw, line_no from {quarantine} where kind = 'events'")
     assert len(rows) > 10
     reasons = {r[0] for r in rows}
     assert {"broken_json", "unparsable_timestamp"} <= reasons
@@ -122,10 +114,7 @@ def test_rows_read_equal_accepted_plus_quarantined_plus_duplicates(night: dict) 
             """select sum(rows_read), sum(accepted), sum(quarantined), sum(duplicates) from ingest_ledger
                where kind = 'events' and status = 'ok'"""
         ).fetchall()[0]
-        (lake_rows,) = con.execute(
-            "select count(*) from read_parquet($g)",
-            {"g": str(night["settings"].paths.lake_dir / "interactions" / "*" / "*.parquet")},
-        ).fetchall()[0]
+    [(lake_rows,)] = lake_query(night["settings"], "select count(*) from {interactions}")
     assert read == lines
     assert read == accepted + quarantined + duplicates
     assert accepted == lake_rows

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline import lake as lake_tables
 from pipeline.catalog import Catalog
 from pipeline.config import DEFAULT_TEXT_TEMPLATE, load_settings
 from pipeline.features import MARTS, MODELS, build_features, run_features, template_parts
@@ -85,8 +86,8 @@ def _ts(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
-def write_lake(lake: Path, events: list[tuple[Any, ...]], items: list[tuple[Any, ...]]) -> None:
-    """Lake partitions as ingest writes them (<kind>/dt=YYYY-MM-DD/part-0.parquet), rows in reverse order."""
+def write_lake(lake_dir: Path, events: list[tuple[Any, ...]], items: list[tuple[Any, ...]]) -> None:
+    """The lake's Delta tables as ingest writes them, one commit per date, rows in reverse order."""
     by_dt: dict[str, list[dict[str, Any]]] = {}
     for user, item, ts, day, source, line in events:
         by_dt.setdefault(day, []).append({
@@ -95,7 +96,7 @@ def write_lake(lake: Path, events: list[tuple[Any, ...]], items: list[tuple[Any,
             "line_no": line, "ingested_at": _ts(day + " 23:00"),
         })
     for day, rows in by_dt.items():
-        _write(lake / "interactions" / f"dt={day}", list(reversed(rows)), EVENT_SCHEMA)
+        _write(lake_dir, "interactions", day, list(reversed(rows)), EVENT_SCHEMA)
     items_by_dt: dict[str, list[dict[str, Any]]] = {}
     for item, day, title, description, brand, genres, categories, tags in items:
         items_by_dt.setdefault(day, []).append({
@@ -105,12 +106,12 @@ def write_lake(lake: Path, events: list[tuple[Any, ...]], items: list[tuple[Any,
             "ingested_at": _ts(day + " 23:00"),
         })
     for day, rows in items_by_dt.items():
-        _write(lake / "items" / f"dt={day}", rows, ITEM_SCHEMA)
+        _write(lake_dir, "items", day, rows, ITEM_SCHEMA)
 
 
-def _write(folder: Path, rows: list[dict[str, Any]], schema: pa.Schema) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), folder / "part-0.parquet")
+def _write(lake_dir: Path, table: str, day: str, rows: list[dict[str, Any]], schema: pa.Schema) -> None:
+    catalog = Catalog.of(load_settings(env={}, home=lake_dir.parent))
+    lake_tables.replace_dates(catalog, table, [dt.date.fromisoformat(day)], pa.Table.from_pylist(rows, schema=schema))
 
 
 def _build(

@@ -18,7 +18,7 @@ import pytest
 import torch
 from conftest import SMALL_START, write_small_demo
 
-from pipeline import registry, stages, warehouse
+from pipeline import lake, registry, stages, warehouse
 from pipeline.catalog import Catalog
 from pipeline.config import Settings, load_settings
 from pipeline.publish import PublishValidationError, validation_inputs
@@ -53,9 +53,9 @@ def published(settings: Settings, day: dt.date) -> tuple[set[tuple], set[tuple]]
     with warehouse.connect(Catalog.of(settings).warehouse) as con:
         rows = set(con.execute("select user_id, rank, item_id, model_version from recommendations where dt = $d",
                                {"d": day}).fetchall())
-    part = Catalog.of(settings).partition_file("recommendations", day)
-    lake = pq.read_table(part).select(["user_id", "rank", "item_id", "model_version"]) if part.is_file() else None
-    return rows, set() if lake is None else set(map(tuple, (r.values() for r in lake.to_pylist())))
+    catalog = Catalog.of(settings)
+    in_lake = lake.read(catalog, "recommendations", day, ["user_id", "rank", "item_id", "model_version"])
+    return rows, set() if in_lake is None else set(map(tuple, (r.values() for r in in_lake.to_pylist())))
 
 
 # ---- item 1: the gate checks the model itself, and beats the strongest baseline ------------------------------
@@ -216,8 +216,9 @@ def test_items_marked_removed_are_never_recommended(night: dict[str, Any]) -> No
         ["item_id", "title", "description", "brand", "genres", "categories", "tags"])
     marked = latest.append_column("updated_at", pa.array([dt.datetime(2099, 1, 1, tzinfo=dt.UTC)],
                                                          pa.timestamp("us", tz="UTC")))
-    marked = marked.append_column("removed", pa.array([True]))
-    pq.write_table(marked, catalog.partition_file("items", NIGHT, "part-removed.parquet"))
+    marked = marked.append_column("removed", pa.array([True])).append_column("dt", pa.array([NIGHT], pa.date32()))
+    before = lake.read(catalog, "items", NIGHT)
+    lake.replace_dates(catalog, "items", [NIGHT], pa.concat_tables([before, marked], promote_options="default"))
     try:
         stages.stage_features(settings, NIGHT)
         staged = stages.stage_recommend(settings, NIGHT, 10, "1")
@@ -229,10 +230,10 @@ def test_items_marked_removed_are_never_recommended(night: dict[str, Any]) -> No
 
             validate(pq.read_table(top["staged"]), users, seen, recommendable, 10)
         stages.stage_publish(settings, NIGHT, staged["staged"], 10, "1")
-        rows, lake = published(settings, NIGHT)
-        assert rows == lake and removed not in {item for _, _, item, _ in rows}
+        rows, in_lake = published(settings, NIGHT)
+        assert rows == in_lake and removed not in {item for _, _, item, _ in rows}
     finally:
-        catalog.partition_file("items", NIGHT, "part-removed.parquet").unlink()
+        lake.replace_dates(catalog, "items", [NIGHT], before)
         stages.stage_features(settings, NIGHT)
 
 
@@ -286,8 +287,8 @@ def test_rollback_points_champion_back_audits_and_republishes(
     assert (tags["rollback.by"], tags["rollback.reason"], tags["rollback.from_version"]) == (
         "alice", "bad night", forced["version"])
     assert tags["rollback.at"]
-    rows, lake = published(settings, NIGHT)
-    assert rows == lake and {v for *_, v in rows} == {"1"}
+    rows, in_lake = published(settings, NIGHT)
+    assert rows == in_lake and {v for *_, v in rows} == {"1"}
     with duckdb.connect(str(Catalog.of(settings).warehouse), read_only=True) as con:
         (n,) = con.execute("select count(*) from runs where dt = $d and stage = 'publish' and status = 'ok'",
                            {"d": NIGHT}).fetchall()[0]

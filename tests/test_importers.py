@@ -8,7 +8,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import shared_dataset
+from conftest import lake_query, shared_dataset
 
 from pipeline.config import Settings, load_settings
 from pipeline.ingest import ingest
@@ -34,18 +34,13 @@ def lake_totals(settings: Settings) -> dict[str, int]:
         read, accepted, quarantined, duplicates = con.execute(
             "select sum(rows_read), sum(accepted), sum(quarantined), sum(duplicates) from ingest_ledger "
             "where kind = 'events' and status = 'ok'").fetchall()[0]
-    with duckdb.connect() as con:
-        (events, distinct) = con.execute(
-            "select count(*), count(distinct event_id) from read_parquet($g)",
-            {"g": str(settings.paths.lake_dir / "interactions" / "*" / "*.parquet")}).fetchall()[0]
+    [(events, distinct)] = lake_query(settings, "select count(*), count(distinct event_id) from {interactions}")
     return {"read": read, "accepted": accepted, "quarantined": quarantined, "duplicates": duplicates,
             "events": events, "distinct": distinct}
 
 
 def catalog(settings: Settings) -> list[tuple]:
-    with duckdb.connect() as con:
-        return con.execute("select item_id, title, genres, tags from read_parquet($g) order by item_id",
-                           {"g": str(settings.paths.lake_dir / "items" / "*" / "*.parquet")}).fetchall()
+    return lake_query(settings, "select item_id, title, genres, tags from {items} order by item_id")
 
 
 # ---------------------------------------------------------------------------------------------- replays

@@ -12,8 +12,10 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import lake_query
 
-from pipeline.atomic import AtomicParquetWriter
+from pipeline import lake as lake_tables
+from pipeline.catalog import Catalog
 from pipeline.config import Settings, load_settings
 from pipeline.ingest import (
     IngestError,
@@ -44,12 +46,8 @@ def land(settings: Settings, name: str, content: bytes | str, kind: str = "event
 
 
 def lake(settings: Settings, query: str, **params: Any) -> list[tuple]:
-    """Run a query over the lake: {interactions}, {quarantine} and {items} stand for the Parquet globs."""
-    globs = {name: f"read_parquet('{settings.paths.lake_dir / name}/*/*.parquet', hive_partitioning = false)"
-             for name in ("interactions", "quarantine", "items")}
-    with duckdb.connect() as con:
-        con.execute("set TimeZone = 'UTC'")
-        return con.execute(query.format(**globs), params).fetchall()
+    """Run a query over the lake: {interactions}, {quarantine} and {items} stand for snapshots of its tables."""
+    return lake_query(settings, query, params)
 
 
 def ledger(settings: Settings) -> list[dict[str, Any]]:
@@ -320,8 +318,7 @@ def test_too_many_bad_rows_fail_the_night_naming_the_file_and_reasons(tmp_path: 
                                                  rf"{DAY}-b\.jsonl: broken_json \(2\), unknown_event_type \(1\)"):
         ingest(settings, DAY)
 
-    assert not (settings.paths.lake_dir / "interactions" / f"dt={DAY}").exists()
-    assert (settings.paths.lake_dir / "interactions" / "dt=2026-11-20" / "part-0.parquet").is_file()
+    assert lake_tables.dates(Catalog.of(settings), "interactions") == {dt.date(2026, 11, 20)}
     assert lake(settings, "select count(*) from {quarantine}") == [(3,)]
     rows = {(r["dt"], r["source_file"]): r for r in ledger(settings)}
     assert rows[(DAY, f"{DAY}-b.jsonl")]["status"] == "failed"
@@ -367,31 +364,23 @@ def test_a_late_file_lands_in_its_own_date(tmp_path: Path) -> None:
                                                (dt.date(2026, 11, 20), "u1", "2026-11-20.jsonl")]
 
 
-def test_partitions_leave_no_temporary_files_behind(tmp_path: Path) -> None:
+def test_the_lake_holds_only_committed_files_of_the_dates_written(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, quarantine_threshold=0.5)
     land(settings, f"{DAY}.jsonl", event() + "\n{bad\n")
     ingest(settings, DAY)
+    ingest(settings, DAY)  # a no-op: nothing new is committed
+    land(settings, f"{DAY}.jsonl", event(user="u2") + "\n{bad\n")
+    ingest(settings, DAY)  # replaces the date: one new version per table
 
-    files = sorted(str(p.relative_to(settings.paths.lake_dir))
-                   for p in settings.paths.lake_dir.rglob("*") if p.is_file())
-
-    assert files == [f"interactions/dt={DAY}/part-0.parquet", f"quarantine/dt={DAY}/events.parquet"]
-
-
-def test_a_partition_file_appears_only_when_committed(tmp_path: Path) -> None:
-    target = tmp_path / "t" / "dt=2026-11-21" / "part-0.parquet"
-    schema = pa.schema([("x", pa.int64())])
-    writer = AtomicParquetWriter(target, schema)
-    writer.write(pa.record_batch([pa.array([1, 2])], schema=schema))
-    assert not target.exists()
-    writer.commit()
-    assert pq.read_table(target).column("x").to_pylist() == [1, 2]
-
-    again = AtomicParquetWriter(target, schema)
-    again.write(pa.record_batch([pa.array([3])], schema=schema))
-    again.discard()
-    assert pq.read_table(target).column("x").to_pylist() == [1, 2]
-    assert [p.name for p in target.parent.iterdir()] == ["part-0.parquet"]
+    catalog = Catalog.of(settings)
+    assert lake_tables.dates(catalog, "interactions") == {DAY}
+    assert lake_tables.dates(catalog, "quarantine", where={"kind": "events"}) == {DAY}
+    assert [op["operation"] for op in lake_tables.history(catalog, "interactions")] == ["WRITE", "WRITE"]
+    assert lake(settings, "select user_id from {interactions}") == [("u2",)]
+    removed = lake_tables.vacuum(catalog, "interactions", retention_hours=0)
+    on_disk = {p for p in (settings.paths.lake_dir / "interactions").rglob("*.parquet") if "_delta_log" not in p.parts}
+    live = {Path(uri.removeprefix("file://")) for uri in lake_tables.table(catalog, "interactions").file_uris()}
+    assert removed == 1 and on_disk == live and len(live) == 1
 
 
 @pytest.mark.parametrize("path", sorted((SQL_DIR / "ingest").glob("*.sql")), ids=lambda p: p.stem)

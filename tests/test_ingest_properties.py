@@ -22,6 +22,8 @@ import duckdb
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipeline import lake
+from pipeline.catalog import Catalog
 from pipeline.config import Settings, load_settings
 from pipeline.ingest import IngestError, IngestQualityError, IngestVolumeError, ingest
 
@@ -124,12 +126,8 @@ def ledger_rows(settings: Settings) -> list[tuple]:
 
 
 def event_ids(settings: Settings) -> list[str]:
-    parts = sorted((settings.paths.lake_dir / "interactions").glob("dt=*/part-0.parquet"))
-    if not parts:
-        return []
-    with duckdb.connect() as con:
-        return [r[0] for r in con.execute("select event_id from read_parquet($p) order by all",
-                                          {"p": [str(p) for p in parts]}).fetchall()]
+    table = lake.read(Catalog.of(settings), "interactions", columns=["event_id"])
+    return [] if table is None else sorted(table.column("event_id").to_pylist())
 
 
 def ingest_and_account(settings: Settings, rows: int) -> tuple[str, list[tuple]]:

@@ -1,8 +1,7 @@
-"""Faults on a real small night (DuckDB, Parquet lake, MLflow; issue 14, items 5 and the fault-injection
+"""Faults on a real small night (DuckDB, Delta lake, MLflow; issue 14, items 5 and the fault-injection
 acceptance): an exception in the middle of any stage, including between the warehouse commit and the lake
-rename, leaves every earlier night published and identical in the warehouse and the lake, and rerunning the
-night completes with both consistent. Overlapping publishes of one date are serialised by the date's lock,
-each writer has its own temp file, and a dead writer's temp files are removed at the next start."""
+commit, leaves every earlier night published and identical in the warehouse and the lake, and rerunning the
+night completes with both consistent. Overlapping publishes of one date are serialised by the date's lock."""
 
 from __future__ import annotations
 
@@ -13,12 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from conftest import SMALL_START, write_small_demo
 
+from pipeline import lake, registry, stages, warehouse
 from pipeline import publish as publish_module
-from pipeline import registry, stages, warehouse
 from pipeline.catalog import Catalog
 from pipeline.config import Settings, load_settings
 from pipeline.publish import PublishLockedError, publish
@@ -36,9 +34,8 @@ def snapshot(settings: Settings) -> dict[dt.date, tuple[set[tuple], set[tuple]]]
     for day, *rest in rows:
         out.setdefault(day, (set(), set()))[0].add(tuple(rest))
     for day in list(out):
-        part = catalog.partition_file("recommendations", day)
-        lake = pq.read_table(part).select(["user_id", "rank", "item_id", "model_version"]).to_pylist()
-        out[day][1].update(tuple(r.values()) for r in lake)
+        published = lake.read(catalog, "recommendations", day, ["user_id", "rank", "item_id", "model_version"])
+        out[day][1].update(tuple(r.values()) for r in published.to_pylist())
     return out
 
 
@@ -106,8 +103,7 @@ FAULTS: dict[str, tuple[str, str, Callable[[], Callable[..., Any]], bool, str]] 
     "register": ("pipeline.registry", "run_gate", lambda: fail, True, "degraded"),
     "select_model": ("pipeline.registry", "gated_versions", lambda: fail, False, "unchanged"),
     "recommend": ("pipeline.recsys.score", "score_users", lambda: fail, False, "unchanged"),
-    "publish@parquet_written": ("pipeline.publish", "publish", lambda: publish_failing_at("parquet_written"),
-                                False, "unchanged"),
+    "publish@locked": ("pipeline.publish", "publish", lambda: publish_failing_at("locked"), False, "unchanged"),
     "publish@rows_inserted": ("pipeline.publish", "publish", lambda: publish_failing_at("rows_inserted"), False,
                               "unchanged"),
     "publish@committed": ("pipeline.publish", "publish", lambda: publish_failing_at("committed"), False,
@@ -141,7 +137,7 @@ def test_a_fault_in_any_stage_keeps_earlier_nights_and_the_rerun_completes(
         assert during.get(NEXT) == before.get(NEXT), "a failed night must not change what is published"
     elif effect in ("degraded", "published"):
         assert_consistent(during, NEXT)
-    else:  # committed, then died before the rename: the warehouse is new, the lake partition is not yet
+    else:  # committed, then died before the lake commit: the warehouse is new, the lake's date is not yet
         assert during[NEXT][0] and during[NEXT][1] == (before.get(NEXT) or (set(), set()))[1]
 
     stages.run_night(home, NEXT, retrain=retrain, max_epochs=1)
@@ -149,8 +145,6 @@ def test_a_fault_in_any_stage_keeps_earlier_nights_and_the_rerun_completes(
     assert after_rerun[NIGHT] == before[NIGHT]
     assert_consistent(after_rerun, NEXT)
     assert warehouse.latest_published(Catalog.of(home).warehouse) == NEXT
-    folder = Catalog.of(home).partition("recommendations", NEXT)
-    assert sorted(p.name for p in folder.iterdir()) == ["part-0.parquet"], "temp files left behind"
 
 
 # ---- one writer per date -------------------------------------------------------------------------------------
@@ -166,29 +160,25 @@ def published_versions(catalog: Catalog, day: dt.date) -> tuple[set[str], set[st
     with warehouse.connect(catalog.warehouse) as con:
         wh = {v for (v,) in con.execute("select model_version from recommendations where dt = $d",
                                         {"d": day}).fetchall()}
-    lake = set(pq.read_table(catalog.partition_file("recommendations", day)).column("model_version").to_pylist())
-    return wh, lake
+    published = set(lake.read(catalog, "recommendations", day).column("model_version").to_pylist())
+    return wh, published
 
 
 def test_a_second_writer_of_the_same_date_waits_for_the_lock(tmp_path: Path) -> None:
-    """Writer B arrives while A holds the date (A has written its temp file): B may not touch A's temp file
-    (today it deleted it, and A's rename failed after A's commit: warehouse A, lake B); with no time to
-    wait it gives up naming the lock, and A completes."""
+    """Writer B arrives while A holds the date: with no time to wait it gives up naming the lock, and A
+    completes alone (warehouse and lake both A)."""
     catalog = Catalog.of(load_settings(env={"NIGHTLY_RECS_HOME": str(tmp_path)}))
-    seen_by_b: list[str] = []
+    refused: list[str] = []
 
     def while_a_holds_the_date(step: str) -> None:
-        if step != "parquet_written":
+        if step != "locked":
             return
-        folder = catalog.partition("recommendations", NIGHT)
-        a_temp = sorted(p.name for p in folder.glob(".part-*.tmp"))
         with pytest.raises(PublishLockedError, match=f"another publish holds .*{NIGHT}"):
             publish(catalog, NIGHT, rows("B"), "test-recs", "B", lock_wait_s=0)
-        seen_by_b.extend(sorted(p.name for p in folder.glob(".part-*.tmp")))
-        assert seen_by_b == a_temp, "writer B removed writer A's temp file"
+        refused.append("B")
 
     publish(catalog, NIGHT, rows("A"), "test-recs", "A", checkpoint=while_a_holds_the_date)
-    assert seen_by_b
+    assert refused == ["B"]
     assert published_versions(catalog, NIGHT) == ({"A"}, {"A"})
 
 
@@ -210,19 +200,10 @@ def test_overlapping_publishes_of_one_date_end_consistent(tmp_path: Path, backen
     b = threading.Thread(target=writer_b)
 
     def start_b(step: str) -> None:
-        if step == "parquet_written":
+        if step == "locked":
             b.start()
 
     publish(catalog, NIGHT, rows("A"), "test-recs", "A", checkpoint=start_b)
     b.join()
     assert not errors, errors
     assert published_versions(catalog, NIGHT) == ({"B"}, {"B"})
-
-
-def test_a_dead_writers_temp_files_are_removed_at_the_next_start(tmp_path: Path) -> None:
-    catalog = Catalog.of(load_settings(env={"NIGHTLY_RECS_HOME": str(tmp_path)}))
-    folder = catalog.partition("recommendations", NIGHT)
-    folder.mkdir(parents=True)
-    (folder / ".part-0.0123456789abcdef.tmp").write_bytes(b"left by a SIGKILLed writer")
-    publish(catalog, NIGHT, rows("A"), "test-recs", "A")
-    assert sorted(p.name for p in folder.iterdir()) == ["part-0.parquet"]

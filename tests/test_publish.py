@@ -18,10 +18,9 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
-from pipeline import warehouse
+from pipeline import lake, warehouse
 from pipeline.catalog import Catalog
 from pipeline.config import load_settings
 from pipeline.publish import (
@@ -149,8 +148,9 @@ def warehouse_uri(request: pytest.FixtureRequest) -> str:
     return "" if request.param == "duckdb" else request.getfixturevalue("postgres_database")
 
 
-def partition_dir(home: Path, day: dt.date) -> Path:
-    return at(home).partition("recommendations", day)
+def lake_night(home: Path, day: dt.date) -> pa.Table | None:
+    """The lake's recommendations of a date (None when the table was never written)."""
+    return lake.read(at(home), "recommendations", day)
 
 
 def publish_checked(tmp_path: Path, day: dt.date, table: pa.Table, version: str, warehouse_uri: str = "") -> dict:
@@ -177,8 +177,9 @@ def test_broken_rule_blocks_publishing_and_keeps_previous_night(tmp_path: Path, 
     assert set(err.value.violations) == {rule}, "each case breaks exactly one rule"
     assert night_rows(at(tmp_path).warehouse, NIGHT) == as_tuples(as_table(valid_rows()), "1")
     assert night_rows(at(tmp_path).warehouse, NEXT) == []
-    assert not partition_dir(tmp_path, NEXT).exists()
-    assert pq.read_table(before["parquet"]).num_rows == len(USERS) * TOP_N
+    assert lake.dates(at(tmp_path), "recommendations") == {NIGHT}
+    assert lake_night(tmp_path, NIGHT).num_rows == len(USERS) * TOP_N
+    assert before["lake_version"] == lake.table(at(tmp_path), "recommendations").version()
 
 
 def test_user_with_fewer_eligible_items_may_have_fewer_rows() -> None:
@@ -203,14 +204,11 @@ def test_rerun_replaces_only_its_date_and_latest_view_follows(tmp_path: Path, wa
         (per_key,) = con.execute("select max(n) from (select count(*) as n from recommendations "
                                  "group by dt, user_id, rank) as per_key").fetchall()[0]
     assert latest == [(NEXT, "3")] and per_key == 1
-    lake = pq.read_table(result["parquet"])
-    assert lake.num_rows == len(USERS) * TOP_N and set(lake.column("model_version").to_pylist()) == {"3"}
-    assert [p.name for p in partition_dir(tmp_path, NEXT).iterdir()] == ["part-0.parquet"]
-    files = str(tmp_path / "lake" / "recommendations" / "*" / "*.parquet")
-    with duckdb.connect() as con:
-        lake_counts = con.execute("select count(*), count(distinct dt) from read_parquet($files)",
-                                  {"files": files}).fetchall()[0]
-    assert lake_counts == (2 * len(USERS) * TOP_N, 2)
+    published = lake_night(tmp_path, NEXT)
+    assert published.num_rows == len(USERS) * TOP_N and set(published.column("model_version").to_pylist()) == {"3"}
+    assert lake.dates(at(tmp_path), "recommendations") == {NIGHT, NEXT}
+    assert lake.read(at(tmp_path), "recommendations").num_rows == 2 * len(USERS) * TOP_N
+    assert result["lake_version"] == 2  # one commit per publish: versions 0, 1, 2
 
 
 # ---- fault injection: SIGKILL in the middle of publishing --------------------------------------------------
@@ -240,7 +238,7 @@ def child_main(home: str, day: str, marker: str, kill_step: str, n_users: int, w
 LARGE_USERS = 60_000
 
 
-@pytest.mark.parametrize("kill_step", ["parquet_written", "rows_inserted", "committed"])
+@pytest.mark.parametrize("kill_step", ["locked", "rows_inserted", "committed"])
 def test_sigkill_mid_publish_keeps_previous_night_and_rerun_completes(tmp_path: Path, kill_step: str,
                                                                      warehouse_uri: str) -> None:
     catalog = at(tmp_path, warehouse_uri)
@@ -276,9 +274,9 @@ def test_sigkill_mid_publish_keeps_previous_night_and_rerun_completes(tmp_path: 
         assert (counts[NEXT], next_versions) == (previous.num_rows, [("child",)])
     else:  # killed before the commit: D+1 is entirely the earlier run's
         assert (counts[NEXT], next_versions) == (old_next.num_rows, [("old",)])
-    lake_previous = pq.read_table(partition_dir(tmp_path, NIGHT) / "part-0.parquet")
-    assert lake_previous.column("item_id").equals(previous.column("item_id"))
-    lake_next = pq.read_table(partition_dir(tmp_path, NEXT) / "part-0.parquet")  # renamed only after the commit
+    lake_previous = lake_night(tmp_path, NIGHT)
+    assert sorted(lake_previous.column("item_id").to_pylist()) == sorted(previous.column("item_id").to_pylist())
+    lake_next = lake_night(tmp_path, NEXT)  # the lake commit comes after the warehouse commit
     lake_versions = set(lake_next.column("model_version").to_pylist())
     assert (lake_next.num_rows, lake_versions) == (old_next.num_rows, {"old"})
 
@@ -289,7 +287,12 @@ def test_sigkill_mid_publish_keeps_previous_night_and_rerun_completes(tmp_path: 
             NIGHT: previous.num_rows, NEXT: previous.num_rows}
         assert con.execute("select distinct model_version from recommendations where dt = $d",
                            {"d": NEXT}).fetchall() == [("rerun",)]
-    assert [p.name for p in partition_dir(tmp_path, NEXT).iterdir()] == ["part-0.parquet"]
+    assert set(lake_night(tmp_path, NEXT).column("model_version").to_pylist()) == {"rerun"}
+    lake.vacuum(catalog, "recommendations", retention_hours=0)  # what a killed writer left is unreferenced
+    live = {uri.removeprefix("file://") for uri in lake.table(catalog, "recommendations").file_uris()}
+    on_disk = {str(p) for p in Path(catalog.lake_table("recommendations")).rglob("*.parquet")
+               if "_delta_log" not in p.parts}
+    assert on_disk == live
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""A whole night against the local service stack (real PostgreSQL warehouse, MLflow server with its artifacts on
-the S3 endpoint): it publishes what the embedded default publishes for the same data and seed, the model lives
-in the MLflow server and its artifacts in the bucket, and rerunning the date changes nothing."""
+"""A whole night against the local service stack (the lake's tables on the S3 endpoint, a real PostgreSQL
+warehouse, an MLflow server with its artifacts in the bucket): it publishes what the embedded default publishes
+for the same data and seed, the lake's Delta tables and the model's artifacts are objects in the bucket, and
+rerunning the date changes nothing."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import SMALL_START, write_small_demo
 
-from pipeline import warehouse
+from pipeline import lake, warehouse
 from pipeline.catalog import Catalog
 from pipeline.config import load_settings
 from pipeline.tools.cli import main
@@ -24,6 +25,11 @@ COLUMNS = "user_id, rank, item_id, score, source, reason_item_id, model_version"
 def published(location: Path | str) -> list[tuple]:
     with warehouse.connect(location) as wh:
         return sorted(wh.execute(f"select {COLUMNS} from recommendations where dt = $d", {"d": NIGHT}).fetchall())
+
+
+def objects(stack: Stack, prefix: str) -> list[str]:
+    pages = stack.s3_client().get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
 
 def run_night(monkeypatch: pytest.MonkeyPatch, home: Path, landing: Path, **settings: str) -> Catalog:
@@ -45,21 +51,32 @@ def test_a_night_on_the_stack_publishes_what_the_embedded_default_does(
     expected = published(embedded.warehouse)
     assert expected
 
-    model_name = f"nightly-recs-{uuid.uuid4().hex[:8]}"  # the server is shared by the session's tests
-    on_stack = {"warehouse_uri": postgres_database, "mlflow_uri": stack.mlflow_uri, "model_name": model_name}
+    run = uuid.uuid4().hex[:8]  # the bucket and the server are shared by the session's tests
+    model_name, prefix = f"nightly-recs-{run}", f"lake-{run}"
+    on_stack = {"warehouse_uri": postgres_database, "mlflow_uri": stack.mlflow_uri, "model_name": model_name,
+                "lake_uri": f"s3://{BUCKET}/{prefix}"}
+    for name, value in stack.settings().items():
+        if name.startswith("AWS_"):
+            monkeypatch.setenv(name, value)
     catalog = run_night(monkeypatch, tmp_path / "stack", landing, **on_stack)
     rows = published(catalog.warehouse)
     assert [r[:3] + r[4:] for r in rows] == [r[:3] + r[4:] for r in expected]
     assert [r[3] for r in rows] == pytest.approx([r[3] for r in expected], rel=1e-5, abs=1e-6)
     assert not (tmp_path / "stack" / "mlflow").exists(), "nothing of MLflow is kept on the home with a server"
+    lake_keys = objects(stack, f"{prefix}/")
+    for table in ("interactions", "items", "quarantine", "recommendations"):
+        assert f"{prefix}/{table}/_delta_log/00000000000000000000.json" in lake_keys, table
+        assert any(k.startswith(f"{prefix}/{table}/dt=") and k.endswith(".parquet") for k in lake_keys), table
+    assert not (tmp_path / "stack" / "lake" / "interactions").exists(), "the lake's tables are on S3 only"
+    on_s3 = lake.read(catalog, "recommendations", NIGHT, ["user_id", "rank", "item_id"])
+    assert sorted(map(tuple, (r.values() for r in on_s3.to_pylist()))) == [r[:3] for r in rows]
 
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=stack.mlflow_uri, registry_uri=stack.mlflow_uri)
     champion = client.get_model_version_by_alias(model_name, "champion")
     assert champion.version == "1"
-    keys = [o["Key"] for page in stack.s3_client().get_paginator("list_objects_v2").paginate(
-        Bucket=BUCKET, Prefix="mlflow/") for o in page.get("Contents", [])]
+    keys = objects(stack, "mlflow/")
     run_files = [k for k in keys if f"/{champion.run_id}/" in k]
     model_files = [k for k in keys if k.endswith("MLmodel")]
     assert run_files and model_files, keys[:20]
@@ -73,3 +90,4 @@ def test_a_night_on_the_stack_publishes_what_the_embedded_default_does(
         [(per_key,)] = wh.execute("select max(n) from (select count(*) as n from recommendations "
                                   "group by dt, user_id, rank) as keys").fetchall()
     assert statuses >= 1 and per_key == 1
+    assert [h["operation"] for h in lake.history(again, "recommendations")] == ["WRITE", "WRITE"]

@@ -13,6 +13,7 @@ import socket
 import time
 from pathlib import Path
 
+from pipeline import lake
 from pipeline.catalog import Catalog
 from pipeline.config import IngestSettings
 from pipeline.ingest.kinds import EVENTS, Kind
@@ -21,7 +22,6 @@ from pipeline.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
 
-INGEST_TABLES = ("interactions", "items", "quarantine")
 SCRATCH_NAME = re.compile(r"^(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{32}$")
 MIN_BASELINE_DATES = 3   # fewer earlier dates in the window: only the "no rows at all" check applies
 SETTLED = ("source_missing", "retracted")  # a vanished date already flagged or retracted
@@ -29,8 +29,8 @@ SETTLED = ("source_missing", "retracted")  # a vanished date already flagged or 
 
 def clean_stale_temp(catalog: Catalog, stale_minutes: int) -> list[Path]:
     """Remove what a killed ingest left: scratch folders of processes no longer running on this host (or, from
-    another host, untouched for `stale_minutes`), and temporary files beside the partitions of the ingest's
-    lake tables untouched for `stale_minutes` (a live writer keeps its file fresh). Returns what was removed."""
+    another host, untouched for `stale_minutes`). Data files a killed writer left in a lake table belong to no
+    commit, so no reader sees them; housekeeping's vacuum removes them. Returns what was removed."""
     removed: list[Path] = []
     cutoff = time.time() - stale_minutes * 60
     root = catalog.scratch_root
@@ -38,11 +38,6 @@ def clean_stale_temp(catalog: Catalog, stale_minutes: int) -> list[Path]:
         if _abandoned_scratch(folder, cutoff):
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
-    for table in INGEST_TABLES:
-        for tmp in catalog.partition_temp_files(table):
-            if tmp.lstat().st_mtime < cutoff:
-                tmp.unlink(missing_ok=True)
-                removed.append(tmp)
     for path in removed:
         log.warning("removed a temporary file left by an interrupted run: %s", path)
     return removed
@@ -76,8 +71,8 @@ def handle_vanished(wh: Warehouse, cfg: IngestSettings, catalog: Catalog, kind: 
         if status.get((kind.name, day)) in SETTLED:
             continue
         if cfg.retract_removed_landing:
-            catalog.partition_file(kind.lake_table, day).unlink(missing_ok=True)
-            catalog.quarantine_file(kind.name, day).unlink(missing_ok=True)
+            lake.delete_dates(catalog, kind.lake_table, [day])
+            lake.delete_dates(catalog, "quarantine", [day], where={"kind": kind.name})
             outcome = "retracted"
         else:
             outcome = "source_missing"

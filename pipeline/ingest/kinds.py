@@ -22,7 +22,6 @@ class Kind:
     fields: tuple[str, ...]            # pipeline fields read from the source
     required: tuple[str, ...]          # fields a CSV header / Parquet schema must have
     list_fields: tuple[str, ...] = ()  # fields holding lists (item attributes)
-    dictionary_columns: tuple[str, ...] = ()  # lake columns worth dictionary encoding (few distinct values)
     out_order: str = "dt"              # a stable order of the lake rows (column names of the lake query)
 
     @property
@@ -58,10 +57,9 @@ class Kind:
 
 
 EVENTS = Kind("events", "interactions", tuple(DEFAULT_EVENT_COLUMNS), ("user_id", "item_id", "timestamp"),
-              dictionary_columns=("event_type", "dt", "source_file", "ingested_at"),
               out_order="dt, source_file, line_no")
 ITEMS = Kind("items", "items", tuple(DEFAULT_ITEM_COLUMNS), ("item_id",), ("genres", "categories", "tags"),
-             dictionary_columns=("brand", "dt", "source_file", "ingested_at"), out_order="dt, item_id")
+             out_order="dt, item_id")
 
 
 @dataclass(frozen=True)

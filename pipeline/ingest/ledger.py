@@ -55,11 +55,11 @@ def ledger_state(wh: Warehouse) -> dict[tuple[str, dt.date], list[FileCounts]]:
     return state
 
 
-def unchanged(files: list[Path], previous: list[FileCounts] | None, partition: Path,
+def unchanged(files: list[Path], previous: list[FileCounts] | None, in_lake: bool,
               checksums: dict[Path, str]) -> bool:
-    """Whether a date's files are exactly those of its last successful ingest (and its partition is there).
-    Records the checksums it computes."""
-    if not previous or not partition.is_file():
+    """Whether a date's files are exactly those of its last successful ingest (and the lake holds its rows,
+    `in_lake`, unless it accepted none). Records the checksums it computes."""
+    if not previous or not (in_lake or sum(c.accepted for c in previous) == 0):
         return False
     before = {c.source_file: c.checksum for c in previous}
     if set(before) != {p.name for p in files}:

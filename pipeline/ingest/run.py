@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import warehouse
+from pipeline import lake, warehouse
 from pipeline.catalog import Catalog
 from pipeline.config import IngestSettings, Settings, VolumeCheck
 from pipeline.ingest.discovery import DateFiles, file_format, file_sha256, input_batches, is_gzip, landing_files
@@ -97,10 +97,10 @@ class _Night:
                 if name == kind.name and day <= self.data_date and day not in by_date}
         self.summary["vanished_dates"] += handle_vanished(self.wh, self.cfg, self.catalog, kind, gone,
                                                           self.ingested_at)
+        in_lake = lake.dates(self.catalog, kind.lake_table)
         for day in sorted(d for d in by_date if d <= self.data_date):
-            partition = self.catalog.partition_file(kind.lake_table, day)
             before = self.previous.get((kind.name, day))
-            if not unchanged(by_date[day], before, partition, checksums):
+            if not unchanged(by_date[day], before, day in in_lake, checksums):
                 pending.append((day, by_date[day]))
             elif day == self.data_date and before:
                 record(self.wh, kind.name, [(c, "noop") for c in before], self.ingested_at)

@@ -8,7 +8,6 @@ Every format is reduced to the same text fields and validated by one query per k
 from __future__ import annotations
 
 import datetime as dt
-import glob
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline import lake
 from pipeline.catalog import Catalog
 from pipeline.config import IngestSettings
 from pipeline.ingest.discovery import open_landing
@@ -153,9 +153,8 @@ def _field_steps(kind: Kind, fmt: str) -> list[tuple[str, str]]:
 
 def known_items(con: duckdb.DuckDBPyConnection, catalog: Catalog, kind: Kind) -> None:
     """Table `known_items` (item_id, first_dt) from the lake catalog; empty for items or without a catalog."""
-    items_glob = catalog.partition_glob("items")
-    if kind is EVENTS and glob.glob(items_glob):
-        relation(con, "ingest/known_items", {"items_glob": items_glob}).create("known_items")
+    if kind is EVENTS and lake.register(con, catalog, "items", "lake_items"):
+        relation(con, "ingest/known_items").create("known_items")
     else:
         con.execute("create table known_items (item_id varchar, first_dt date)")
 
@@ -193,6 +192,7 @@ def over_threshold(kind: Kind, counts: list[FileCounts], cfg: IngestSettings,
             failed[day] = (
                 f"{day}: {bad} of {total} {kind.row} rows quarantined ({bad / total:.1%}), above the threshold "
                 f"{threshold:.1%}; worst file {worst.source_file}: {top_reasons(worst.reasons)}. "
-                f"Nothing for {day} is published; see {catalog.quarantine_file(kind.name, day)}"
+                f"Nothing for {day} is published; see the quarantine table {catalog.lake_table('quarantine')} "
+                f"(dt = {day}, kind = {kind.name})"
             )
     return failed

@@ -103,7 +103,7 @@ def print_summary(settings: Settings, data_date: dt.date) -> None:
     out.append(f"serving model version {model.get('version')} (alias champion)")
     pub = r.get("publish") or {}
     out.append(f"published {pub.get('rows')} rows for {pub.get('users')} users -> table `recommendations` in "
-               f"{pub.get('warehouse')} and {pub.get('parquet')}")
+               f"{pub.get('warehouse')} and {pub.get('lake_table')} (version {pub.get('lake_version')})")
     out.append(f"report: {catalog.report(data_date, '.md')}")
     user = None
     for s in r.get("samples", []):

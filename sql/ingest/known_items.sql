@@ -1,10 +1,10 @@
 -- known_items: every item id of the lake's catalog with the first drop date it appeared on; events whose
 -- item is not known as of their date are kept and counted as unknown_items.
 -- grain: one row per item_id.
--- parameters: $items_glob (the Parquet files of lake/items).
+-- reads: lake_items (a snapshot of the lake's items table, registered by pipeline.lake). parameters: none.
 with versions as (
     select item_id, dt
-    from read_parquet($items_glob, hive_partitioning = true, union_by_name = true)
+    from lake_items
 ),
 
 final as (

@@ -1,9 +1,10 @@
 -- stg_lake_interactions: the accepted interactions of every data date up to the run date, from the lake.
 -- grain: one row per event_id (partitions are deduplicated per date; a replayed event on another date is
 --        dropped here, the earliest date wins).
--- parameters: $interactions_glob (Parquet files of lake/interactions), $run_date (date, inclusive).
+-- reads: lake_interactions (a snapshot of the lake table, registered by pipeline.lake).
+-- parameters: $run_date (date, inclusive).
 with source as (
-    select * from read_parquet($interactions_glob, hive_partitioning = true, union_by_name = true)
+    select * from lake_interactions
 ),
 
 renamed as (

@@ -1,10 +1,11 @@
 -- stg_lake_items: every catalog version dropped up to the run date, from the lake.
 -- grain: one row per (item_id, dt).
--- parameters: $items_glob (Parquet files of lake/items), $run_date (date, inclusive).
+-- reads: lake_items (a snapshot of the lake table, registered by pipeline.lake).
+-- parameters: $run_date (date, inclusive).
 -- removed: the optional boolean `removed` of a version (true: the item is discontinued as of that version);
---          read through the row's JSON so that partitions without the column read as null (not removed).
+--          read through the row's JSON so that a table without the column reads as null (not removed).
 with source as (
-    select * from read_parquet($items_glob, hive_partitioning = true, union_by_name = true)
+    select * from lake_items
 ),
 
 final as (
