@@ -23,6 +23,7 @@ Layout under the state home (defaults; landing, lake, warehouse and MLflow can e
     warehouse.duckdb                       published tables and ledgers
     mlflow/mlflow.db, mlflow/artifacts/    tracking and registry
     airflow/                               the local Airflow home
+    erasure/key                            the per-home secret that keys tombstones' hashes (pipeline.erasure)
 """
 
 from __future__ import annotations
@@ -212,5 +213,29 @@ class Catalog:
     def airflow_home(self) -> Path:
         return self.paths.home / "airflow"
 
+    @property
+    def airflow_run_logs(self) -> Path:
+        """Where `nightly-recs dag-run` keeps the output of each run."""
+        return self.airflow_home / "runs"
+
     def airflow_run_log(self, data_date: dt.date) -> Path:
-        return self.airflow_home / "runs" / f"{data_date.isoformat()}.log"
+        return self.airflow_run_logs / f"{data_date.isoformat()}.log"
+
+    # --- erasure: where a user's data can be (pipeline.erasure) ---
+    @property
+    def erasure_key(self) -> Path:
+        """The per-home secret that keys the hashes of erased users' ids (pipeline.erasure.identity)."""
+        return self.paths.home / "erasure" / "key"
+
+    def parquet_files(self) -> list[Path]:
+        """Every Parquet data file of the lake (partitions, quarantine, marts, caches) and of staging; temporary
+        files (`.<name>.<id>.tmp`) never match."""
+        roots = (self.paths.lake_dir, self.staging_root)
+        return sorted(p for root in roots if root.is_dir() for p in root.rglob("*.parquet")
+                      if not p.name.startswith("."))
+
+    def text_roots(self) -> list[Path]:
+        """Folders of files that can quote a user id in text: reports, candidate folders, MLflow artifacts, the
+        local Airflow's logs and dag-run logs, consumer summaries."""
+        return [self.reports_dir, self.candidates_root, self.mlflow_artifacts, self.airflow_home / "logs",
+                self.airflow_run_logs, self.consumer_summary_dir()]

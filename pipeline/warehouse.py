@@ -1,8 +1,12 @@
 """The warehouse: one DuckDB file with the published tables and the ledgers.
 
 Tables: ``ingest_ledger`` (one row per landing file per ingest), ``runs`` (one row per stage run),
-``recommendations`` (one row per dt, user, rank) and the view ``recommendations_latest`` (the newest published
-date that has ended, UTC).
+``recommendations`` (one row per dt, user, rank), ``tombstones`` (one row per erased user: the keyed hash of the
+id, never the id; see pipeline.erasure) and the view ``recommendations_latest`` (the newest published date that
+has ended, UTC).
+
+The queries are plain SQL with bound parameters (they run on PostgreSQL too), except `compact`, which rebuilds
+the DuckDB file.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from typing import Any
 import duckdb
 
 log = logging.getLogger(__name__)
+
+ERASED_MARK = "[erased]"  # what replaces an erased user's id in free text
 
 SCHEMA = [
     """create table if not exists ingest_ledger (
@@ -58,6 +64,16 @@ SCHEMA = [
     )""",
     # warehouses created before reasons existed gain the column (null for their earlier nights)
     "alter table recommendations add column if not exists reason_item_id varchar",
+    # erasure (pipeline.erasure): who was forgotten, by whom, why; erased_at is null until every copy is gone
+    """create table if not exists tombstones (
+        user_hash varchar not null,
+        requested_at timestamptz not null,
+        requester varchar not null,
+        reason varchar,
+        erased_at timestamptz
+    )""",
+    # rows of erased users that ingest dropped (ledgers created before erasure existed gain the column)
+    "alter table ingest_ledger add column if not exists forgotten bigint",
     # the newest date that has ended: a date published ahead of time (allow_future_dates) never pins it
     """create or replace view recommendations_latest as
         select * from recommendations
@@ -139,3 +155,76 @@ def latest_published(path: Path) -> dt.date | None:
     with connect(path) as con:
         (day,) = con.execute("select max(dt) from recommendations_latest").fetchall()[0]
     return day
+
+
+# ---- erasure (pipeline.erasure) ------------------------------------------------------------------------------
+
+
+def add_tombstones(path: Path, hashes: list[str], requester: str, reason: str, at: dt.datetime) -> int:
+    """Record a pending tombstone for each hash that has none yet; returns how many were new."""
+    added = 0
+    with connect(path) as con:
+        for user_hash in hashes:
+            (known,) = con.execute("select count(*) from tombstones where user_hash = $h", {"h": user_hash}).fetchone()
+            if not known:
+                con.execute("insert into tombstones (user_hash, requested_at, requester, reason) "
+                            "values ($h, $at, $requester, $reason)",
+                            {"h": user_hash, "at": at, "requester": requester, "reason": reason})
+                added += 1
+    return added
+
+
+def tombstones(path: Path) -> list[tuple[str, dt.datetime | None]]:
+    """(user_hash, erased_at) of every tombstone; erased_at is None while its erasure is incomplete."""
+    with connect(path) as con:
+        return con.execute("select user_hash, erased_at from tombstones order by requested_at, user_hash").fetchall()
+
+
+def mark_erased(path: Path, hashes: list[str], at: dt.datetime) -> None:
+    """Every copy of these users is gone: close their tombstones (the first completion time is kept)."""
+    with connect(path) as con:
+        for user_hash in hashes:
+            con.execute("update tombstones set erased_at = $at where user_hash = $h and erased_at is null",
+                        {"h": user_hash, "at": at})
+
+
+def erase_users(path: Path, user_ids: list[str]) -> int:
+    """Delete the users' published rows and blank their ids in the ledger's free text (a failed stage's message
+    may quote one), in one transaction; returns the rows deleted. Run `compact` after it."""
+    deleted = 0
+    with connect(path) as con:
+        con.execute("begin transaction")
+        try:
+            for user_id in user_ids:
+                (n,) = con.execute("select count(*) from recommendations where user_id = $u", {"u": user_id}).fetchone()
+                con.execute("delete from recommendations where user_id = $u", {"u": user_id})
+                con.execute("update runs set details = replace(details, $u, $mark) where strpos(details, $u) > 0",
+                            {"u": user_id, "mark": ERASED_MARK})
+                deleted += int(n)
+            con.execute("commit")
+        except Exception:
+            con.execute("rollback")
+            raise
+    return deleted
+
+
+def compact(path: Path) -> int:
+    """Rebuild the DuckDB file so that deleted values do not linger in its free blocks (a checkpoint or VACUUM
+    keeps them): copy every table and view into a fresh file beside it, then rename it over the old one while
+    still holding the old file's lock, so no writer can slip in between. Returns the new file's size in bytes.
+    On PostgreSQL the equivalent is VACUUM FULL of the tables erase_users changed."""
+    from pipeline.atomic import PendingFile
+
+    fresh = PendingFile(path)
+    try:
+        with connect(path) as con:
+            con.execute("checkpoint")  # nothing of the old file is left in its write-ahead log
+            [(name,)] = con.execute("select current_database()").fetchall()
+            con.execute("attach $file as erasure_fresh", {"file": str(fresh.tmp)})
+            con.execute(f'copy from database "{name}" to erasure_fresh')  # an identifier, not a value
+            con.execute("checkpoint erasure_fresh")
+            con.execute("detach erasure_fresh")
+            fresh.commit()
+    finally:
+        fresh.discard()
+    return path.stat().st_size
