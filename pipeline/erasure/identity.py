@@ -9,6 +9,7 @@ when tombstones exist and the key is missing. DuckDB computes the same hash in S
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
@@ -48,20 +49,26 @@ def load_key(path: Path) -> str | None:
 
 
 def create_key(path: Path) -> str:
-    """The home's key, created (mode 0600) when there is none; two concurrent callers get the same key."""
+    """The home's key, created (mode 0600) when there is none. The key is written whole to a temporary file
+    and hard-linked into place, which never replaces an existing key: concurrent callers all get the first one."""
     key = load_key(path)
     if key is not None:
         return key
     path.parent.mkdir(parents=True, exist_ok=True)
+    pending = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(pending, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return load_key(path) or ""
-    with os.fdopen(fd, "w", encoding="ascii") as fh:
-        fh.write(secrets.token_hex(KEY_BYTES))
-        fh.flush()
-        os.fsync(fh.fileno())
-    return load_key(path) or ""
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write(secrets.token_hex(KEY_BYTES))
+            fh.flush()
+            os.fsync(fh.fileno())
+        with contextlib.suppress(FileExistsError):  # another process created it first: use theirs
+            os.link(pending, path)
+    finally:
+        pending.unlink(missing_ok=True)
+    key = load_key(path)
+    assert key is not None, f"{path}: the erasure key vanished right after it was created"
+    return key
 
 
 def user_hash(key: str, user_id: str) -> str:
