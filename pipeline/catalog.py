@@ -23,6 +23,7 @@ Layout under the state home (defaults; landing, lake, warehouse and MLflow can e
     warehouse.duckdb                       published tables and ledgers (or PostgreSQL: warehouse_uri)
     mlflow/mlflow.db, mlflow/artifacts/    tracking and registry
     airflow/                               the local Airflow home
+    erasure/key                            the per-home secret that keys tombstones' hashes (pipeline.erasure)
 """
 
 from __future__ import annotations
@@ -113,9 +114,6 @@ class Catalog:
         flock needs a local filesystem and readers of the lake never see it)."""
         return self.paths.home / "locks" / f"publish-{_dt(data_date)}.lock"
 
-    def quarantine_file(self, kind: str, data_date: dt.date) -> Path:
-        return self.partition_file("quarantine", data_date, f"{kind}.parquet")
-
     @property
     def scratch_root(self) -> Path:
         """Where jobs' scratch folders live (see new_scratch_dir)."""
@@ -196,6 +194,11 @@ class Catalog:
         return self.paths.home / "mlflow"
 
     @property
+    def mlflow_artifacts(self) -> Path:
+        """The local artifact folder: a local backend's experiments keep their artifacts here."""
+        return self.mlflow_dir / "artifacts"
+
+    @property
     def mlflow_is_local(self) -> bool:
         """Whether tracking is a local database or folder (not a tracking server)."""
         return self.paths.mlflow_uri.startswith(("sqlite:", "file:", "/"))
@@ -206,11 +209,36 @@ class Catalog:
         the home's mlflow/artifacts folder for a local backend, else None (the tracking server's default)."""
         if self.paths.mlflow_artifacts_uri:
             return self.paths.mlflow_artifacts_uri
-        return self.mlflow_dir / "artifacts" if self.mlflow_is_local else None
+        return self.mlflow_artifacts if self.mlflow_is_local else None
 
     @property
     def airflow_home(self) -> Path:
         return self.paths.home / "airflow"
 
+    @property
+    def airflow_run_logs(self) -> Path:
+        """Where `nightly-recs dag-run` keeps the output of each run."""
+        return self.airflow_home / "runs"
+
     def airflow_run_log(self, data_date: dt.date) -> Path:
-        return self.airflow_home / "runs" / f"{data_date.isoformat()}.log"
+        return self.airflow_run_logs / f"{data_date.isoformat()}.log"
+
+    # --- erasure: where a user's data can be (pipeline.erasure) ---
+    @property
+    def erasure_key(self) -> Path:
+        """The per-home secret that keys the hashes of erased users' ids (pipeline.erasure.identity)."""
+        return self.paths.home / "erasure" / "key"
+
+    def parquet_files(self) -> list[Path]:
+        """Every Parquet data file of the local lake folder (marts, caches) and of staging, outside the lake's
+        Delta tables (pipeline.lake rewrites those); temporary files (`.<name>.<id>.tmp`) never match."""
+        tables = {self.paths.lake_dir / table for table in LAKE_TABLES}
+        roots = (self.paths.lake_dir, self.staging_root)
+        return sorted(p for root in roots if root.is_dir() for p in root.rglob("*.parquet")
+                      if not p.name.startswith(".") and not tables.intersection(p.parents))
+
+    def text_roots(self) -> list[Path]:
+        """Folders of files that can quote a user id in text: reports, candidate folders, MLflow artifacts, the
+        local Airflow's logs and dag-run logs, consumer summaries."""
+        return [self.reports_dir, self.candidates_root, self.mlflow_artifacts, self.airflow_home / "logs",
+                self.airflow_run_logs, self.consumer_summary_dir()]

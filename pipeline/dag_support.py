@@ -96,7 +96,7 @@ def fail_without_retry(err: Exception) -> Exception:
 # Failures that a retry cannot fix (bad data, bad settings, a model or table that breaks a rule): the task fails
 # at once. Matched by class name through the MRO, so this module imports none of the heavy modules defining them.
 DETERMINISTIC_ERRORS = frozenset({"IngestFormatError", "IngestQualityError", "IngestVolumeError", "GrainCheckError",
-                                  "PublishValidationError", "ConfigError", "DataDateError"})
+                                  "PublishValidationError", "ConfigError", "DataDateError", "ErasureKeyError"})
 
 
 def is_deterministic(err: BaseException) -> bool:
@@ -164,6 +164,12 @@ def audit_force_promote(context: Any) -> bool:
         log.warning("force_promote=true requested by %r in run %s: tonight's model is promoted even if it "
                     "loses the gate", getattr(dag_run, "triggering_user_name", None), dag_run.run_id)
     return forced
+
+
+def requester_of(context: Any) -> str:
+    """Who asked for a forget_users run: its `requester` param, else the user who triggered it."""
+    named = (context["params"].get("requester") or "").strip()
+    return named or getattr(context["dag_run"], "triggering_user_name", None) or "airflow"
 
 
 def model_summary(registered: dict[str, Any]) -> dict[str, Any]:

@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 
 PARTITIONS = {"interactions": ["dt"], "items": ["dt"], "quarantine": ["dt", "kind"], "recommendations": ["dt"]}
 COMPRESSION = "ZSTD"
+# Column statistics in the transaction log only for the partition column: min/max of user ids or raw text
+# would keep an erased user's id in the log after their rows are gone (pipeline.erasure); the Parquet footers
+# keep their own statistics, and those files are rewritten by an erasure.
+TABLE_CONFIGURATION = {"delta.dataSkippingStatsColumns": "dt"}
 
 
 def _predicate(days: Iterable[dt.date], where: dict[str, str] | None) -> str:
@@ -61,7 +65,7 @@ def replace_dates(catalog: Catalog, name: str, days: Iterable[dt.date], data: pa
         return -1
     uri = catalog.lake_table(name)
     write_deltalake(str(uri), data, mode="overwrite", predicate=_predicate(days, where),
-                    partition_by=PARTITIONS[name], schema_mode="merge",
+                    partition_by=PARTITIONS[name], schema_mode="merge", configuration=TABLE_CONFIGURATION,
                     writer_properties=WriterProperties(compression=COMPRESSION),
                     storage_options=storage.delta_options(uri))
     version = table(catalog, name).version()
@@ -127,6 +131,32 @@ def history(catalog: Catalog, name: str) -> list[dict[str, Any]]:
     """The table's commits, newest first (operation, version, timestamp, parameters)."""
     found = table(catalog, name)
     return [] if found is None else found.history()
+
+
+def drop_rows(catalog: Catalog, name: str, doomed: Any, columns: list[str], lock: Any = None) -> int:
+    """Rewrite, one commit per affected partition, every partition of the table without the rows for which
+    `doomed(table)` (a boolean mask over `columns`) is true, each under `lock(day)` when given (a context
+    manager); returns the rows dropped. Vacuum afterwards to remove the old files."""
+    import contextlib
+
+    import pyarrow.compute as pc
+
+    snapshot = dataset(catalog, name)
+    if snapshot is None:
+        return 0
+    keys = PARTITIONS[name]
+    probe = snapshot.to_table(columns=[*keys, *columns])
+    mask = doomed(probe)
+    hits = probe.filter(mask).select(keys).group_by(keys).aggregate([([], "count_all")]).to_pylist()
+    for hit in hits:
+        day = hit["dt"]
+        where = {k: str(hit[k]) for k in keys if k != "dt"} or None
+        with lock(day) if lock else contextlib.nullcontext():
+            rows = read(catalog, name, day)
+            if where:
+                rows = rows.filter(pc.equal(rows[keys[1]], where[keys[1]]))
+            replace_dates(catalog, name, [day], rows.filter(pc.invert(doomed(rows))), where=where)
+    return sum(hit["count_all"] for hit in hits)
 
 
 def vacuum(catalog: Catalog, name: str, retention_hours: int) -> int:

@@ -279,11 +279,13 @@ def run_gate(
     force: bool = False,
     operator: str = "operator",
     health: Health | None = None,
+    champion_saw_erased: bool = False,
 ) -> GateResult:
     """Champion/challenger gate for a registered version: check the challenger's health (no metric is
     computed for a model that fails it, and force cannot promote it), evaluate the challenger and the current
     champion (loaded from the registry) with the same `evaluate` (the same night's split), decide against the
-    strongest baseline (`baselines`: {name: ndcg@10}; a float is most-popular alone), record, promote."""
+    strongest baseline (`baselines`: {name: ndcg@10}; a float is most-popular alone), record, promote.
+    A champion that saw an erased user (pipeline.erasure.lineage) is not compared: beating the baselines is enough."""
     baselines = dict(baselines) if isinstance(baselines, Mapping) else {"most_popular": float(baselines)}
     popular = baselines.get("most_popular", strongest_baseline(baselines)[1])
     previous = champion_version(settings)
@@ -294,7 +296,9 @@ def run_gate(
         apply_gate(settings, version, decision, evidence, operator)
         return GateResult(version, False, decision.reason, False, previous, {}, None, popular, baselines, problem)
     champion_metrics, champion_note = None, ""
-    if previous is not None and previous != version:
+    if previous is not None and previous != version and champion_saw_erased:
+        champion_note = f"champion v{previous} saw an erased user, so only the baselines count; "
+    elif previous is not None and previous != version:
         champion = load_bundle(settings, previous)[0]
         champion_problem = health(champion) if health else None
         if champion_problem:  # a broken champion must not win the re-evaluation
@@ -324,6 +328,13 @@ def run_gate(
 
 def version_tags(settings: Settings, version: str) -> dict[str, str]:
     return dict(_client(settings).get_model_version(settings.serving.model_name, version).tags)
+
+
+def version_run_tags(settings: Settings, version: str) -> dict[str, str]:
+    """The tags of the run that logged a version (its training run's lineage); empty without a run."""
+    client = _client(settings)
+    run_id = client.get_model_version(settings.serving.model_name, version).run_id
+    return dict(client.get_run(run_id).data.tags) if run_id else {}
 
 
 def versions_for_date(settings: Settings, data_date: str, dag_run_id: str = "", candidate: str = "") -> list[str]:

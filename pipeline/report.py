@@ -18,6 +18,7 @@ import duckdb
 import pyarrow as pa
 
 from pipeline import warehouse
+from pipeline.atomic import atomic_path
 from pipeline.catalog import Catalog
 from pipeline.config import Settings
 from pipeline.report_html import plot_history, render_html
@@ -117,16 +118,36 @@ def write_report(settings: Settings, data_date: dt.date, results: dict[str, Any]
     metrics, gate = _evaluation(results.get("train") or {})
     published = _published(settings, data_date) if results.get("publish") else {}
     payload = {**results, "metrics": metrics, "gate": gate, **published}
-    md_path = catalog.report(data_date, ".md")
     json_path = catalog.report(data_date, ".json")
-    html_path = catalog.report(data_date, ".html")
-    md_path.write_text(render_markdown(data_date, payload), encoding="utf-8")
-    json_path.write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
+    _write(settings, data_date, payload, json_path)
+    log.info("report written to %s and %s", json_path.with_suffix(".md"), json_path.with_suffix(".html").as_uri())
+    return {"markdown": str(json_path.with_suffix(".md")), "json": str(json_path),
+            "html": str(json_path.with_suffix(".html"))}
+
+
+def _write(settings: Settings, data_date: dt.date, payload: dict[str, Any], json_path: Path) -> None:
+    """The report's JSON at json_path and its Markdown and HTML beside it, each written atomically."""
     html = render_html(settings, data_date, json.loads(json.dumps(payload, default=str)),
-                       _comparison(metrics, gate), METRICS)
-    html_path.write_text(html, encoding="utf-8")
-    log.info("report written to %s and %s", md_path, html_path.as_uri())
-    return {"markdown": str(md_path), "json": str(json_path), "html": str(html_path)}
+                       _comparison(payload.get("metrics") or {}, payload.get("gate") or {}), METRICS)
+    texts = {".md": render_markdown(data_date, payload), ".json": json.dumps(payload, indent=2, default=str),
+             ".html": html}
+    for suffix, text in texts.items():
+        with atomic_path(json_path.with_suffix(suffix)) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+
+
+def rewrite_without_users(settings: Settings, json_path: Path, user_ids: set[str]) -> bool:
+    """Rewrite a report (its JSON, and the Markdown and HTML beside it; a copy among MLflow's artifacts too)
+    without the sample rows of these users (pipeline.erasure). False when it is not a report or has none."""
+    payload = json.loads(json_path.read_text(encoding="utf-8"))
+    if not isinstance(payload, dict) or "data_date" not in payload or "samples" not in payload:
+        return False
+    samples = payload["samples"] or []
+    kept = [s for s in samples if s.get("user_id") not in user_ids]
+    if len(kept) == len(samples):
+        return False
+    _write(settings, dt.date.fromisoformat(payload["data_date"]), {**payload, "samples": kept}, json_path)
+    return True
 
 
 def render_markdown(data_date: dt.date, r: dict[str, Any]) -> str:
@@ -148,12 +169,12 @@ def _header(r: dict[str, Any]) -> list[str]:
 
 def _data(r: dict[str, Any]) -> list[str]:
     ingest = r.get("ingest") or {}
-    lines = ["## Data", "", "| input | files | rows read | accepted | quarantined | duplicates |",
-             "|---|---|---|---|---|---|"]
+    lines = ["## Data", "", "| input | files | rows read | accepted | quarantined | duplicates | forgotten |",
+             "|---|---|---|---|---|---|---|"]
     for kind in ("events", "items"):
         c = ingest.get(kind) or {}
         lines.append(f"| {kind} | {c.get('files', 0)} | {c.get('rows_read', 0)} | {c.get('accepted', 0)} | "
-                     f"{c.get('quarantined', 0)} | {c.get('duplicates', 0)} |")
+                     f"{c.get('quarantined', 0)} | {c.get('duplicates', 0)} | {c.get('forgotten', 0)} |")
     lines.append("")
     for kind in ("events", "items"):
         reasons = (ingest.get(kind) or {}).get("reasons") or {}

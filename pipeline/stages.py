@@ -65,9 +65,12 @@ def _ledger(stage: str) -> Callable[[Callable[..., dict[str, Any]]], Callable[..
 
 @_ledger("ingest")
 def stage_ingest(settings: Settings, data_date: dt.date) -> dict[str, Any]:
-    """Landing files -> validated lake partitions (see pipeline.ingest)."""
+    """Landing files -> validated lake partitions (see pipeline.ingest). Refuses to run while an erasure is
+    incomplete (pipeline.erasure: rerun `forget` to finish it)."""
+    from pipeline.erasure.lineage import closed_tombstones
     from pipeline.ingest import ingest
 
+    closed_tombstones(Catalog.of(settings))
     return ingest(settings, data_date)
 
 
@@ -91,17 +94,20 @@ def stage_embed(settings: Settings, data_date: dt.date) -> dict[str, Any]:
 def stage_train(settings: Settings, data_date: dt.date, max_epochs: int | None = None, dag_run_id: str = ""
                 ) -> dict[str, Any]:
     """Train a candidate on the night's leave-one-out split; evaluate it and the baselines on the test items.
-    The MLflow run opens first and sees every epoch as it ends (pipeline.tracking); its id is returned."""
+    The MLflow run opens first and sees every epoch as it ends (pipeline.tracking); its id is returned. Starts
+    from scratch when the champion saw a user erased since (its erasure lineage is tagged on the run)."""
     from pipeline import tracking
+    from pipeline.erasure.lineage import closed_tombstones, training_tags
     from pipeline.recsys.candidate import effective_train_config, model_config_for, train_candidate
     from pipeline.recsys.data import load_night
     from pipeline.recsys.train import TrainConfig
 
     catalog = Catalog.of(settings)
+    closed = closed_tombstones(catalog)
     with tracking.training_run(settings, data_date, tracking.lineage_tags(catalog, data_date, dag_run_id)) as run:
         night = load_night(catalog, data_date)
-        init_state, warm_from = _warm_start_state(settings, night.item_ids)
-        run.set_tags({"warm_start_from": warm_from or "none"})
+        init_state, warm_from, erasure_retrain = _warm_start_state(settings, night.item_ids, closed)
+        run.set_tags(training_tags(closed, warm_from, erasure_retrain))
         training = settings.training
         epochs = max_epochs or (min(training.max_epochs, training.warm_start_epochs) if init_state
                                 else training.max_epochs)
@@ -121,26 +127,33 @@ def stage_train(settings: Settings, data_date: dt.date, max_epochs: int | None =
         "popular_ndcg@10": metrics["most_popular"]["ndcg@10"],
         "epochs": train_metrics.get("epochs"),
         "warm_start_from": warm_from,
+        "erasure_retrain": erasure_retrain,
         "seconds_per_epoch": train_metrics.get("seconds_per_epoch"),
         "train_seconds": train_metrics.get("train_seconds"),
     }
 
 
-def _warm_start_state(settings: Settings, item_ids: list[str]) -> tuple[dict[str, Any] | None, str | None]:
-    """The champion's weights as a starting point for tonight, remapped to tonight's item index
-    (recsys.bundle.warm_start_state). None when off or there is no champion."""
+def _warm_start_state(settings: Settings, item_ids: list[str], closed_tombstones: int
+                      ) -> tuple[dict[str, Any] | None, str | None, bool]:
+    """(state, version, erasure_retrain): the champion's weights as a starting point for tonight, remapped to
+    tonight's item index (recsys.bundle.warm_start_state). No state when off, without a champion, or when the
+    champion saw a user erased since (erasure_retrain: pipeline.erasure.lineage)."""
     if not settings.training.warm_start:
-        return None, None
+        return None, None, False
     from pipeline import registry
+    from pipeline.erasure.lineage import saw_erased_user
     from pipeline.recsys.bundle import warm_start_state
 
     version = registry.champion_version(settings)
     if version is None:
-        return None, None
+        return None, None, False
+    if saw_erased_user(settings, version, closed_tombstones):
+        log.info("champion version %s saw a user erased since: training from scratch", version)
+        return None, None, True
     bundle, _ = registry.load_bundle(settings, version)
     state = warm_start_state(bundle, item_ids)
     log.info("warm start from champion version %s (%d known items)", version, len(bundle.index))
-    return state, version
+    return state, version, False
 
 
 @_ledger("register")
@@ -187,8 +200,9 @@ def stage_register(
 def _gate(settings: Settings, data_date: dt.date, version: str, folder: Path, metrics: dict[str, Any],
           force: bool, operator: str) -> Any:
     """registry.run_gate with the night's evaluation split, its baselines and a health check on a sample of
-    the night's users through the serving path."""
+    the night's users through the serving path; without the champion when it saw a user erased since."""
     from pipeline import registry
+    from pipeline.erasure.lineage import champion_saw_erased
     from pipeline.gate import health_problem, sample_users
     from pipeline.recsys.bundle import ModelBundle
     from pipeline.recsys.data import load_night
@@ -204,6 +218,7 @@ def _gate(settings: Settings, data_date: dt.date, version: str, folder: Path, me
         settings, version, ModelBundle.load(folder / "bundle"), lambda bundle: evaluate_bundle(bundle, night),
         baselines, force=force, operator=operator,
         health=lambda bundle: health_problem(bundle, sample, settings.serving.top_n, settings.model.device),
+        champion_saw_erased=champion_saw_erased(settings, version),
     )
 
 
@@ -257,11 +272,14 @@ def stage_recommend(settings: Settings, data_date: dt.date, top_n: int | None = 
 def stage_publish(
     settings: Settings, data_date: dt.date, staged: str, top_n: int, model_version: str | None
 ) -> dict[str, Any]:
-    """Validate the staged table against the publishing rules, then publish it atomically."""
+    """Validate the staged table against the publishing rules, then publish it atomically. Erased users are
+    never expected (pipeline.erasure), so a row for one breaks the rule expected_users."""
+    from pipeline.erasure.lineage import forgotten
     from pipeline.publish import publish_validated, validation_inputs
 
     catalog = Catalog.of(settings)
     users, seen, items = validation_inputs(catalog, data_date)
+    users = forgotten(catalog).keep(users)
     return publish_validated(catalog, data_date, pq.read_table(staged), users, seen, items, top_n,
                              settings.serving.model_name, model_version)
 
@@ -310,6 +328,14 @@ def run_rollback(settings: Settings, to_version: str, operator: str, reason: str
     out["republished"] = {"data_date": day.isoformat(),
                           **stage_publish(settings, day, staged["staged"], k, staged["model_version"])}
     return out
+
+
+def run_forget(settings: Settings, user_ids: list[str], requester: str, reason: str = "") -> dict[str, Any]:
+    """Erase users everywhere (pipeline.erasure): record their tombstones, rewrite every copy without them.
+    Idempotent; not keyed by a data date. The CLI's `forget` and the forget_users DAG call this."""
+    from pipeline.erasure.run import forget
+
+    return forget(settings, user_ids, requester, reason)
 
 
 def run_night(settings: Settings, data_date: dt.date, top_n: int | None = None, retrain: bool = True,

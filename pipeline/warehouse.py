@@ -5,7 +5,8 @@ that database. Both hold the same schema:
 
 - ``ingest_ledger`` (one row per landing file per ingest), ``runs`` (one row per stage run),
 - ``recommendations`` (one row per dt, user, rank) and the view ``recommendations_latest`` (the newest
-  published date that has ended, UTC); in PostgreSQL with indexes for the consumers' lookups (by user, by date).
+  published date that has ended, UTC); in PostgreSQL with indexes for the consumers' lookups (by user, by date);
+- ``tombstones`` (one row per erased user: the keyed hash of the id, never the id; see pipeline.erasure).
 
 Code talks to either through `Warehouse`: `execute` runs a query written with DuckDB-style named parameters
 (``$name``, translated for psycopg), `query` runs sql/<name>.sql, `append` bulk-loads an Arrow table (DuckDB:
@@ -75,6 +76,16 @@ TABLES = [
     )""",
     # warehouses created before reasons existed gain the column (null for their earlier nights)
     "alter table recommendations add column if not exists reason_item_id varchar",
+    # erasure (pipeline.erasure): who was forgotten, by whom, why; erased_at is null until every copy is gone
+    """create table if not exists tombstones (
+        user_hash varchar not null,
+        requested_at timestamptz not null,
+        requester varchar not null,
+        reason varchar,
+        erased_at timestamptz
+    )""",
+    # rows of erased users that ingest dropped (ledgers created before erasure existed gain the column)
+    "alter table ingest_ledger add column if not exists forgotten bigint",
 ]
 # the newest date that has ended (UTC): a date published ahead of time (allow_future_dates) never pins it
 LATEST_VIEW = """create or replace view recommendations_latest as

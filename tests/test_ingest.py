@@ -145,7 +145,7 @@ def test_every_bad_jsonl_row_is_quarantined_with_its_reason_and_line(tmp_path: P
     summary = ingest(settings, DAY)["events"]
 
     assert summary | {"reasons": None} == {"files": 1, "status": "ok", "rows_read": 16, "accepted": 3,
-                                           "quarantined": 12, "duplicates": 1, "unknown_items": 3,
+                                           "quarantined": 12, "duplicates": 1, "forgotten": 0, "unknown_items": 3,
                                            "reasons": None}
     assert lake(settings, "select line_no, reason from {quarantine} order by line_no") == [
         (2, "missing_user_id"), (3, "missing_item_id"), (4, "broken_json"), (6, "unparsable_timestamp"),

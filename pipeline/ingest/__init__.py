@@ -12,9 +12,10 @@ source columns. Every format is reduced to the same text fields and validated by
 (``sql/ingest/staged_events.sql``, ``staged_items.sql``), so the rules live in one place.
 
 Every row read ends up accepted, dropped as a duplicate (events: same deterministic ``event_id`` on the same
-date; items: superseded by a later row) or quarantined with a reason; the ledger records the counts per file
-and they always reconcile. Each partition file is written under a temporary name beside it and renamed into
-place, so a crash never leaves half a partition. A date whose quarantined fraction is above the threshold is
+date; items: superseded by a later row), quarantined with a reason, or dropped unkept as a row of an erased user
+(``forgotten``; see ``pipeline.erasure``); the ledger records the counts per file and they always reconcile.
+Each partition file is written under a temporary name beside it and renamed into place, so a crash never leaves
+half a partition. A date whose quarantined fraction is above the threshold is
 not published (events and catalog drops each have their threshold); a data date whose accepted rows fall below the
 ledger's trailing baseline fails the night (``housekeeping.volume_problem``).
 

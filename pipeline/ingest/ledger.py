@@ -18,7 +18,8 @@ TOP_REASONS = 3
 
 @dataclass
 class FileCounts:
-    """How the rows of one landing file ended; they always reconcile with the rows read."""
+    """How the rows of one landing file ended; they always reconcile with the rows read (forgotten: rows of an
+    erased user, dropped unkept; see pipeline.erasure)."""
 
     source_file: str
     checksum: str
@@ -27,11 +28,12 @@ class FileCounts:
     quarantined: int = 0
     duplicates: int = 0
     unknown_items: int = 0
+    forgotten: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     day: dt.date | None = None
 
     def reconciles(self) -> bool:
-        return self.rows_read == self.accepted + self.quarantined + self.duplicates
+        return self.rows_read == self.accepted + self.quarantined + self.duplicates + self.forgotten
 
 
 def by_day(counts: list[FileCounts]) -> dict[dt.date, list[FileCounts]]:
@@ -76,7 +78,7 @@ def record(wh: Warehouse, kind: str, rows: list[tuple[FileCounts, str]], at: dt.
     table = pa.Table.from_pylist([
         {"dt": c.day, "kind": kind, "source_file": c.source_file, "checksum": c.checksum,
          "rows_read": c.rows_read, "accepted": c.accepted, "quarantined": c.quarantined,
-         "duplicates": c.duplicates, "unknown_items": c.unknown_items, "status": status,
+         "duplicates": c.duplicates, "unknown_items": c.unknown_items, "forgotten": c.forgotten, "status": status,
          "top_reasons": top_reasons(c.reasons) or None, "ingested_at": at}
         for c, status in rows
     ])
@@ -93,5 +95,6 @@ def summarise(counts: list[FileCounts], status: str) -> dict[str, Any]:
         "files": len(counts), "status": status,
         "rows_read": sum(c.rows_read for c in counts), "accepted": sum(c.accepted for c in counts),
         "quarantined": sum(c.quarantined for c in counts), "duplicates": sum(c.duplicates for c in counts),
-        "unknown_items": sum(c.unknown_items for c in counts), "reasons": merged,
+        "forgotten": sum(c.forgotten for c in counts), "unknown_items": sum(c.unknown_items for c in counts),
+        "reasons": merged,
     }

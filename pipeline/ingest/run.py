@@ -13,6 +13,8 @@ from typing import Any
 from pipeline import lake, warehouse
 from pipeline.catalog import Catalog
 from pipeline.config import IngestSettings, Settings, VolumeCheck
+from pipeline.erasure import tombstones
+from pipeline.erasure.identity import Screen, screen
 from pipeline.ingest.discovery import DateFiles, file_format, file_sha256, input_batches, is_gzip, landing_files
 from pipeline.ingest.errors import IngestError, IngestQualityError, IngestVolumeError
 from pipeline.ingest.housekeeping import clean_stale_temp, handle_vanished, volume_problem
@@ -59,8 +61,9 @@ def ingest_night(cfg: IngestSettings, catalog: Catalog, data_date: dt.date) -> d
     summary: dict[str, Any] = {"data_date": data_date.isoformat(), "ingested_dates": [], "noop_dates": [],
                                "vanished_dates": [], "warnings": []}
     failures: list[str] = []
+    forgotten = screen(catalog.erasure_key, [h for h, _ in tombstones.tombstones(catalog.warehouse)])
     with warehouse.connect(catalog.warehouse) as wh:
-        night = _Night(cfg, catalog, data_date, wh, ledger_state(wh), ingested_at, summary)
+        night = _Night(cfg, catalog, data_date, wh, ledger_state(wh), ingested_at, summary, forgotten)
         for kind, by_date in sources.items():
             failures += night.ingest_kind(kind, by_date)
         if failures:
@@ -88,6 +91,7 @@ class _Night:
     previous: dict[tuple[str, dt.date], list[FileCounts]]  # the ledger's last successful ingest of each date
     ingested_at: dt.datetime
     summary: dict[str, Any]
+    forgotten: Screen  # erased users, whose rows are dropped unkept (pipeline.erasure)
 
     def ingest_kind(self, kind: Kind, by_date: dict[dt.date, list[Path]]) -> list[str]:
         """Ingest the changed dates of one kind, record them in the ledger; returns quality failure messages."""
@@ -113,7 +117,7 @@ class _Night:
 
     def _ingest_and_record(self, kind: Kind, batch: list[DateFiles], checksums: dict[Path, str]) -> list[str]:
         try:
-            result = _ingest_batch(self.cfg, self.catalog, kind, batch, checksums, self.ingested_at)
+            result = _ingest_batch(self.cfg, self.catalog, kind, batch, checksums, self.ingested_at, self.forgotten)
         except IngestError:
             files = [(day, path) for day, paths in batch for path in paths]
             record(self.wh, kind.name,
@@ -130,7 +134,7 @@ class _Night:
 
 
 def _ingest_batch(cfg: IngestSettings, catalog: Catalog, kind: Kind, batch: list[DateFiles],
-                  checksums: dict[Path, str], ingested_at: dt.datetime) -> BatchResult:
+                  checksums: dict[Path, str], ingested_at: dt.datetime, forgotten: Screen) -> BatchResult:
     """Validate, deduplicate and publish consecutive dates of one kind in one pass over their files.
     Text files are hashed while they are read; Parquet files (read by column) and .gz files (hashed as landed,
     read decompressed) are hashed beforehand."""
@@ -144,7 +148,7 @@ def _ingest_batch(cfg: IngestSettings, catalog: Catalog, kind: Kind, batch: list
     con = scratch_connection(tmp_dir, cfg)
     try:
         con.register("ingest_files", files_table(files, kind, cfg))
-        rows_read = stage(con, kind, files, cfg, hashers)
+        rows_read = stage(con, kind, files, cfg, hashers, forgotten)
         checksums.update({f.path: hashers[f.file_no].hexdigest() for f in files if f.file_no in hashers})
         relation(con, kind.duplicates_query).create("duplicates")
         known_items(con, catalog, kind)

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from pipeline import lake
 from pipeline.catalog import Catalog
 from pipeline.config import IngestSettings
+from pipeline.erasure.identity import Screen
 from pipeline.ingest.discovery import open_landing
 from pipeline.ingest.errors import IngestError, IngestFormatError
 from pipeline.ingest.kinds import EVENTS, Kind, SourceFile
@@ -48,8 +49,10 @@ def _csv_patterns(delimiter: str) -> tuple[str, str]:
     return f"(?:{one})(?:{delim}(?:{one}))*", f"({one}){delim}"
 
 
-def sql_params(cfg: IngestSettings, kind: Kind) -> dict[str, Any]:
-    """The parameters of the validation queries (each query binds the ones it uses)."""
+def sql_params(cfg: IngestSettings, kind: Kind, forgotten: Screen | None = None) -> dict[str, Any]:
+    """The parameters of the validation queries (each query binds the ones it uses); `forgotten` holds the
+    tombstones of erased users (pipeline.erasure), whose rows staged_events marks as forgotten."""
+    screen = forgotten or Screen("", frozenset())
     mapping = kind.columns(cfg)
     mapped = [f for f in kind.fields if f in mapping]
     record_pattern, field_pattern = _csv_patterns(cfg.csv_delimiter)
@@ -68,6 +71,9 @@ def sql_params(cfg: IngestSettings, kind: Kind) -> dict[str, Any]:
         "days_after": cfg.timestamp_days_after,
         "allowed_event_types": list(cfg.allowed_event_types),
         "default_event_type": cfg.default_event_type,
+        "screen_users": bool(screen),
+        "forgotten_users": sorted(screen.hashes),
+        "erasure_key": screen.key,
     }
 
 
@@ -105,9 +111,10 @@ def files_table(files: list[SourceFile], kind: Kind, cfg: IngestSettings) -> pa.
 
 
 def stage(con: duckdb.DuckDBPyConnection, kind: Kind, files: list[SourceFile], cfg: IngestSettings,
-          hashers: dict[int, Any]) -> dict[int, int]:
-    """Validate every row of the batch's files into the table `staged`; returns rows read per file_no."""
-    params = sql_params(cfg, kind)
+          hashers: dict[int, Any], forgotten: Screen | None = None) -> dict[int, int]:
+    """Validate every row of the batch's files into the table `staged` (rows of erased users marked forgotten,
+    nothing of them kept); returns rows read per file_no."""
+    params = sql_params(cfg, kind, forgotten)
     rows_read = dict.fromkeys((f.file_no for f in files), 0)
     staged_exists = False
     for fmt in ("jsonl", "csv", "parquet"):
@@ -169,9 +176,9 @@ def file_counts(con: duckdb.DuckDBPyConnection, kind: Kind, files: list[SourceFi
                                                   {"count_unknown_items": kind is EVENTS}).fetchall()}
     result = []
     for src in files:
-        rows, accepted, quarantined, duplicates, unknown = staged[src.file_no]
+        rows, accepted, quarantined, duplicates, forgotten, unknown = staged[src.file_no]
         counts = FileCounts(src.path.name, checksums[src.path], rows_read[src.file_no], accepted, quarantined,
-                            duplicates, unknown, reasons.get(src.file_no, {}), src.day)
+                            duplicates, unknown, forgotten, reasons.get(src.file_no, {}), src.day)
         if rows != counts.rows_read or not counts.reconciles():
             raise IngestError(f"{src.path}: counts do not reconcile ({rows} rows staged): {counts}")
         result.append(counts)

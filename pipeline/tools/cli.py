@@ -4,6 +4,10 @@ importers and benchmarks.
 `rollback --to-version N --reason R` points `champion` at version N (tags rollback.by/at/reason/from_version on
 it) and republishes the latest published date with it.
 
+`forget --user U [--user U2] [--file F] [--requester R] [--reason TEXT]` erases users everywhere (see the README's
+"Erasure" section): a tombstone per user, then every copy rewritten without them; rerun it to finish one that
+failed.
+
 Each stage command (`ingest`, `features`, `embed`, `train`, `register`, `select`, `recommend`, `publish`,
 `report`) runs that stage of `pipeline.stages` for `--date D` and prints its result as JSON. A stage that needs
 an earlier stage's output (the candidate folder, the staged table) takes it from that stage's latest ledger
@@ -89,8 +93,9 @@ def print_summary(settings: Settings, data_date: dt.date) -> None:
     out = [f"\n=== nightly-recs: night of {data_date} ==="]
     if model.get("degraded"):
         out.append("!!! DEGRADED: training failed; served the previous champion !!!")
+    forgotten = f", forgotten (erased users) {ev['forgotten']}" if ev.get("forgotten") else ""
     out.append(f"rows read {ev.get('rows_read', 0)}: ingested {ev.get('accepted', 0)}, quarantined "
-               f"{ev.get('quarantined', 0)}, deduplicated {ev.get('duplicates', 0)}")
+               f"{ev.get('quarantined', 0)}, deduplicated {ev.get('duplicates', 0)}{forgotten}")
     if metrics:
         m = metrics["model"]
         best = max((name for name in metrics if name != "model"), key=lambda name: metrics[name]["ndcg@10"])
@@ -174,6 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--operator", help="who asks (default: the login name)")
     rollback.add_argument("--top-n", type=int)
 
+    forget = sub.add_parser("forget", help="erase users everywhere: record a tombstone per user (hashed id, "
+                                           "requester, reason), then rewrite every copy without them")
+    forget.add_argument("--user", action="append", default=[], help="a user id (repeatable)")
+    forget.add_argument("--file", type=Path, action="append", default=[], help="a file with one user id a line")
+    forget.add_argument("--requester", help="who asks (default: the login name)")
+    forget.add_argument("--reason", default="", help="why (recorded on each tombstone), e.g. a ticket number")
+
     summary = sub.add_parser("summary", help="print the summary of a night")
     summary.add_argument("--date", type=_parse_date, required=True)
 
@@ -233,6 +245,20 @@ def _stack(action: str, folder: Path) -> int:
     return 0
 
 
+def _forget(settings: Settings, args: argparse.Namespace) -> int:
+    import getpass
+
+    from pipeline.erasure.identity import read_ids
+    from pipeline.stages import run_forget
+
+    ids = [*args.user, *(u for path in args.file for u in read_ids(path))]
+    if not ids:
+        raise SystemExit("forget: name at least one user with --user or --file")
+    result = run_forget(settings, ids, args.requester or getpass.getuser(), args.reason)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -267,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "summary":
         print_summary(settings, args.date)
         return 0
+    if args.command == "forget":
+        return _forget(settings, args)
     if args.command == "demo-data":
         from pipeline.tools.demo_source import write_demo_source
 

@@ -5,7 +5,7 @@
 with accepted as (
     select dt, event_key, file_no, line_no
     from staged
-    where reason is null
+    where reason is null and not forgotten
 ),
 
 ranked as (

@@ -8,7 +8,7 @@ with accepted as (
     select s.*
     from staged as s
     anti join duplicates as d on s.file_no = d.file_no and s.line_no = d.line_no
-    where s.reason is null and list_contains($dates, s.dt)
+    where s.reason is null and not s.forgotten and list_contains($dates, s.dt)
 ),
 
 final as (

@@ -26,7 +26,8 @@ final as (
         cast(accepted as bigint) as accepted,
         cast(quarantined as bigint) as quarantined,
         cast(duplicates as bigint) as duplicates,
-        cast(coalesce(unknown_items, 0) as bigint) as unknown_items
+        cast(coalesce(unknown_items, 0) as bigint) as unknown_items,
+        cast(coalesce(forgotten, 0) as bigint) as forgotten
     from latest
     order by kind, dt, source_file
 )

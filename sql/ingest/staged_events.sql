@@ -1,10 +1,10 @@
 -- staged_events: validate source event fields from any landing format; the one place the event rules live.
--- Every input row comes out exactly once: reason is null for an accepted row, otherwise it names why the row
--- is quarantined. event_key = md5_number of the JSON array of the normalised fields (user, item, type, value,
--- and the timestamp as hex epoch microseconds): JSON encoding keeps the tuple unambiguous whatever an id holds,
--- so the same event read twice (in any format) has the same key and different events never share one; the
--- lake's event_id is its 32 hex digits (interactions.sql). Ids holding a control character (C0, DEL, C1) are
--- quarantined; timestamps must be finite and inside the window around the file's data date.
+-- Every input row comes out exactly once: reason is null for an accepted (or forgotten) row, otherwise it names
+-- why the row is quarantined. event_key = md5_number of the JSON array of the normalised fields (user, item,
+-- type, value, and the timestamp as hex epoch microseconds): JSON encoding keeps the tuple unambiguous whatever
+-- an id holds, so the same event read twice (in any format) has the same key and different events never share
+-- one; the lake's event_id is its 32 hex digits (interactions.sql). Ids holding a control character (C0, DEL,
+-- C1) are quarantined; timestamps must be finite and inside the window around the file's data date.
 -- grain: one row per source row (file_no, line_no).
 -- reads: event_fields(file_no, line_no, dt, raw, text, parse_error, user_id, item_id, event_type, value_raw,
 --        ts_raw), a view over event_fields_<format>.
@@ -12,7 +12,12 @@
 --             $days_before / $days_after (the window: from the start of the data date - $days_before days to the
 --             end of the data date + $days_after days), $allowed_event_types (varchar[], compared lowercased),
 --             $default_event_type (used when the source has no event type; '' = none), $max_field_chars,
---             $max_raw_chars (bound on the raw text kept for quarantine).
+--             $max_raw_chars (bound on the raw text kept for quarantine); erasure (pipeline.erasure): $screen_users
+--             (boolean: are there tombstones), $forgotten_users (varchar[]: their hashes), $erasure_key.
+-- Rows of an erased user are `forgotten`: no reason, no raw text, no fields, so nothing of them is kept. A row
+-- is theirs when its user id hashes to a tombstone (sha256 of the key and the id, hex); a row that fails
+-- validation is theirs also when any token of its text (split at whitespace, quotes and JSON/CSV punctuation)
+-- does, since a broken line may name the user anywhere.
 with source as (
     select * from event_fields
 ),
@@ -70,24 +75,41 @@ validated as (
     from typed
 ),
 
+screened as (
+    select
+        *,
+        coalesce($screen_users and (
+            list_contains(cast($forgotten_users as varchar[]), sha256($erasure_key || user_id))
+            or (reason is not null and list_has_any(
+                cast($forgotten_users as varchar[]),
+                list_transform(
+                    regexp_split_to_array(coalesce(text, cast(raw as varchar)), '[\s"'',;:=|{}\[\]\\]+'),
+                    lambda token: sha256($erasure_key || token)
+                )
+            ))
+        ), false) as forgotten
+    from validated
+),
+
 final as (
     select
         cast(file_no as integer) as file_no,
         cast(line_no as bigint) as line_no,
         cast(dt as date) as dt,
-        cast(reason as varchar) as reason,
-        cast(case when reason is not null then left(
+        cast(case when not forgotten then reason end as varchar) as reason,
+        cast(forgotten as boolean) as forgotten,
+        cast(case when reason is not null and not forgotten then left(
             coalesce(replace(replace(text, chr(10), ''), chr(13), ''), cast(raw as varchar)), $max_raw_chars
         ) end as varchar) as raw_text,
-        cast(case when reason is null then md5_number(to_json([
+        cast(case when reason is null and not forgotten then md5_number(to_json([
             user_id, item_id, event_type, coalesce(cast(value as varchar), ''), hex(epoch_us(event_ts))
         ])) end as uhugeint) as event_key,
-        cast(case when reason is null then user_id end as varchar) as user_id,
-        cast(case when reason is null then item_id end as varchar) as item_id,
-        cast(case when reason is null then event_type end as varchar) as event_type,
-        cast(case when reason is null then value end as double) as value,
-        cast(case when reason is null then event_ts end as timestamptz) as event_ts
-    from validated
+        cast(case when reason is null and not forgotten then user_id end as varchar) as user_id,
+        cast(case when reason is null and not forgotten then item_id end as varchar) as item_id,
+        cast(case when reason is null and not forgotten then event_type end as varchar) as event_type,
+        cast(case when reason is null and not forgotten then value end as double) as value,
+        cast(case when reason is null and not forgotten then event_ts end as timestamptz) as event_ts
+    from screened
 )
 
 select * from final

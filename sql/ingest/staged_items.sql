@@ -66,6 +66,7 @@ final as (
         cast(line_no as bigint) as line_no,
         cast(dt as date) as dt,
         cast(reason as varchar) as reason,
+        cast(false as boolean) as forgotten,  -- catalog rows name no user (see staged_events)
         cast(case when reason is not null then left(
             coalesce(replace(replace(text, chr(10), ''), chr(13), ''), cast(raw as varchar)), $max_raw_chars
         ) end as varchar) as raw_text,
