@@ -97,6 +97,7 @@ class PathSettings(_Section):
     landing_dir: Path                            # where source drops land (events/, items/)
     lake_dir: Path                               # local lake folder (derived files; the tables by default)
     lake_uri: str = Field("", pattern=r"^(|s3a?://.+)$")  # the lake's Delta tables on object storage
+    aws_conn_id: str = ""                        # an Airflow connection with the object store's credentials
     warehouse_path: Path                         # DuckDB file with published tables and ledgers
     warehouse_uri: str = Field("", pattern=r"^(|postgres(ql)?://.+)$")  # a PostgreSQL URI replaces the file
     mlflow_uri: str                              # tracking + registry URI

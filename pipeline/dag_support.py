@@ -105,8 +105,13 @@ def is_deterministic(err: BaseException) -> bool:
 
 def call_stage(stage: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
     """Run a stage function; a deterministic error fails the task without retries (AirflowFailException),
-    anything else (a lock wait, a full disk, a lost connection) is left to Airflow's retries."""
+    anything else (a lock wait, a full disk, a lost connection) is left to Airflow's retries. The object store's
+    Airflow connection (setting `aws_conn_id`), if any, is exported first."""
+    from pipeline.config import load_settings
+    from pipeline.storage import use_airflow_connection
+
     try:
+        use_airflow_connection(load_settings().paths.aws_conn_id)
         return stage(*args, **kwargs)
     except Exception as err:
         if is_deterministic(err):

@@ -2,7 +2,8 @@
 
 Credentials and the endpoint come from the standard AWS environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
 AWS_SESSION_TOKEN, AWS_DEFAULT_REGION / AWS_REGION, AWS_ENDPOINT_URL for a store other than AWS) or from an
-Airflow connection (`aws_conn_id`, resolved by pipeline.dag_support into the same variables). pyarrow's S3
+Airflow connection (setting `aws_conn_id`: every DAG task exports it into the same variables first, see
+`use_airflow_connection`). pyarrow's S3
 filesystem reads and writes Parquet; Delta Lake (pipeline.lake) gets the same settings as storage options; DuckDB
 reads through pyarrow registered as an fsspec filesystem (DuckDB's own httpfs extension cannot be installed).
 """
@@ -43,6 +44,24 @@ def _s3() -> pafs.S3FileSystem:
         options["region"] = region
     atexit.register(pafs.finalize_s3)  # pyarrow's S3 client must be shut down before the interpreter exits
     return pafs.S3FileSystem(**options)
+
+
+def use_airflow_connection(conn_id: str) -> None:
+    """Export an Airflow AWS connection into this process's AWS environment: login and password are the key
+    pair; the extra's `aws_session_token`, `region_name` and `endpoint_url` (or `service_config.s3.endpoint_url`)
+    are used when present. Nothing to do without a connection id."""
+    if not conn_id:
+        return
+    from airflow.sdk import Connection
+
+    conn = Connection.get(conn_id)
+    extra = conn.extra_dejson or {}
+    endpoint = extra.get("endpoint_url") or extra.get("service_config", {}).get("s3", {}).get("endpoint_url")
+    values = {"AWS_ACCESS_KEY_ID": conn.login, "AWS_SECRET_ACCESS_KEY": conn.password,
+              "AWS_SESSION_TOKEN": extra.get("aws_session_token"), "AWS_DEFAULT_REGION": extra.get("region_name"),
+              "AWS_ENDPOINT_URL": endpoint}
+    os.environ.update({name: str(value) for name, value in values.items() if value})
+    _s3.cache_clear()  # the next S3 filesystem is built from the new environment
 
 
 def filesystem(location: Any) -> tuple[pafs.FileSystem, str]:
