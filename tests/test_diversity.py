@@ -124,3 +124,16 @@ def test_serving_with_diversity_zero_is_identical_and_above_zero_more_diverse() 
     for user in range(40):  # scores (the MMR values) still never increase down a list
         scores = diverse.column("score").to_numpy()[user * 10 : (user + 1) * 10]
         assert np.all(np.diff(scores) <= 0)
+
+
+def test_the_tradeoff_plot_is_a_png_with_both_panels(tmp_path) -> None:
+    import matplotlib.image as mpimg
+
+    from pipeline.tools.explain_benchmark import plot_tradeoff
+
+    curve = {"0": {"ndcg@10": 0.30, "ild@10": 0.40, "coverage@10": 0.20},
+             "0.5": {"ndcg@10": 0.26, "ild@10": 0.60, "coverage@10": 0.35}}
+    path = plot_tradeoff({"id+text": curve}, tmp_path / "out" / "tradeoff.png")
+    image = mpimg.imread(path)
+    assert image.shape[0] > 200 and image.shape[1] > 2 * image.shape[0] * 0.9
+    assert image[..., :3].std() > 0.05, "the plot draws something"

@@ -15,6 +15,7 @@ when the night has no text).
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -101,6 +102,34 @@ def tradeoff(bundle: ModelBundle, inputs: list[np.ndarray], targets: np.ndarray,
             f"ild@{k}": intra_list_diversity(lists, vectors),
         }
     return out
+
+
+def plot_tradeoff(curves: dict[str, dict[str, dict[str, float]]], path: Path, k: int = 10) -> Path:
+    """The accuracy/diversity trade-off as a PNG: NDCG@k against intra-list diversity and against coverage, one
+    line per model, each point labelled with its MMR weight."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, x in zip(axes, (f"ild@{k}", f"coverage@{k}"), strict=True):
+        for name, curve in curves.items():
+            xs = [row[x] for row in curve.values()]
+            ys = [row[f"ndcg@{k}"] for row in curve.values()]
+            ax.plot(xs, ys, marker="o", label=name)
+            for weight, xv, yv in zip(curve, xs, ys, strict=True):
+                ax.annotate(weight, (xv, yv), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_xlabel(x)
+        ax.set_ylabel(f"ndcg@{k}")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle("accuracy / diversity trade-off (MMR weight at each point)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 def print_extras(name: str, faithful: dict[str, float] | None, curve: dict[str, dict[str, float]] | None,

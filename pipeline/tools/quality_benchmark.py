@@ -36,7 +36,7 @@ from pipeline.recsys.data import NightData, load_night
 from pipeline.recsys.evaluate import evaluate_baselines, evaluate_model
 from pipeline.recsys.model import ITEM_REPRS, ModelConfig, SeqRecModel
 from pipeline.recsys.train import TrainConfig, train_model
-from pipeline.tools.explain_benchmark import faithfulness, print_extras, tradeoff
+from pipeline.tools.explain_benchmark import faithfulness, plot_tradeoff, print_extras, tradeoff
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--explain", action="store_true", help="print the faithfulness of the reasons")
     parser.add_argument("--reason-window", type=int, default=5, help="history items occluded for a reason")
     parser.add_argument("--diversity-weights", default="", help="MMR weights for the trade-off, e.g. 0,0.2,0.5")
+    parser.add_argument("--plot", type=Path, default=None,
+                        help="PNG of the accuracy/diversity trade-off (with --diversity-weights)")
 
 
 def print_table(title: str, results: dict[str, dict[str, float]], file=sys.stdout) -> None:
@@ -176,6 +178,9 @@ def run(args: argparse.Namespace) -> int:
     print_table(f"{name}: test metrics ({report['protocol']})", results)
     for repr_name, extra in extras.items():
         print_extras(f"{name} {repr_name}", extra.get("faithfulness"), extra.get("tradeoff"))
+    curves = {repr_name: extra["tradeoff"] for repr_name, extra in extras.items() if extra.get("tradeoff")}
+    if args.plot is not None and curves:
+        log.info("wrote the trade-off plot %s", plot_tradeoff(curves, args.plot))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))
