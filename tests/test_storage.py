@@ -109,11 +109,16 @@ def test_the_embedding_cache_works_and_compacts_on_either_storage(root: Path | s
     assert storage.parquet_metadata(storage.list_files(root, ".parquet")[0]).num_rows == 5, "one row per text"
 
 
+def catalog_at(root: Path | str, home: Path) -> Catalog:
+    """A home whose lake is `root` when it is a URI (lake_uri), else the home's own lake folder."""
+    env = {"NIGHTLY_RECS_LAKE_URI": root} if isinstance(root, str) else {}
+    return Catalog.of(load_settings(env=env, home=home))
+
+
 def test_marts_follow_the_lake_uri_and_old_dates_are_pruned(root: Path | str, tmp_path: Path) -> None:
     from pipeline.housekeeping import clean_features
 
-    env = {"NIGHTLY_RECS_LAKE_URI": root} if isinstance(root, str) else {}
-    catalog = Catalog.of(load_settings(env=env, home=tmp_path / "home"))
+    catalog = catalog_at(root, tmp_path / "home")
     days = [NIGHT - dt.timedelta(days=n) for n in range(4)]
     for day in days:
         storage.write_table(small(1), catalog.mart(day, "user_sequences"))
@@ -123,3 +128,14 @@ def test_marts_follow_the_lake_uri_and_old_dates_are_pruned(root: Path | str, tm
         assert not (tmp_path / "home" / "lake" / "features").exists()
     assert clean_features(catalog, NIGHT, keep_days=1) == {"feature_dates_removed": 2}
     assert [partition_date(f) for f in storage.list_folders(catalog.features_root)] == sorted(days[:2])
+
+
+def test_an_erasure_rewrites_the_marts_where_they_live(root: Path | str, tmp_path: Path) -> None:
+    from pipeline.erasure.rewrite import erase_parquet
+
+    catalog = catalog_at(root, tmp_path / "home")
+    mart = catalog.mart(NIGHT, "user_sequences")
+    storage.write_table(small(3), mart)
+    assert mart in catalog.parquet_files()
+    assert erase_parquet(catalog, ["u1"]) == {"features": 1}
+    assert storage.read_table(mart).column("user_id").to_pylist() == ["u0", "u2"]
