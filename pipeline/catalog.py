@@ -12,9 +12,9 @@ Layout under the state home (defaults; landing, lake, warehouse and MLflow can e
     lake/items/                            item versions       the four tables to object storage)
     lake/quarantine/                       rejected rows with their reason (partitioned by dt and kind)
     lake/_tmp/<host>-<pid>-<id>/           an ingest batch's scratch space (DuckDB spills), removed after it
-    lake/features/dt=D/<mart>.parquet      the night's marts (sql/marts/)
-    lake/features/dt=D/item_embeddings.parquet   the night's catalog embeddings, one row per item
-    lake/item_embeddings/                  the embedding cache, keyed by (encoder, text hash)
+    lake/features/dt=D/<mart>.parquet      the night's marts (sql/marts/); under `lake_uri` when set
+    lake/features/dt=D/item_embeddings.parquet   the night's catalog embeddings, one row per item (idem)
+    lake/item_embeddings/                  the embedding cache, keyed by (encoder, text hash) (idem)
     lake/recommendations/                  the published table (Delta, partitioned by dt)
     models/dt=D/<candidate>/               a night's candidate models (bundle, metrics, curves)
     staging/dt=D/                          scored tables waiting for validation
@@ -47,9 +47,9 @@ def _dt(data_date: dt.date) -> str:
     return f"dt={data_date.isoformat()}"
 
 
-def partition_date(folder: Path) -> dt.date | None:
-    """The date of a date-keyed folder (`dt=YYYY-MM-DD`), None for any other name."""
-    prefix, _, day = folder.name.partition("=")
+def partition_date(folder: Path | str) -> dt.date | None:
+    """The date of a date-keyed folder (`dt=YYYY-MM-DD`, a path or a URI), None for any other name."""
+    prefix, _, day = storage.name_of(folder).partition("=")
     if prefix != "dt":
         return None
     try:
@@ -95,7 +95,7 @@ class Catalog:
     # --- lake ---
     @property
     def lake(self) -> Path:
-        """The local lake folder: derived files (features, embeddings, scratch) live here."""
+        """The local lake folder: the tables, marts and embeddings when `lake_uri` is not set; scratch always."""
         return self.paths.lake_dir
 
     @property
@@ -106,8 +106,7 @@ class Catalog:
     def lake_table(self, table: str) -> Path | str:
         """The Delta table of a lake table (pipeline.lake reads and writes it): a local folder or a URI."""
         assert table in LAKE_TABLES, f"unknown lake table {table!r}"
-        root = self.lake_root
-        return storage.join(root, table) if isinstance(root, str) else root / table
+        return storage.child(self.lake_root, table)
 
     def publish_lock(self, data_date: dt.date) -> Path:
         """The lock file that serialises publishes of one date (on the local state home, not in the lake:
@@ -124,25 +123,32 @@ class Catalog:
         can tell one left by a killed process; the job removes it."""
         return self.scratch_root / f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex}"
 
-    # --- features and embeddings ---
+    # --- features and embeddings (under lake_root: on object storage with the tables when lake_uri is set) ---
     @property
-    def features_root(self) -> Path:
-        """Every night's marts, one `dt=D` folder per date."""
-        return self.paths.lake_dir / "features"
+    def features_root(self) -> Path | str:
+        """Every night's marts, one `dt=D` folder per date: a local folder, or a URI under `lake_uri`."""
+        return storage.child(self.lake_root, "features")
 
-    def features_dir(self, data_date: dt.date) -> Path:
-        return self.features_root / _dt(data_date)
+    def features_dir(self, data_date: dt.date) -> Path | str:
+        return storage.child(self.features_root, _dt(data_date))
 
-    def mart(self, data_date: dt.date, name: str) -> Path:
-        return self.features_dir(data_date) / f"{name}.parquet"
+    def mart(self, data_date: dt.date, name: str) -> Path | str:
+        """A mart's Parquet file (pipeline.storage reads and writes it): a local path or a URI."""
+        return storage.child(self.features_dir(data_date), f"{name}.parquet")
 
-    def night_embeddings(self, data_date: dt.date) -> Path:
+    def night_embeddings(self, data_date: dt.date) -> Path | str:
         """The catalog's text embeddings for the night, one row per item of item_catalog."""
         return self.mart(data_date, NIGHT_EMBEDDINGS)
 
     @property
-    def embedding_cache(self) -> Path:
-        return self.paths.lake_dir / "item_embeddings"
+    def embedding_cache(self) -> Path | str:
+        """The embedding cache's folder of Parquet parts: a local folder, or a URI under `lake_uri`."""
+        return storage.child(self.lake_root, "item_embeddings")
+
+    @staticmethod
+    def new_cache_part(cache: Path | str) -> Path | str:
+        """A fresh part file in an embedding cache folder (its writers never overwrite each other)."""
+        return storage.child(cache, f"part-{uuid.uuid4().hex}.parquet")
 
     # --- models, staging, reports ---
     @property
@@ -229,13 +235,18 @@ class Catalog:
         """The per-home secret that keys the hashes of erased users' ids (pipeline.erasure.identity)."""
         return self.paths.home / "erasure" / "key"
 
-    def parquet_files(self) -> list[Path]:
+    def parquet_files(self) -> list[Path | str]:
         """Every Parquet data file of the local lake folder (marts, caches) and of staging, outside the lake's
-        Delta tables (pipeline.lake rewrites those); temporary files (`.<name>.<id>.tmp`) never match."""
+        Delta tables (pipeline.lake rewrites those), plus the marts and the embedding cache on object storage
+        when `lake_uri` is set; temporary files (`.<name>.<id>.tmp`) never match."""
         tables = {self.paths.lake_dir / table for table in LAKE_TABLES}
         roots = (self.paths.lake_dir, self.staging_root)
-        return sorted(p for root in roots if root.is_dir() for p in root.rglob("*.parquet")
-                      if not p.name.startswith(".") and not tables.intersection(p.parents))
+        found: list[Path | str] = sorted(p for root in roots if root.is_dir() for p in root.rglob("*.parquet")
+                                         if not p.name.startswith(".") and not tables.intersection(p.parents))
+        if self.paths.lake_uri:
+            found += [f for root in (self.features_root, self.embedding_cache)
+                      for f in storage.list_files(root, ".parquet", recursive=True)]
+        return found
 
     def text_roots(self) -> list[Path]:
         """Folders of files that can quote a user id in text: reports, candidate folders, MLflow artifacts, the

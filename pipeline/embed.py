@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.atomic import atomic_path
+from pipeline import storage
 from pipeline.catalog import Catalog
 from pipeline.config import ModelSettings
 
@@ -257,16 +256,17 @@ def encode_texts(
     return TextEncoder.load(model_path, device).encode(texts, batch_size=batch_size)
 
 
-def load_cache(folder: Path, encoder: str, hashes: list[str] | None = None) -> dict[str, np.ndarray]:
-    """Cached vectors of one encoder keyed by text sha256 (only `hashes`, when given)."""
+def load_cache(folder: Path | str, encoder: str, hashes: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Cached vectors of one encoder keyed by text sha256 (only `hashes`, when given); the cache is a local
+    folder or a URI."""
     import pyarrow.dataset as ds
 
-    if not folder.is_dir() or not any(folder.glob("*.parquet")):
+    if not storage.list_files(folder, ".parquet"):
         return {}
     wanted = ds.field("encoder") == encoder
     if hashes is not None:
         wanted = wanted & ds.field("text_sha256").isin(sorted(set(hashes)))
-    table = ds.dataset(folder, format="parquet").to_table(columns=["text_sha256", "embedding"], filter=wanted)
+    table = storage.read_table(folder, columns=["text_sha256", "embedding"], filters=wanted)
     keys = table.column("text_sha256").to_pylist()
     if not keys:
         return {}
@@ -288,12 +288,11 @@ def embedding_matrix(column: Any) -> np.ndarray:
     return flat.reshape(len(column), -1).astype(np.float32, copy=False)
 
 
-def _write_cache_part(folder: Path, encoder: str, rows: list[tuple[str, str]], vectors: np.ndarray) -> Path:
-    """Append new vectors as one Parquet part, written to a temp name then renamed (atomic)."""
+def _write_cache_part(folder: Path | str, encoder: str, rows: list[tuple[str, str]],
+                      vectors: np.ndarray) -> Path | str:
+    """Append new vectors as one Parquet part (written atomically by pipeline.storage)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    folder.mkdir(parents=True, exist_ok=True)
     table = pa.table(
         {
             "encoder": pa.array([encoder] * len(rows), pa.string()),
@@ -303,9 +302,8 @@ def _write_cache_part(folder: Path, encoder: str, rows: list[tuple[str, str]], v
             "created_at": pa.array([datetime.now(UTC)] * len(rows), pa.timestamp("us", tz="UTC")),
         }
     )
-    final = folder / f"part-{uuid.uuid4().hex}.parquet"
-    with atomic_path(final) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+    final = Catalog.new_cache_part(folder)
+    storage.write_table(table, final)
     return final
 
 
@@ -323,7 +321,7 @@ def _first_item_per_text(
 def embed_items(
     item_ids: list[str],
     texts: list[str],
-    cache_dir: Path,
+    cache_dir: Path | str,
     encoder: TextEncoder,
     batch_size: int | None = None,
     progress: bool = False,
@@ -359,14 +357,12 @@ def embed_catalog(cfg: ModelSettings, catalog: Catalog, data_date: dt.date) -> d
     """Embed the night's item catalog (item_catalog.text), encoding only texts not in the cache, and write the
     night's vectors, one row per catalog item, where the model's data loader reads them."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    items = pq.read_table(catalog.mart(data_date, "item_catalog"), columns=["item_id", "text"])
+    items = storage.read_table(catalog.mart(data_date, "item_catalog"), columns=["item_id", "text"])
     ids, texts = items.column("item_id").to_pylist(), items.column("text").to_pylist()
     encoder = TextEncoder.load(cfg.encoder_path or None, device=cfg.embed_device, precision=cfg.embed_precision,
                                batch_tokens=cfg.embed_batch_tokens)
     vectors, counts = embed_items(ids, texts, catalog.embedding_cache, encoder)
     table = pa.table({"item_id": pa.array(ids, pa.string()), "embedding": embedding_array(vectors)})
-    with atomic_path(catalog.night_embeddings(data_date)) as tmp:
-        pq.write_table(table, tmp)
+    storage.write_table(table, catalog.night_embeddings(data_date), compression="snappy")
     return {**counts, "encoder": encoder.id, "device": encoder.device, "precision": encoder.precision}

@@ -15,8 +15,7 @@ from typing import Any
 
 import duckdb
 
-from pipeline import lake
-from pipeline.atomic import atomic_path
+from pipeline import lake, storage
 from pipeline.catalog import Catalog
 from pipeline.config import DEFAULT_TEXT_TEMPLATE, TEMPLATE_FIELDS, Settings
 from pipeline.sql import check_grain, create_table
@@ -118,7 +117,12 @@ def build_features(
 
 
 def run_features(settings: Settings, data_date: dt.date) -> dict[str, Any]:
-    """Build the night's marts and write them to lake/features/dt=D/<mart>.parquet (atomic per file)."""
+    """Build the night's marts and write them to features/dt=D/<mart>.parquet under the lake (the local folder
+    or `lake_uri`), atomic per file.
+
+    Each mart goes DuckDB -> Arrow -> pipeline.storage's writer: one writer for local disk and object storage.
+    A mart is held in memory once more as Arrow while it is written (DuckDB built it in memory already), which
+    is bounded by the largest mart of a night."""
     con = duckdb.connect()
     try:
         con.execute("set TimeZone = 'UTC'")
@@ -128,8 +132,7 @@ def run_features(settings: Settings, data_date: dt.date) -> dict[str, Any]:
                                 settings.model.text_template)
         out = catalog.features_dir(data_date)
         for mart in MARTS:
-            with atomic_path(catalog.mart(data_date, mart.table)) as tmp:
-                con.table(mart.table).write_parquet(str(tmp), compression="zstd")
+            storage.write_table(con.table(mart.table).to_arrow_table(), catalog.mart(data_date, mart.table))
     finally:
         con.close()
     log.info("features for %s: %s", data_date, counts)

@@ -5,8 +5,8 @@
 - Candidate folders (`models/dt=D/<id>/`) of trainings the gate rejected, or that were never registered (the
   training or registration failed after saving), are removed once older than `candidate_keep_days`.
   Promoted candidates stay: they are the champions' local evidence (the registry holds the models).
-- The night's marts (`lake/features/dt=D/`) are derived data that any rerun of D rebuilds; dates more than
-  `features_keep_days` before the night are removed.
+- The night's marts (`features/dt=D/` under the lake folder or `lake_uri`) are derived data that any rerun
+  of D rebuilds; dates more than `features_keep_days` before the night are removed.
 - The lake's Delta tables keep old versions (replaced dates) readable for `lake_history_days`; files that no
   version within that window needs, and files a killed writer left, are vacuumed.
 - The embedding cache gets one Parquet part per night with new texts; above `embedding_cache_max_parts`
@@ -22,12 +22,10 @@ import datetime as dt
 import json
 import logging
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
-from pipeline import lake
-from pipeline.atomic import atomic_path
+from pipeline import lake, storage
 from pipeline.catalog import LAKE_TABLES, Catalog, partition_date
 from pipeline.config import OperationsSettings
 
@@ -56,10 +54,14 @@ def clean_staging(catalog: Catalog, data_date: dt.date, keep_days: int) -> dict[
 
 
 def clean_features(catalog: Catalog, data_date: dt.date, keep_days: int) -> dict[str, int]:
-    """Remove the marts of dates more than keep_days before data_date (a rerun of such a date rebuilds them)."""
+    """Remove the marts of dates more than keep_days before data_date (a rerun of such a date rebuilds them),
+    on local disk or object storage."""
     removed = 0
-    for folder in _dated_folders(catalog.features_root, data_date - dt.timedelta(days=keep_days + 1)):
-        shutil.rmtree(folder)
+    cutoff = data_date - dt.timedelta(days=keep_days + 1)
+    found = [(d, f) for f in storage.list_folders(catalog.features_root)
+             if (d := partition_date(f)) is not None and d <= cutoff]
+    for _, folder in sorted(found):
+        storage.delete(folder)
         removed += 1
         log.info("housekeeping: removed the marts of %s", folder)
     return {"feature_dates_removed": removed}
@@ -90,26 +92,26 @@ def clean_candidates(catalog: Catalog, data_date: dt.date, keep_days: int) -> di
     return {"candidates_removed": removed, "promoted_candidates_kept": kept}
 
 
-def compact_embedding_cache(folder: Path, max_parts: int) -> dict[str, int]:
-    """Rewrite the cache as one part when it has more than max_parts parts (newest row per encoder and text
-    hash); returns the parts before and after."""
+def compact_embedding_cache(folder: Path | str, max_parts: int) -> dict[str, int]:
+    """Rewrite the cache (a local folder or a URI) as one part when it has more than max_parts parts (newest
+    row per encoder and text hash); returns the parts before and after."""
     import duckdb
-    import pyarrow.parquet as pq
+    import pyarrow as pa
 
-    parts = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
+    parts = [p for p in storage.list_files(folder, ".parquet") if storage.name_of(p).startswith("part-")]
     if len(parts) <= max_parts:
         return {"cache_parts_before": len(parts), "cache_parts_after": len(parts)}
+    rows = pa.concat_tables([storage.read_table(p) for p in parts], promote_options="default")
     with duckdb.connect() as con:
+        con.register("parts", rows)
         table = con.sql(
-            """select * from read_parquet($parts)
+            """select * from parts
                qualify row_number() over (partition by encoder, text_sha256 order by created_at desc) = 1
                order by encoder, text_sha256""",
-            params={"parts": [str(p) for p in parts]},
         ).to_arrow_table()
-    with atomic_path(folder / f"part-{uuid.uuid4().hex}.parquet") as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+    storage.write_table(table, Catalog.new_cache_part(folder))
     for part in parts:
-        part.unlink()
+        storage.delete(part)
     log.info("housekeeping: compacted the embedding cache %s from %d parts into one", folder, len(parts))
     return {"cache_parts_before": len(parts), "cache_parts_after": 1}
 

@@ -33,9 +33,8 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from pipeline import lake, warehouse
+from pipeline import lake, storage, warehouse
 from pipeline.catalog import Catalog
 from pipeline.sql import relation
 
@@ -221,17 +220,17 @@ def validation_inputs(catalog: Catalog, data_date: dt.date) -> tuple[list[str], 
     """What the publishing rules check against, each mart read once: the users to serve (active users with a
     history, as scoring selects them), their seen items (user_id, item_id) and the item ids that may be
     recommended (the catalog without items marked removed)."""
-    activity = pq.read_table(catalog.mart(data_date, "user_activity"), columns=["user_id", "is_active"])
+    activity = storage.read_table(catalog.mart(data_date, "user_activity"), columns=["user_id", "is_active"])
     active = set(activity.filter(activity["is_active"]).column("user_id").to_pylist())
-    users = [u for u in pq.read_table(catalog.mart(data_date, "user_sequences"), columns=["user_id"])
+    users = [u for u in storage.read_table(catalog.mart(data_date, "user_sequences"), columns=["user_id"])
              .column("user_id").to_pylist() if u in active]
-    seen = pq.read_table(catalog.mart(data_date, "user_seen_items"), columns=["user_id", "item_id"])
+    seen = storage.read_table(catalog.mart(data_date, "user_seen_items"), columns=["user_id", "item_id"])
     return users, seen, recommendable_items(catalog, data_date)
 
 
 def recommendable_items(catalog: Catalog, data_date: dt.date) -> list[str]:
     """The item_catalog's item ids without items marked removed (sql/marts/item_catalog.sql is_removed)."""
-    items = pq.read_table(catalog.mart(data_date, "item_catalog"), columns=["item_id", "is_removed"])
+    items = storage.read_table(catalog.mart(data_date, "item_catalog"), columns=["item_id", "is_removed"])
     return sorted(items.filter(pc.invert(items["is_removed"])).column("item_id").to_pylist())
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from pipeline import warehouse
+from pipeline import storage, warehouse
 from pipeline.atomic import atomic_path
 from pipeline.catalog import Catalog
 from pipeline.config import Settings
@@ -31,14 +31,14 @@ METRICS = ("ndcg@10", "hr@10", "ndcg@20", "hr@20", "mrr", "coverage@10")
 BEYOND_ACCURACY = ("coverage@10", "gini@10", "novelty@10", "ild@10", "popularity_lift@10", "cold_share@10")
 
 
-def _sample_recommendations(con: duckdb.DuckDBPyConnection, data_date: dt.date, catalog: Path | None,
+def _sample_recommendations(con: duckdb.DuckDBPyConnection, data_date: dt.date, catalog: pa.Table | None,
                             users: int = 3, k: int = 5) -> list[dict[str, Any]]:
     """The top k of a few model-served users, with item titles (and the reason's) from the night's catalog."""
     if catalog is None:
         con.register("titles", pa.table({"item_id": pa.array([], pa.string()),
                                          "title": pa.array([], pa.string())}))
     else:
-        con.register("titles", con.read_parquet(str(catalog)).select("item_id, title"))
+        con.register("titles", catalog.select(["item_id", "title"]))
     rows = con.execute(
         """with sample as (
                select distinct user_id from recommendations where dt = $dt and source = 'model'
@@ -57,7 +57,7 @@ def _sample_recommendations(con: duckdb.DuckDBPyConnection, data_date: dt.date, 
     return [dict(zip(names, r, strict=True)) for r in rows]
 
 
-def _coverage(con: duckdb.DuckDBPyConnection, data_date: dt.date, catalog: Path | None) -> dict[str, Any]:
+def _coverage(con: duckdb.DuckDBPyConnection, data_date: dt.date, catalog: pa.Table | None) -> dict[str, Any]:
     """What the published night covers: users by source, distinct items, share of the catalog recommended."""
     users, model_users, popular_users, rows, items = con.execute(
         """select count(distinct user_id),
@@ -70,9 +70,8 @@ def _coverage(con: duckdb.DuckDBPyConnection, data_date: dt.date, catalog: Path 
     ).fetchall()[0]
     out: dict[str, Any] = {"users": users, "model_users": model_users, "popular_users": popular_users,
                            "rows": rows, "distinct_items": items}
-    if catalog:
-        [(catalog_items,)] = con.execute("select count(*) from read_parquet($p)",
-                                         {"p": str(catalog)}).fetchall()
+    if catalog is not None:
+        catalog_items = catalog.num_rows
         out["catalog_items"] = catalog_items
         out["catalog_coverage"] = items / catalog_items if catalog_items else 0.0
     return out
@@ -81,12 +80,12 @@ def _coverage(con: duckdb.DuckDBPyConnection, data_date: dt.date, catalog: Path 
 def _published(settings: Settings, data_date: dt.date) -> dict[str, Any]:
     """Coverage and samples of the night as published in the warehouse."""
     items = Catalog.of(settings).mart(data_date, "item_catalog")
-    catalog_path = items if items.is_file() else None
+    catalog_items = storage.read_table(items, ["item_id", "title"]) if storage.exists(items) else None
     night = warehouse.published_night(Catalog.of(settings).warehouse, data_date)
     with duckdb.connect() as con:
         con.register("recommendations", night)
-        return {"coverage": _coverage(con, data_date, catalog_path),
-                "samples": _sample_recommendations(con, data_date, catalog_path)}
+        return {"coverage": _coverage(con, data_date, catalog_items),
+                "samples": _sample_recommendations(con, data_date, catalog_items)}
 
 
 def _evaluation(train: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

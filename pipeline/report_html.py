@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 
 import duckdb
 
-from pipeline import warehouse
+from pipeline import storage, warehouse
 from pipeline.catalog import Catalog
 from pipeline.config import Settings
 
@@ -118,14 +118,16 @@ def popularity_deciles(settings: Settings, data_date: dt.date) -> list[float]:
     tenth by events over 30 days); empty when the night published nothing."""
     catalog = Catalog.of(settings)
     popularity, items = catalog.mart(data_date, "item_popularity"), catalog.mart(data_date, "item_catalog")
-    if not (popularity.is_file() and items.is_file()):
+    if not (storage.exists(popularity) and storage.exists(items)):
         return []
     night = warehouse.published_night(catalog.warehouse, data_date)
     with duckdb.connect() as con:
         con.register("recommendations", night)
+        con.register("catalog_items", storage.read_table(items, ["item_id"]))
+        con.register("catalog_popularity", storage.read_table(popularity, ["item_id", "events_30d"]))
         rows = con.execute(
-            """with items as (select item_id from read_parquet($items)),
-               popularity as (select item_id, events_30d from read_parquet($popularity)),
+            """with items as (select item_id from catalog_items),
+               popularity as (select item_id, events_30d from catalog_popularity),
                ranked as (
                    select i.item_id, ntile(10) over (order by coalesce(p.events_30d, 0) desc, i.item_id) as decile
                    from items as i left join popularity as p using (item_id)),
@@ -134,7 +136,7 @@ def popularity_deciles(settings: Settings, data_date: dt.date) -> list[float]:
                    from recommendations as rec left join ranked as r using (item_id)
                    where rec.dt = $dt group by 1)
                select decile, slots from final order by decile""",
-            {"items": str(items), "popularity": str(popularity), "dt": data_date},
+            {"dt": data_date},
         ).fetchall()
     total = sum(n for _, n in rows)
     per = dict(rows)

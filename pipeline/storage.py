@@ -13,9 +13,13 @@ from __future__ import annotations
 import atexit
 import functools
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.atomic import atomic_path
+
 if TYPE_CHECKING:
+    import pyarrow as pa
     import pyarrow.fs as pafs
 
 REMOTE_SCHEMES = ("s3://", "s3a://")
@@ -98,3 +102,108 @@ def register_filesystems(con: Any) -> None:
         protocol = ("s3", "s3a")
 
     con.register_filesystem(S3(_s3()))
+
+
+# --- files: one implementation of each operation for local folders and URIs. A location is a Path (local) or
+# a URI string; what the listings return has the same kind as what they were given. ---
+
+def child(location: Path | str, name: str) -> Path | str:
+    """The entry `name` directly below a location, of the same kind (Path or URI)."""
+    return join(location, name) if isinstance(location, str) else Path(location) / name
+
+
+def name_of(location: Path | str) -> str:
+    """The last component of a location (a file's or folder's name)."""
+    return str(location).rstrip("/").rsplit("/", 1)[-1]
+
+
+def exists(location: Path | str) -> bool:
+    """Whether a file or a folder (on S3: any object below the prefix) is there."""
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(location)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def _entries(location: Path | str, recursive: bool) -> list[Any]:
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(location)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return []
+    return fs.get_file_info(pafs.FileSelector(path, recursive=recursive))
+
+
+def _same_kind(location: Path | str, path: str) -> Path | str:
+    """A path within the filesystem of `location` as a location of the same kind."""
+    if isinstance(location, str) and is_remote(location):
+        return f"{location.split('://', 1)[0]}://{path}"
+    return Path(path)
+
+
+def list_files(location: Path | str, suffix: str = "", recursive: bool = False) -> list[Path | str]:
+    """Files below a folder or prefix whose names end with `suffix`, sorted; hidden names (`.x`, such as a
+    temporary file being written) never match. Empty when the folder is absent."""
+    import pyarrow.fs as pafs
+
+    return sorted((_same_kind(location, e.path) for e in _entries(location, recursive)
+                   if e.type == pafs.FileType.File and e.base_name.endswith(suffix)
+                   and not e.base_name.startswith(".")), key=str)
+
+
+def list_folders(location: Path | str) -> list[Path | str]:
+    """The folders (on S3: common prefixes) directly below a folder or prefix, sorted; empty when absent."""
+    import pyarrow.fs as pafs
+
+    return sorted((_same_kind(location, e.path) for e in _entries(location, False)
+                   if e.type == pafs.FileType.Directory), key=str)
+
+
+def delete(location: Path | str) -> None:
+    """Remove a file, or a folder (an S3 prefix) with everything below it; nothing to do when absent."""
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(location)
+    kind = fs.get_file_info(path).type
+    if kind == pafs.FileType.Directory:
+        fs.delete_dir(path)
+    elif kind == pafs.FileType.File:
+        fs.delete_file(path)
+
+
+def read_table(location: Path | str, columns: list[str] | None = None, filters: Any = None) -> pa.Table:
+    """A Parquet file, or every Parquet file of a folder (hidden names skipped), as an Arrow table; `filters`
+    is a pyarrow expression applied while reading."""
+    import pyarrow.parquet as pq
+
+    fs, path = filesystem(location)
+    return pq.read_table(path, filesystem=fs, columns=columns, filters=filters)
+
+
+def parquet_metadata(location: Path | str) -> Any:
+    """A Parquet file's footer (rows, schema, row groups), no data read."""
+    import pyarrow.parquet as pq
+
+    fs, path = filesystem(location)
+    return pq.read_metadata(path, filesystem=fs)
+
+
+def write_table(table: pa.Table, location: Path | str, compression: str = "zstd") -> None:
+    """Write a Parquet file atomically: readers see the old file or the new one, never half of one.
+
+    Local: a hidden temporary file beside the target, renamed onto it (pipeline.atomic). Remote: the whole file
+    is serialised in memory first, then sent as one object (a PUT is atomic on S3; an upload stream that failed
+    half-way would otherwise still complete and publish a truncated file). The memory bound is the file's size,
+    fine for marts and embedding-cache parts of a single night."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not is_remote(location):
+        with atomic_path(Path(location)) as tmp:
+            pq.write_table(table, tmp, compression=compression)
+        return
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer, compression=compression)
+    fs, path = filesystem(location)
+    with fs.open_output_stream(path) as out:
+        out.write(buffer.getvalue())

@@ -23,13 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import pyarrow.parquet as pq
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.data.sources import LocalArtifactDatasetSource
 from mlflow.entities import RunTag
 
-from pipeline import lake, registry
+from pipeline import lake, registry, storage
 from pipeline.catalog import Catalog
 from pipeline.config import Settings
 
@@ -57,12 +56,6 @@ class PartitionDataset(MetaDataset):
         return {**super().to_dict(), "profile": json.dumps(self.profile)}
 
 
-def parquet_rows(path: Path) -> int:
-    """Rows of a Parquet file, or of every Parquet file in a folder (from the footers; no data read)."""
-    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in files if f.is_file())
-
-
 def night_inputs(catalog: Catalog, data_date: dt.date) -> list[tuple[PartitionDataset, str]]:
     """(dataset, context) of what tonight's training read: the night's lake partitions (what arrived) and the
     feature marts built from the lake (what the model saw)."""
@@ -74,10 +67,10 @@ def night_inputs(catalog: Catalog, data_date: dt.date) -> list[tuple[PartitionDa
             uri = location if isinstance(location, str) else location.resolve().as_uri()
             found.append((PartitionDataset(f"{uri}?dt={data_date}", f"lake.{table}@{data_date}", rows), "source"))
     for mart in (*TRAINING_MARTS, "item_embeddings"):
-        path = catalog.mart(data_date, mart)
-        if path.is_file():
-            found.append((PartitionDataset(path, f"features.{mart}@{data_date}", parquet_rows(path)),
-                          "training"))
+        location = catalog.mart(data_date, mart)
+        if storage.exists(location):
+            rows = storage.parquet_metadata(location).num_rows
+            found.append((PartitionDataset(location, f"features.{mart}@{data_date}", rows), "training"))
     return found
 
 

@@ -1,7 +1,7 @@
 """A whole night against the local service stack (the lake's tables on the S3 endpoint, a real PostgreSQL
 warehouse, an MLflow server with its artifacts in the bucket): it publishes what the embedded default publishes
-for the same data and seed, the lake's Delta tables and the model's artifacts are objects in the bucket, and
-rerunning the date changes nothing."""
+for the same data and seed, the lake's Delta tables, the night's marts and embeddings and the model's artifacts
+are objects in the bucket (nothing of them on the home's lake folder), and rerunning the date changes nothing."""
 
 from __future__ import annotations
 
@@ -68,6 +68,11 @@ def test_a_night_on_the_stack_publishes_what_the_embedded_default_does(
         assert f"{prefix}/{table}/_delta_log/00000000000000000000.json" in lake_keys, table
         assert any(k.startswith(f"{prefix}/{table}/dt=") and k.endswith(".parquet") for k in lake_keys), table
     assert not (tmp_path / "stack" / "lake" / "interactions").exists(), "the lake's tables are on S3 only"
+    for mart in ("item_catalog", "user_sequences", "split_leave_one_out", "user_activity", "item_embeddings"):
+        assert f"{prefix}/features/dt={NIGHT.isoformat()}/{mart}.parquet" in lake_keys, mart
+    assert any(k.startswith(f"{prefix}/item_embeddings/part-") and k.endswith(".parquet") for k in lake_keys)
+    for derived in ("features", "item_embeddings"):
+        assert not (tmp_path / "stack" / "lake" / derived).exists(), f"{derived}: on S3 only"
     on_s3 = lake.read(catalog, "recommendations", NIGHT, ["user_id", "rank", "item_id"])
     assert sorted(map(tuple, (r.values() for r in on_s3.to_pylist()))) == [r[:3] for r in rows]
 
@@ -80,6 +85,8 @@ def test_a_night_on_the_stack_publishes_what_the_embedded_default_does(
     run_files = [k for k in keys if f"/{champion.run_id}/" in k]
     model_files = [k for k in keys if k.endswith("MLmodel")]
     assert run_files and model_files, keys[:20]
+    sources = [d.dataset.source for d in client.get_run(champion.run_id).inputs.dataset_inputs]
+    assert any(f"s3://{BUCKET}/{prefix}/features/dt=" in source for source in sources), sources
 
     again = run_night(monkeypatch, tmp_path / "stack", landing, **on_stack)  # a rerun of the same date
     rerun = published(again.warehouse)

@@ -26,9 +26,8 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from pipeline import lake
+from pipeline import lake, storage
 from pipeline.atomic import atomic_path
 from pipeline.catalog import Catalog
 from pipeline.config import Settings
@@ -81,22 +80,19 @@ def _doomed(table: pa.Table, user_ids: list[str]) -> pa.ChunkedArray | None:
     return pc.fill_null(doomed, False)
 
 
-def drop_user_rows(path: Path, user_ids: list[str]) -> int:
-    """Rewrite one Parquet file without the users' rows; returns how many rows were dropped (0: untouched)."""
-    names = pq.read_schema(path).names
+def drop_user_rows(path: Path | str, user_ids: list[str]) -> int:
+    """Rewrite one Parquet file (local or on object storage) without the users' rows; returns how many rows
+    were dropped (0: untouched)."""
+    names = storage.parquet_metadata(path).schema.to_arrow_schema().names
     columns = [c for c in (USER_COLUMN, RAW_COLUMN) if c in names]
     if not columns:
         return 0
-    with pq.ParquetFile(path) as pf:
-        probe = _doomed(pf.read(columns=columns), user_ids)
+    probe = _doomed(storage.read_table(path, columns=columns), user_ids)
     dropped = int(pc.sum(probe).as_py() or 0) if probe is not None else 0
     if not dropped:
         return 0
-    with pq.ParquetFile(path) as pf:
-        table = pf.read()
-    kept = table.filter(pc.invert(_doomed(table, user_ids)))
-    with atomic_path(path) as tmp:
-        pq.write_table(kept, tmp, compression="zstd")
+    table = storage.read_table(path)
+    storage.write_table(table.filter(pc.invert(_doomed(table, user_ids))), path)
     return dropped
 
 
@@ -134,11 +130,13 @@ def erase_parquet(catalog: Catalog, user_ids: list[str]) -> dict[str, int]:
     return dropped
 
 
-def _dataset(catalog: Catalog, path: Path) -> str:
-    for root, prefix in ((catalog.lake, ""), (catalog.staging_root, "staging")):
-        if path.is_relative_to(root):
-            return prefix or path.relative_to(root).parts[0]
-    return str(path.parent)
+def _dataset(catalog: Catalog, path: Path | str) -> str:
+    """The dataset a file belongs to: the lake's folder below the lake (local or `lake_uri`), or staging."""
+    for root, prefix in ((catalog.lake, ""), (catalog.lake_root, ""), (catalog.staging_root, "staging")):
+        base = str(root).rstrip("/") + "/"
+        if str(path).startswith(base):
+            return prefix or str(path)[len(base):].split("/", 1)[0]
+    return str(path).rsplit("/", 1)[0]
 
 
 def _holds(path: Path, needles: list[bytes]) -> bool:

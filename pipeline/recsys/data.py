@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
+from pipeline import storage
 from pipeline.catalog import Catalog
 from pipeline.embed import embedding_matrix
 
@@ -104,9 +104,9 @@ class NightData:
 
 def load_night(catalog: Catalog, data_date: dt.date) -> NightData:
     """The night's marts (item_catalog, user_sequences, split_leave_one_out, embeddings) in index space."""
-    items = pq.read_table(catalog.mart(data_date, "item_catalog"), columns=["item_id"])
-    seqs = pq.read_table(catalog.mart(data_date, "user_sequences"), columns=["user_id", "item_ids"])
-    loo = pq.read_table(catalog.mart(data_date, "split_leave_one_out")).to_pydict()
+    items = storage.read_table(catalog.mart(data_date, "item_catalog"), columns=["item_id"])
+    seqs = storage.read_table(catalog.mart(data_date, "user_sequences"), columns=["user_id", "item_ids"])
+    loo = storage.read_table(catalog.mart(data_date, "split_leave_one_out")).to_pydict()
     sequences = seqs.column("item_ids").to_pylist()
     interacted = {i for seq in sequences for i in seq}
     item_ids = sorted(set(items.column("item_id").to_pylist()) | interacted)
@@ -123,11 +123,11 @@ def load_night(catalog: Catalog, data_date: dt.date) -> NightData:
     )
 
 
-def _text_matrix(path: Path, index: dict[str, int]) -> np.ndarray | None:
+def _text_matrix(location: Path | str, index: dict[str, int]) -> np.ndarray | None:
     """(n_items+1, dim) text embeddings aligned with the index; items without text stay zero."""
-    if not path.is_file():
+    if not storage.exists(location):
         return None
-    table = pq.read_table(path)
+    table = storage.read_table(location)
     ids = table.column("item_id").to_pylist()
     vectors = embedding_matrix(table.column("embedding"))
     out = np.zeros((len(index) + 1, vectors.shape[1]), np.float32)

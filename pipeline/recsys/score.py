@@ -32,9 +32,9 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 
+from pipeline import storage
 from pipeline.catalog import Catalog
 from pipeline.device import resolve_device
 from pipeline.recsys.bundle import ModelBundle
@@ -72,17 +72,17 @@ class ScoringInput:
 def scoring_input(catalog: Catalog, data_date: dt.date) -> ScoringInput:
     """The night's active users with their histories and seen items, the catalog and the popularity list,
     from the marts user_activity, user_sequences, user_seen_items, item_catalog and item_popularity."""
-    activity = pq.read_table(catalog.mart(data_date, "user_activity")).to_pydict()
+    activity = storage.read_table(catalog.mart(data_date, "user_activity")).to_pydict()
     active = {u for u, a in zip(activity["user_id"], activity["is_active"], strict=True) if a}
-    seqs = pq.read_table(catalog.mart(data_date, "user_sequences")).to_pydict()
-    seen_t = pq.read_table(catalog.mart(data_date, "user_seen_items")).to_pydict()
+    seqs = storage.read_table(catalog.mart(data_date, "user_sequences")).to_pydict()
+    seen_t = storage.read_table(catalog.mart(data_date, "user_seen_items")).to_pydict()
     seen: dict[str, list[str]] = {}
     for u, i in zip(seen_t["user_id"], seen_t["item_id"], strict=True):
         seen.setdefault(u, []).append(i)
     from pipeline.publish import recommendable_items
 
     catalog_ids = set(recommendable_items(catalog, data_date))  # items marked removed are never recommended
-    pop = pq.read_table(catalog.mart(data_date, "item_popularity")).to_pydict()
+    pop = storage.read_table(catalog.mart(data_date, "item_popularity")).to_pydict()
     popular = sorted(zip(pop["item_id"], pop["events_30d"], pop["events_all"], strict=True),
                      key=lambda r: (-r[1], -r[2], r[0]))
     users = [u for u in seqs["user_id"] if u in active]

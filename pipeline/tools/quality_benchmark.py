@@ -71,10 +71,12 @@ def prepare_night(args: argparse.Namespace, home: Path, embed: bool) -> Prepared
 
 def _share_embedding_cache(catalog: Catalog, work_dir: Path) -> None:
     """Point the temporary home's embedding cache (keyed by encoder and text hash) at one in work_dir."""
-    shared = (work_dir / catalog.embedding_cache.name).resolve()
+    cache = catalog.embedding_cache
+    assert isinstance(cache, Path), f"the benchmark shares a local embedding cache, not {cache}"
+    shared = (work_dir / cache.name).resolve()
     shared.mkdir(parents=True, exist_ok=True)
-    catalog.embedding_cache.parent.mkdir(parents=True, exist_ok=True)
-    catalog.embedding_cache.symlink_to(shared, target_is_directory=True)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.symlink_to(shared, target_is_directory=True)
 
 
 def cold_item_indices(night: NightData, fraction: float, seed: int) -> np.ndarray:
