@@ -164,15 +164,16 @@ class Catalog:
         return self.candidates_dir(data_date) / uuid.uuid4().hex[:12]
 
     @property
-    def staging_root(self) -> Path:
-        """Every night's staged tables, one `dt=D` folder per date."""
-        return self.paths.home / "staging"
+    def staging_root(self) -> Path | str:
+        """Every night's staged tables, one `dt=D` folder per date: under `lake_uri` when set (a publish on
+        another worker reads them), else under the home."""
+        return storage.child(self.paths.lake_uri, "staging") if self.paths.lake_uri else self.paths.home / "staging"
 
-    def staging_dir(self, data_date: dt.date) -> Path:
-        return self.staging_root / _dt(data_date)
+    def staging_dir(self, data_date: dt.date) -> Path | str:
+        return storage.child(self.staging_root, _dt(data_date))
 
-    def new_staged_recommendations(self, data_date: dt.date) -> Path:
-        return self.staging_dir(data_date) / f"recommendations-{uuid.uuid4().hex}.parquet"
+    def new_staged_recommendations(self, data_date: dt.date) -> Path | str:
+        return storage.child(self.staging_dir(data_date), f"recommendations-{uuid.uuid4().hex}.parquet")
 
     @property
     def reports_dir(self) -> Path:
@@ -240,11 +241,11 @@ class Catalog:
         Delta tables (pipeline.lake rewrites those), plus the marts and the embedding cache on object storage
         when `lake_uri` is set; temporary files (`.<name>.<id>.tmp`) never match."""
         tables = {self.paths.lake_dir / table for table in LAKE_TABLES}
-        roots = (self.paths.lake_dir, self.staging_root)
+        roots = [root for root in (self.paths.lake_dir, self.staging_root) if isinstance(root, Path)]
         found: list[Path | str] = sorted(p for root in roots if root.is_dir() for p in root.rglob("*.parquet")
                                          if not p.name.startswith(".") and not tables.intersection(p.parents))
         if self.paths.lake_uri:
-            found += [f for root in (self.features_root, self.embedding_cache)
+            found += [f for root in (self.features_root, self.embedding_cache, self.staging_root)
                       for f in storage.list_files(root, ".parquet", recursive=True)]
         return found
 

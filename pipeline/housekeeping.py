@@ -44,11 +44,15 @@ def _dated_folders(root: Path, before_or_on: dt.date) -> list[Path]:
 def clean_staging(catalog: Catalog, data_date: dt.date, keep_days: int) -> dict[str, int]:
     """Remove staged tables of dates at least keep_days before data_date; returns files and bytes removed."""
     files = size = 0
-    for folder in _dated_folders(catalog.staging_root, data_date - dt.timedelta(days=keep_days)):
-        parts = [p for p in folder.rglob("*") if p.is_file()]
+    cutoff = data_date - dt.timedelta(days=keep_days)
+    for folder in storage.list_folders(catalog.staging_root):
+        day = partition_date(folder)
+        if day is None or day > cutoff:
+            continue
+        parts = storage.list_files(folder, recursive=True)
         files += len(parts)
-        size += sum(p.stat().st_size for p in parts)
-        shutil.rmtree(folder)
+        size += sum(storage.size_of(p) for p in parts)
+        storage.delete(folder)
         log.info("housekeeping: removed staged tables %s (%d files)", folder, len(parts))
     return {"staging_files_removed": files, "staging_bytes_removed": size}
 

@@ -64,16 +64,20 @@ def _client(settings: Settings) -> MlflowClient:
 def experiment_id(settings: Settings) -> str:
     """The pipeline's experiment, created on first use with its artifacts at the catalog's artifact location
     (<home>/mlflow/artifacts for a local backend, `mlflow_artifacts_uri` when set, else the tracking server's
-    default, e.g. artifacts it proxies to object storage)."""
+    default, e.g. artifacts it proxies to object storage). It becomes the process's active experiment: a run
+    continued by id must belong to the active one, and a process may have used another tracking store before."""
     client = _client(settings)
     exp = client.get_experiment_by_name(EXPERIMENT)
-    if exp is not None:
-        return exp.experiment_id
-    location = Catalog.of(settings).mlflow_artifact_location
-    if isinstance(location, Path):
-        location.mkdir(parents=True, exist_ok=True)
-        location = location.resolve().as_uri()
-    return client.create_experiment(EXPERIMENT, artifact_location=location)
+    if exp is None:
+        location = Catalog.of(settings).mlflow_artifact_location
+        if isinstance(location, Path):
+            location.mkdir(parents=True, exist_ok=True)
+            location = location.resolve().as_uri()
+        found = client.create_experiment(EXPERIMENT, artifact_location=location)
+    else:
+        found = exp.experiment_id
+    mlflow.set_experiment(experiment_id=found)
+    return found
 
 
 # ---- tracking ----------------------------------------------------------------------------------------------

@@ -17,9 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
-from pipeline import warehouse
+from pipeline import storage, warehouse
 from pipeline.catalog import Catalog
 from pipeline.config import Settings
 
@@ -261,8 +259,7 @@ def stage_recommend(settings: Settings, data_date: dt.date, top_n: int | None = 
     table = score_users(bundle, data, k, settings.serving.score_chunk_users, settings.model.device,
                         Serving(settings.serving.reason_window, weight))
     staged = Catalog.of(settings).new_staged_recommendations(data_date)
-    staged.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, staged)
+    storage.write_table(table, staged)
     sources = pa.table(table).column("source").to_pylist()
     return {"staged": str(staged), "model_version": version, "top_n": k, "users": len(data.user_ids),
             "rows": table.num_rows, "popular_fallback_rows": sources.count("popular"), "diversity": weight}
@@ -280,7 +277,7 @@ def stage_publish(
     catalog = Catalog.of(settings)
     users, seen, items = validation_inputs(catalog, data_date)
     users = forgotten(catalog).keep(users)
-    return publish_validated(catalog, data_date, pq.read_table(staged), users, seen, items, top_n,
+    return publish_validated(catalog, data_date, storage.read_table(staged), users, seen, items, top_n,
                              settings.serving.model_name, model_version)
 
 

@@ -125,6 +125,12 @@ def exists(location: Path | str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
+def size_of(location: Path | str) -> int:
+    """A file's size in bytes (0 when absent)."""
+    fs, path = filesystem(location)
+    return max(fs.get_file_info(path).size or 0, 0)
+
+
 def _entries(location: Path | str, recursive: bool) -> list[Any]:
     import pyarrow.fs as pafs
 

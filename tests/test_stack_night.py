@@ -73,6 +73,9 @@ def test_a_night_on_the_stack_publishes_what_the_embedded_default_does(
     assert any(k.startswith(f"{prefix}/item_embeddings/part-") and k.endswith(".parquet") for k in lake_keys)
     for derived in ("features", "item_embeddings"):
         assert not (tmp_path / "stack" / "lake" / derived).exists(), f"{derived}: on S3 only"
+    staged = warehouse.night_results(catalog.warehouse, NIGHT)["recommend"]["staged"]
+    assert staged.startswith(f"s3://{BUCKET}/{prefix}/staging/dt={NIGHT.isoformat()}/"), staged
+    assert not (tmp_path / "stack" / "staging").exists(), "staged tables go to S3 (housekeeping removed them)"
     on_s3 = lake.read(catalog, "recommendations", NIGHT, ["user_id", "rank", "item_id"])
     assert sorted(map(tuple, (r.values() for r in on_s3.to_pylist()))) == [r[:3] for r in rows]
 
