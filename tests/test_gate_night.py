@@ -141,6 +141,29 @@ def test_a_challenger_trained_on_the_data_dates_events_is_refused(night: dict[st
     assert registry.champion_version(settings) == champion
 
 
+def test_a_night_without_users_active_on_the_data_date_falls_back_to_leave_one_out(
+    night: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    import dataclasses
+
+    from pipeline.recsys.candidate import model_config_for, train_candidate
+    from pipeline.recsys.data import MIN_TEMPORAL_USERS, load_night
+    from pipeline.recsys.train import TrainConfig
+
+    settings = night["settings"]
+    full = load_night(Catalog.of(settings), NIGHT)
+    few = dataclasses.replace(full.temporal, users=full.temporal.users[: MIN_TEMPORAL_USERS - 1])
+    for quiet in (dataclasses.replace(full, temporal=few), dataclasses.replace(full, before_d=[])):
+        with caplog.at_level("WARNING", logger="pipeline.recsys.data"):
+            assert quiet.gate_split() == "leave_one_out"
+        assert "falls back to leave-one-out" in caplog.text
+    candidate = train_candidate(quiet, model_config_for(quiet, settings.model),
+                                TrainConfig(max_epochs=1, device="cpu", time_budget_s=None), None)
+    assert (candidate.train_info["gate_split"], candidate.train_info["train_until"]) == (
+        "leave_one_out", NIGHT.isoformat())
+    assert "model" in candidate.metrics and not any(name.startswith("loo_") for name in candidate.metrics)
+
+
 def test_champion_and_challenger_are_compared_on_the_same_users_and_targets(
     night: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
