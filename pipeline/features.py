@@ -48,7 +48,7 @@ MODELS = (
     Model("marts/split_leave_one_out", keys=("user_id",),
           not_null=("train_items", "valid_item", "test_item")),
     Model("marts/split_temporal", keys=("user_id",),
-          not_null=("history_items", "target_item", "target_items"), allow_empty=True),
+          not_null=("history_items", "seen_items", "target_item", "target_items"), allow_empty=True),
     Model("marts/split_temporal_train", keys=("user_id",), not_null=("item_ids",), allow_empty=True),
     Model("marts/item_popularity", keys=("item_id",), not_null=("events_all", "events_7d", "events_30d")),
     Model("marts/user_activity", keys=("user_id",), not_null=("n_events", "is_active")),

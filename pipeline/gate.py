@@ -5,10 +5,15 @@ the real serving path (recsys.score.score_users) on a sample of users breaks the
 (publish.validate), is rejected whatever its NDCG says, and `force_promote` cannot override that (the night
 could not publish with it). The rule then asks the challenger to beat the strongest baseline of the evaluation
 split (most_popular, recent_popular, item_transition) and to be no worse than the champion beyond the tolerance.
+
+Leakage guard: on the temporal split (evaluate on the data date D's events), a model whose training window
+reaches D (its bundle's `train_until` is D or later, or unknown) has seen the answers; it is rejected like an
+unhealthy one (a champion in that case is not compared, as a broken champion).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -86,6 +91,17 @@ def decide(
     would = "promote" if verdict.promote else "reject"
     return GateDecision(True, f"force_promote requested by operator; the gate alone would {would}: "
                               f"{verdict.reason}", forced=True)
+
+
+def leakage_problem(bundle: ModelBundle, split_date: dt.date) -> str | None:
+    """Why a model may not be evaluated on split_date's events, or None: its training window reaches them."""
+    if bundle.train_until is None:
+        return (f"leakage guard: the model does not record its training window, so it may have seen "
+                f"{split_date}'s events that the temporal split evaluates")
+    if bundle.train_until >= split_date:
+        return (f"leakage guard: the model was trained on events up to {bundle.train_until}, which includes "
+                f"{split_date}, the day the temporal split evaluates")
+    return None
 
 
 def health_problem(bundle: ModelBundle, sample: ScoringInput, top_n: int, device: str = "cpu") -> str | None:

@@ -190,7 +190,10 @@ def _metrics(r: dict[str, Any]) -> list[str]:
     metrics = _comparison(r.get("metrics") or {}, r.get("gate") or {})
     if not metrics:
         return []
-    lines = ["## Evaluation (leave-one-out test items, full ranking, seen items removed)", "",
+    temporal = (r.get("gate") or {}).get("gate_split") == "temporal"
+    split = ("temporal split: trained before the data date, evaluated on its new items; loo_* rows: "
+             "leave-one-out, secondary" if temporal else "leave-one-out test items")
+    lines = [f"## Evaluation ({split}, full ranking, seen items removed)", "",
              "| model | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
     for name, m in metrics.items():
         cells = [f"{m[k]:.4f}" if isinstance(m.get(k), int | float) else "" for k in METRICS]

@@ -91,7 +91,8 @@ def stage_embed(settings: Settings, data_date: dt.date) -> dict[str, Any]:
 @_ledger("train")
 def stage_train(settings: Settings, data_date: dt.date, max_epochs: int | None = None, dag_run_id: str = ""
                 ) -> dict[str, Any]:
-    """Train a candidate on the night's leave-one-out split; evaluate it and the baselines on the test items.
+    """Train a candidate on the night's gate split (temporal: events before the data date; leave-one-out when
+    too few users were active on it), evaluate it and the baselines on that split's targets and on leave-one-out.
     The MLflow run opens first and sees every epoch as it ends (pipeline.tracking); its id is returned. Starts
     from scratch when the champion saw a user erased since (its erasure lineage is tagged on the run)."""
     from pipeline import tracking
@@ -113,6 +114,7 @@ def stage_train(settings: Settings, data_date: dt.date, max_epochs: int | None =
         train_config = TrainConfig.from_settings(settings, max_epochs=epochs)
         run.log_configs(model_config, effective_train_config(train_config, bool(init_state)), data_date)
         candidate = train_candidate(night, model_config, train_config, init_state, on_epoch=run.on_epoch)
+        run.set_tags({k: str(candidate.train_info[k]) for k in ("gate_split", "train_until")})
         out = catalog.new_candidate(data_date)
         bundle_dir = candidate.save(out)
     metrics, train_metrics = candidate.metrics, candidate.train_info["train_metrics"]
@@ -123,6 +125,8 @@ def stage_train(settings: Settings, data_date: dt.date, max_epochs: int | None =
         "ndcg@10": metrics["model"]["ndcg@10"],
         "hr@10": metrics["model"]["hr@10"],
         "popular_ndcg@10": metrics["most_popular"]["ndcg@10"],
+        "gate_split": candidate.train_info["gate_split"],
+        "train_until": candidate.train_info["train_until"],
         "epochs": train_metrics.get("epochs"),
         "warm_start_from": warm_from,
         "erasure_retrain": erasure_retrain,
@@ -171,6 +175,8 @@ def stage_register(
     folder = Path(candidate_dir)
     metrics = json.loads((folder / "metrics.json").read_text())
     tags = {"data_date": data_date.isoformat(), "dag_run_id": dag_run_id, "candidate": folder.name}
+    window = json.loads((folder / "train.json").read_text())
+    split = {"gate_split": window.get("gate_split", "leave_one_out"), "train_until": window.get("train_until")}
     earlier = registry.versions_for_date(settings, tags["data_date"], dag_run_id, folder.name)
     if earlier:
         version = earlier[-1]
@@ -182,13 +188,14 @@ def stage_register(
                      if (folder / name).is_file()}
         run_id, version = registry.log_training(
             settings, folder / "bundle", registry.run_params(train_info, data_date),
-            registry.run_metrics(metrics, train_info), train_info["history"], artifacts, tags, evaluation=metrics,
+            registry.run_metrics(metrics, train_info), train_info["history"], artifacts,
+            {**tags, **{k: str(v or "") for k, v in split.items()}}, evaluation=metrics,
             run_id=train_run_id or None)
     gate = registry.recorded_gate(settings, version) or _gate(
         settings, data_date, version, folder, metrics, force_promote, operator or dag_run_id or "cli")
     if run_id:
         tracking.log_gate(settings, run_id, gate)
-    record = {**gate.to_dict(), "champion_version": gate.previous_champion}
+    record = {**gate.to_dict(), "champion_version": gate.previous_champion, **split}
     (folder / "gate.json").write_text(json.dumps(record, indent=2))
     return {"run_id": run_id, "version": version, "promoted": gate.promoted, "reason": gate.reason,
             "forced": gate.forced, "previous_champion": gate.previous_champion,
@@ -197,25 +204,32 @@ def stage_register(
 
 def _gate(settings: Settings, data_date: dt.date, version: str, folder: Path, metrics: dict[str, Any],
           force: bool, operator: str) -> Any:
-    """registry.run_gate with the night's evaluation split, its baselines and a health check on a sample of
-    the night's users through the serving path; without the champion when it saw a user erased since."""
+    """registry.run_gate with the night's gate split (the candidate's metrics are on it: recsys.candidate), its
+    baselines, the leakage guard (temporal split) and a health check on a sample of the night's users through
+    the serving path; without the champion when it saw a user erased since."""
     from pipeline import registry
     from pipeline.erasure.lineage import champion_saw_erased
-    from pipeline.gate import health_problem, sample_users
+    from pipeline.gate import health_problem, leakage_problem, sample_users
     from pipeline.recsys.bundle import ModelBundle
-    from pipeline.recsys.data import load_night
+    from pipeline.recsys.data import TEMPORAL, load_night
     from pipeline.recsys.evaluate import evaluate_bundle
     from pipeline.recsys.score import scoring_input
 
     catalog = Catalog.of(settings)
     night = load_night(catalog, data_date)
+    split = night.eval_split(night.gate_split())
     sample = sample_users(scoring_input(catalog, data_date), settings.serving.gate_sample_users)
     baselines = {name: float(metrics.get(name, {}).get("ndcg@10", math.nan))  # missing: never beaten
                  for name in settings.serving.gate_baselines}
+
+    def problem(bundle: ModelBundle) -> str | None:
+        leak = leakage_problem(bundle, data_date) if split.name == TEMPORAL else None
+        return leak or health_problem(bundle, sample, settings.serving.top_n, settings.model.device)
+
     return registry.run_gate(
-        settings, version, ModelBundle.load(folder / "bundle"), lambda bundle: evaluate_bundle(bundle, night),
-        baselines, force=force, operator=operator,
-        health=lambda bundle: health_problem(bundle, sample, settings.serving.top_n, settings.model.device),
+        settings, version, ModelBundle.load(folder / "bundle"),
+        lambda bundle: evaluate_bundle(bundle, split, night.item_ids), baselines, force=force, operator=operator,
+        health=problem,
         champion_saw_erased=champion_saw_erased(settings, version),
     )
 

@@ -131,3 +131,68 @@ def test_nan_scores_count_against_the_model() -> None:
     assert _ranking_metrics(nan_but_target, inputs, targets, n_items)["ndcg@10"] == 0.0
     honest = rank_metrics(targets - 2)  # targets ranked by id: item 2 first (item 1 is seen)
     assert _ranking_metrics(half_nan, inputs, targets, n_items)["ndcg@10"] < honest["ndcg@10"]
+
+
+# ---- several targets per user (the temporal split: every new item of the day) -------------------------------
+
+
+def test_multi_target_metrics_hand_computed() -> None:
+    from pipeline.recsys.evaluate import multi_target_metrics
+
+    # user 1: two targets at positions 0 and 2; user 2: three targets, none ranked; user 3: one target at 5
+    m = multi_target_metrics([np.array([0, 2]), np.array([], np.int64), np.array([5])], np.array([2, 3, 1]),
+                             ks=(3, 10))
+    ideal_2 = 1 + 1 / math.log2(3)  # two hits possible in the top 3: positions 0 and 1
+    assert m["hr@3"] == pytest.approx(1 / 3)
+    assert m["ndcg@3"] == pytest.approx(((1 + 1 / math.log2(4)) / ideal_2) / 3)
+    assert m["recall@3"] == pytest.approx((2 / 2) / 3)
+    assert m["hr@10"] == pytest.approx(2 / 3)
+    assert m["ndcg@10"] == pytest.approx(((1 + 1 / math.log2(4)) / ideal_2 + 1 / math.log2(7)) / 3)
+    assert m["recall@10"] == pytest.approx((1 + 0 + 1) / 3)
+    assert m["mrr"] == pytest.approx((1 + 0 + 1 / 6) / 3)
+
+
+def test_multi_target_protocol_ranks_each_target_among_the_other_items() -> None:
+    """Item i scores 10 - i (item 1 best). User 0 read item 1 and has targets 3 and 5: the ranking without
+    item 1 is 2, 3, 4, 5, 6, so the targets sit at positions 1 and 3. User 1 read item 6 but has seen items 2
+    and 4 too (exclude): the ranking is 1, 3, 5 and its target 5 sits at position 2. User 2 scores all tied:
+    its targets go after every tied item."""
+    from pipeline.recsys.evaluate import _ranking_metrics
+
+    n_items = 6
+
+    def by_id(idx: np.ndarray, hist: list[np.ndarray]) -> torch.Tensor:
+        scores = (10 - torch.arange(n_items + 1, dtype=torch.float32)).repeat(len(idx), 1)
+        scores[idx == 2] = 1.0  # user 2: a constant scorer
+        return scores
+
+    inputs = [np.array([1]), np.array([6]), np.array([1])]
+    targets = [np.array([3, 5]), np.array([5]), np.array([2, 3])]
+    exclude = [np.array([1]), np.array([2, 4, 6]), np.array([1])]
+    m = _ranking_metrics(by_id, inputs, targets, n_items, ks=(2, 4), exclude=exclude)
+    ndcg_user0_at4 = (1 / math.log2(3) + 1 / math.log2(5)) / (1 + 1 / math.log2(3))
+    ndcg_user1_at4 = 1 / math.log2(4)
+    ndcg_user2_at4 = (1 / math.log2(5)) / (1 + 1 / math.log2(3))  # 4, 5, 6 tie and go first: positions 3, 4
+    assert m["ndcg@4"] == pytest.approx((ndcg_user0_at4 + ndcg_user1_at4 + ndcg_user2_at4) / 3)
+    assert m["hr@2"] == pytest.approx(1 / 3) and m["hr@4"] == pytest.approx(1.0)
+    assert m["recall@4"] == pytest.approx((1 + 1 + 1 / 2) / 3)
+    assert m["mrr"] == pytest.approx((1 / 2 + 1 / 3 + 1 / 4) / 3)
+    assert m["n_users"] == 3 and m["n_targets"] == 5
+
+
+def test_one_target_per_user_gives_the_single_target_metrics() -> None:
+    from pipeline.recsys.evaluate import _ranking_metrics
+
+    n_items = 6
+    inputs = [np.array([1, 2]), np.array([5]), np.array([6])]
+    targets = np.array([3, 2, 1])
+
+    def by_id(idx: np.ndarray, hist: list[np.ndarray]) -> torch.Tensor:
+        return (10 - torch.arange(n_items + 1, dtype=torch.float32)).repeat(len(idx), 1)
+
+    single = _ranking_metrics(by_id, inputs, targets, n_items)
+    as_lists = _ranking_metrics(by_id, inputs, [t[None] for t in targets], n_items)
+    assert single == as_lists
+    assert single["recall@10"] == single["hr@10"]
+    expected = rank_metrics(np.array([0, 1, 0]))  # user 1's target 2 comes after item 1
+    assert all(single[k] == pytest.approx(v) for k, v in expected.items())

@@ -183,6 +183,7 @@ def test_user_sequences_keep_the_last_items(lake: Path) -> None:
     assert seqs["u1"]["item_ids"] == ["i4", "i1", "i5"]
     assert seqs["u1"]["n_events"] == 6
     assert _rows(con, "split_temporal")["u1"]["history_items"] == ["i2", "i3", "i4"]
+    assert _rows(con, "split_temporal")["u1"]["seen_items"] == ["i1", "i2", "i3", "i4"]  # never cut
     assert _rows(con, "split_temporal_train")["u1"]["item_ids"] == ["i2", "i3", "i4"]
 
 
@@ -201,8 +202,10 @@ def test_temporal_split_trains_before_and_evaluates_on_the_split_date(
     evaluation = _rows(built, "split_temporal")
     assert set(evaluation) == {"u1", "u2"}  # u3 has nothing on the split date
     assert evaluation["u1"]["history_items"] == ["i1", "i2", "i3", "i4"]
-    assert evaluation["u1"]["target_item"] == "i1"  # 04:30 UTC, before i5 at 08:00
-    assert evaluation["u1"]["target_items"] == ["i1", "i5"]
+    # i1 (04:30 UTC) was seen before the split date: removed from the ranking, so not a target; i5 (08:00) is
+    assert evaluation["u1"]["target_item"] == "i5"
+    assert evaluation["u1"]["target_items"] == ["i5"]
+    assert evaluation["u1"]["seen_items"] == ["i1", "i2", "i3", "i4"]
     u2 = evaluation["u2"]
     assert (u2["history_items"], u2["target_items"]) == (["i2", "i1", "i4"], ["i3"])
     train = _rows(built, "split_temporal_train")

@@ -105,6 +105,94 @@ def test_challenger_must_beat_the_strongest_baseline(night: dict[str, Any]) -> N
     assert evidence["strongest_baseline"] == "item-transition"
 
 
+# ---- issue 15 item 2: the temporal split decides, with a leakage guard --------------------------------------
+
+
+def test_the_night_trains_before_the_data_date_and_the_temporal_split_decides(night: dict[str, Any]) -> None:
+    train = night["results"]["train"]
+    assert (train["gate_split"], train["train_until"]) == ("temporal", (NIGHT - dt.timedelta(days=1)).isoformat())
+    gate = json.loads((Path(train["candidate_dir"]) / "gate.json").read_text())
+    assert (gate["gate_split"], gate["train_until"]) == (train["gate_split"], train["train_until"])
+    assert ModelBundle.load(Path(train["bundle_dir"])).train_until == NIGHT - dt.timedelta(days=1)
+    metrics = json.loads((Path(train["candidate_dir"]) / "metrics.json").read_text())
+    assert {"loo_model", "loo_item_transition"} <= set(metrics)  # leave-one-out: reported, not deciding
+    settings = night["settings"]
+    assert registry.version_run_tags(settings, night["results"]["register"]["version"])["gate_split"] == "temporal"
+
+
+def test_a_challenger_trained_on_the_data_dates_events_is_refused(night: dict[str, Any]) -> None:
+    """Trained on the leave-one-out split, whose window reaches the data date: the leakage guard rejects it."""
+    from pipeline.recsys.candidate import model_config_for, train_candidate
+    from pipeline.recsys.data import LEAVE_ONE_OUT, load_night
+    from pipeline.recsys.train import TrainConfig
+
+    settings = night["settings"]
+    catalog = Catalog.of(settings)
+    data = load_night(catalog, NIGHT)
+    leaky = train_candidate(data, model_config_for(data, settings.model),
+                            TrainConfig(max_epochs=1, device="cpu", time_budget_s=None), None, split=LEAVE_ONE_OUT)
+    assert leaky.bundle.train_until == NIGHT
+    folder = catalog.candidates_dir(NIGHT) / "leaky"
+    leaky.save(folder)
+    champion = registry.champion_version(settings)
+    result = stages.stage_register(settings, NIGHT, str(folder), force_promote=True, dag_run_id="leaky-run")
+    assert not result["promoted"] and "leakage guard" in result["reason"], result["reason"]
+    assert f"up to {NIGHT}" in result["reason"]
+    assert registry.champion_version(settings) == champion
+
+
+def test_a_night_without_users_active_on_the_data_date_falls_back_to_leave_one_out(
+    night: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    import dataclasses
+
+    from pipeline.recsys.candidate import model_config_for, train_candidate
+    from pipeline.recsys.data import MIN_TEMPORAL_USERS, load_night
+    from pipeline.recsys.train import TrainConfig
+
+    settings = night["settings"]
+    full = load_night(Catalog.of(settings), NIGHT)
+    few = dataclasses.replace(full.temporal, users=full.temporal.users[: MIN_TEMPORAL_USERS - 1])
+    for quiet in (dataclasses.replace(full, temporal=few), dataclasses.replace(full, before_d=[])):
+        with caplog.at_level("WARNING", logger="pipeline.recsys.data"):
+            assert quiet.gate_split() == "leave_one_out"
+        assert "falls back to leave-one-out" in caplog.text
+    candidate = train_candidate(quiet, model_config_for(quiet, settings.model),
+                                TrainConfig(max_epochs=1, device="cpu", time_budget_s=None), None)
+    assert (candidate.train_info["gate_split"], candidate.train_info["train_until"]) == (
+        "leave_one_out", NIGHT.isoformat())
+    assert "model" in candidate.metrics and not any(name.startswith("loo_") for name in candidate.metrics)
+
+
+def test_champion_and_challenger_are_compared_on_the_same_users_and_targets(
+    night: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.recsys import evaluate
+
+    settings = night["settings"]
+    seen: list[tuple[str, list[str], list[list[str]], list[list[str]]]] = []
+    real = evaluate.evaluate_bundle
+
+    def spy(bundle: ModelBundle, split: Any, item_ids: list[str]) -> dict[str, float]:
+        def ids(lists: list[Any]) -> list[list[str]]:
+            return [[item_ids[i - 1] for i in items] for items in lists]
+
+        seen.append((split.name, list(split.users), ids(split.targets), ids(split.excluded())))
+        return real(bundle, split, item_ids)
+
+    monkeypatch.setattr(evaluate, "evaluate_bundle", spy)
+    result = stages.stage_register(settings, NIGHT, str(candidate_copy(night, "same-split")), dag_run_id="same")
+    assert len(seen) == 2, "the gate evaluates the champion and the challenger"
+    assert seen[0] == seen[1] and seen[0][0] == "temporal"
+    mart = pq.read_table(Catalog.of(settings).mart(NIGHT, "split_temporal")).to_pydict()
+    assert seen[0][1] == mart["user_id"] and seen[0][2] == mart["target_items"]
+    _, _, targets, excluded = seen[0]
+    assert all(not set(t) & set(x) for t, x in zip(targets, excluded, strict=True))  # nothing seen is a target
+    gate = json.loads((Path(result["candidate_dir"]) / "gate.json").read_text())
+    for key in ("n_users", "n_targets"):
+        assert gate["champion_metrics"][key] == gate["challenger_metrics"][key] > 0
+
+
 def test_the_serving_path_of_the_champion_passes_the_publishing_rules(night: dict[str, Any]) -> None:
     from pipeline.gate import health_problem, sample_users
     from pipeline.recsys.score import scoring_input

@@ -1,12 +1,15 @@
 """A trained model as files: weights, config and the item id mapping, enough to rebuild and score.
 
 Layout of a bundle folder: ``model.pt`` (state_dict, incl. the frozen text embeddings), ``config.json``
-(ModelConfig), ``item_ids.json`` (item index i+1 -> item_id string; index 0 is padding).
+(ModelConfig), ``item_ids.json`` (item index i+1 -> item_id string; index 0 is padding), ``window.json``
+(``train_until``: the last UTC day of the training window, which the gate's leakage guard reads; absent in
+bundles saved before it was recorded, read as unknown).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import functools
 import json
 from dataclasses import dataclass
@@ -25,6 +28,7 @@ FROZEN_BUFFERS = ("text_emb", "item_counts")  # rebuilt from each night's data, 
 class ModelBundle:
     model: SeqRecModel
     item_ids: list[str]  # item_ids[i] is the item at index i + 1
+    train_until: dt.date | None = None  # last day of the training window; None = unknown
 
     @functools.cached_property
     def index(self) -> dict[str, int]:
@@ -40,6 +44,8 @@ class ModelBundle:
         torch.save(self.model.state_dict(), folder / "model.pt")
         (folder / "config.json").write_text(json.dumps(dataclasses.asdict(self.model.config), indent=2))
         (folder / "item_ids.json").write_text(json.dumps(self.item_ids))
+        if self.train_until is not None:
+            (folder / "window.json").write_text(json.dumps({"train_until": self.train_until.isoformat()}))
         return folder
 
     @classmethod
@@ -50,7 +56,9 @@ class ModelBundle:
         model.load_state_dict(state)
         model.eval()
         item_ids = json.loads((folder / "item_ids.json").read_text())
-        return cls(model=model, item_ids=item_ids)
+        window = folder / "window.json"
+        until = json.loads(window.read_text())["train_until"] if window.is_file() else None
+        return cls(model=model, item_ids=item_ids, train_until=None if until is None else dt.date.fromisoformat(until))
 
 
 def warm_start_state(bundle: ModelBundle, item_ids: list[str]) -> dict[str, torch.Tensor]:

@@ -1,10 +1,18 @@
-"""A night's candidate: train on the night's split (optionally warm-started), evaluate it and the baselines on
-the same test items, and save everything the registry needs into one folder.
+"""A night's candidate: train on the night's gate split (optionally warm-started), evaluate it and the
+baselines on the same users and targets, and save everything the registry needs into one folder.
 
-    <folder>/bundle/          the model (recsys.bundle.ModelBundle)
-    <folder>/metrics.json     {"model": {...}, "most_popular": {...}, ...} on the test items: accuracy and the
-                              beyond-accuracy metrics (coverage, Gini, novelty, ILD, popularity lift, cold share)
-    <folder>/train.json       model and training configs, training metrics, per-epoch history, sizes
+The gate split is temporal (recsys.data): the candidate trains on events before the data date D only, and the
+model it publishes is that model: it is not refit on D's events afterwards, so the model the gate evaluated is
+the model that serves, and tomorrow's night (warm-started from it) learns D. Leave-one-out is the fallback on
+a night with too few users active on D (its training window reaches D; `gate_split` says which).
+
+    <folder>/bundle/          the model (recsys.bundle.ModelBundle, with its training window's last date)
+    <folder>/metrics.json     {"model": {...}, "most_popular": {...}, ...} on the gate split: accuracy and the
+                              beyond-accuracy metrics (coverage, Gini, novelty, ILD, popularity lift, cold share);
+                              {"loo_model": {...}, "loo_most_popular": {...}, ...} on leave-one-out, secondary
+                              (reported and logged, never deciding)
+    <folder>/train.json       model and training configs, training metrics, per-epoch history, sizes, gate_split,
+                              train_until
     <folder>/training_curves.png
 """
 
@@ -20,7 +28,7 @@ from typing import Any
 
 from pipeline.config import ModelSettings
 from pipeline.recsys.bundle import ModelBundle
-from pipeline.recsys.data import NightData
+from pipeline.recsys.data import LEAVE_ONE_OUT, EvalSplit, NightData
 from pipeline.recsys.diversity import ItemStats
 from pipeline.recsys.evaluate import evaluate_baselines, evaluate_model, popularity_scores
 from pipeline.recsys.model import ModelConfig
@@ -61,27 +69,43 @@ def effective_train_config(train_config: TrainConfig, warm_start: bool) -> Train
 
 def train_candidate(
     night: NightData, model_config: ModelConfig, train_config: TrainConfig, init_state: dict[str, Any] | None,
-    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None, split: str | None = None,
 ) -> Candidate:
-    """Train on the night's leave-one-out training part, evaluate model and baselines on its test items;
-    `on_epoch(epoch, record)` sees each epoch as it ends (live tracking)."""
+    """Train on the training side of `split` (default: the night's gate split), evaluate model and baselines
+    on its evaluation side, and on leave-one-out as a secondary metric; `on_epoch(epoch, record)` sees each
+    epoch as it ends (live tracking)."""
+    split = split or night.gate_split()
     train_config = effective_train_config(train_config, bool(init_state))
-    train_seqs = night.train_sequences()
-    model, train_metrics, history = train_model(model_config, train_config, train_seqs, night.loo_train,
-                                                night.loo_valid, text_emb=night.text_emb, on_epoch=on_epoch,
-                                                init_state=init_state)
-    test_inputs = night.test_inputs()
-    stats = ItemStats(popularity_scores(train_seqs, night.n_items), night.text_emb)
-    metrics = {"model": evaluate_model(model, test_inputs, night.loo_test, item_stats=stats)}
-    metrics.update(evaluate_baselines(train_seqs, test_inputs, night.loo_test, night.n_items, item_stats=stats))
-    log.info("candidate ndcg@10 %.4f; baselines %s", metrics["model"]["ndcg@10"],
-             {name: round(m["ndcg@10"], 4) for name, m in metrics.items() if name != "model"})
+    training = night.train_split(split)
+    model, train_metrics, history = train_model(model_config, train_config, training.sequences,
+                                                training.valid_inputs, training.valid_targets,
+                                                text_emb=night.text_emb, on_epoch=on_epoch, init_state=init_state)
+    evaluation = night.eval_split(split)
+    metrics = _evaluate(model, night, training.sequences, evaluation)
+    if split != LEAVE_ONE_OUT:
+        loo = _evaluate(model, night, night.train_sequences(), night.eval_split(LEAVE_ONE_OUT))
+        metrics.update({f"loo_{name}": m for name, m in loo.items()})
+    log.info("candidate %s ndcg@10 %.4f (trained until %s); baselines %s", split, metrics["model"]["ndcg@10"],
+             training.train_until, {name: round(m["ndcg@10"], 4) for name, m in metrics.items() if name != "model"})
     train_info = {
         "model_config": dataclasses.asdict(model_config),
         "train_config": dataclasses.asdict(train_config),
         "train_metrics": train_metrics,
         "history": history,
         "n_users": len(night.user_ids),
-        "n_train_sequences": len(train_seqs),
+        "n_train_sequences": len(training.sequences),
+        "gate_split": split,
+        "train_until": training.train_until.isoformat(),
+        "n_eval_users": len(evaluation.users),
     }
-    return Candidate(ModelBundle(model, night.item_ids), metrics, train_info)
+    return Candidate(ModelBundle(model, night.item_ids, training.train_until), metrics, train_info)
+
+
+def _evaluate(model: Any, night: NightData, train_seqs: list[Any], split: EvalSplit) -> dict[str, dict[str, float]]:
+    """The model and the baselines (fitted on `train_seqs`, the model's own training data) on one split."""
+    stats = ItemStats(popularity_scores(train_seqs, night.n_items), night.text_emb)
+    metrics = {"model": evaluate_model(model, split.inputs, split.targets, item_stats=stats,
+                                       exclude=split.exclude)}
+    metrics.update(evaluate_baselines(train_seqs, split.inputs, split.targets, night.n_items, item_stats=stats,
+                                      exclude=split.exclude))
+    return metrics

@@ -3,11 +3,16 @@ every part of the model side shares (the item index, ragged per-user lists, left
 
 Item ids are strings at the boundary; here every item of the current catalog or of the interactions gets a
 dense index 1..n (sorted by id, deterministic), 0 being padding. The mapping travels with the model.
+
+Two splits of the night: the temporal one decides the gate (train on events before the data date D, evaluate
+on D's events: split_temporal_train, split_temporal), leave-one-out is reported as a secondary metric and is
+the fallback on a night with fewer than MIN_TEMPORAL_USERS users active on D (split_leave_one_out).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +23,11 @@ import torch
 from pipeline import storage
 from pipeline.catalog import Catalog
 from pipeline.embed import embedding_matrix
+
+log = logging.getLogger(__name__)
+
+TEMPORAL, LEAVE_ONE_OUT = "temporal", "leave_one_out"
+MIN_TEMPORAL_USERS = 10  # fewer users active on D (with a history before it) and the gate falls back to LOO
 
 
 def item_index(item_ids: Sequence[str]) -> dict[str, int]:
@@ -71,6 +81,31 @@ def left_pad(
     return torch.from_numpy(out)
 
 
+@dataclass(frozen=True)
+class EvalSplit:
+    """Users to evaluate, in index space: what the model reads, what it must find, what it may not rank."""
+
+    name: str                        # TEMPORAL or LEAVE_ONE_OUT
+    users: list[str]
+    inputs: list[np.ndarray]         # each user's history (indices), oldest first
+    targets: list[np.ndarray]        # each user's held-out items (indices)
+    exclude: list[np.ndarray] | None = None  # items removed from the ranking; None: the inputs
+
+    def excluded(self) -> list[np.ndarray]:
+        return self.inputs if self.exclude is None else self.exclude
+
+
+@dataclass(frozen=True)
+class TrainSplit:
+    """What a candidate trains on: sequences, the early-stopping validation, and the window's last date."""
+
+    name: str
+    sequences: list[np.ndarray]
+    valid_inputs: list[np.ndarray]
+    valid_targets: np.ndarray
+    train_until: dt.date             # no training event is later than this UTC day
+
+
 @dataclass
 class NightData:
     item_ids: list[str]                 # index i+1 -> item id
@@ -81,6 +116,9 @@ class NightData:
     loo_valid: np.ndarray               # second-to-last item (index)
     loo_test: np.ndarray                # last item (index)
     text_emb: np.ndarray | None         # (n_items+1, dim) float32, row 0 zeros; None if no embeddings
+    data_date: dt.date | None = None    # D: the temporal split trains before it and evaluates on it
+    before_d: list[np.ndarray] | None = None  # every user's most recent items before D (split_temporal_train)
+    temporal: EvalSplit | None = None   # users active on D: history before D, new items on D as targets
 
     @property
     def n_items(self) -> int:
@@ -101,16 +139,54 @@ class NightData:
         """Inputs for the test target: training part + validation item."""
         return [np.append(t, v) for t, v in zip(self.loo_train, self.loo_valid, strict=True)]
 
+    def gate_split(self) -> str:
+        """TEMPORAL when at least MIN_TEMPORAL_USERS users were active on D with a history before it (and
+        there is something to train on before D), else LEAVE_ONE_OUT, with a warning."""
+        users = 0 if self.temporal is None else len(self.temporal.users)
+        trainable = any(len(s) >= 2 for s in self.before_d or [])
+        if users >= MIN_TEMPORAL_USERS and trainable:
+            return TEMPORAL
+        log.warning("temporal split of %s has %d users active on it (< %d) or nothing to train on before it: "
+                    "the gate falls back to leave-one-out", self.data_date, users, MIN_TEMPORAL_USERS)
+        return LEAVE_ONE_OUT
+
+    def eval_split(self, name: str) -> EvalSplit:
+        if name == TEMPORAL:
+            assert self.temporal is not None, f"no temporal split loaded for {self.data_date}"
+            return self.temporal
+        return EvalSplit(LEAVE_ONE_OUT, self.loo_users, self.test_inputs(), [t[None] for t in self.loo_test])
+
+    def train_split(self, name: str) -> TrainSplit:
+        """TEMPORAL: the events before D only (each user's last one before D validates, for users with >= 3);
+        LEAVE_ONE_OUT: the leave-one-out training part, whose window reaches D."""
+        assert self.data_date is not None, "load_night sets the data date"
+        if name == LEAVE_ONE_OUT:
+            return TrainSplit(name, self.train_sequences(), self.loo_train, self.loo_valid, self.data_date)
+        before = [s for s in self.before_d or [] if len(s) >= 2]
+        sequences = [s[:-1] if len(s) >= 3 else s for s in before]
+        valid = [s for s in before if len(s) >= 3]
+        return TrainSplit(name, sequences, [s[:-1] for s in valid], np.array([s[-1] for s in valid], np.int64),
+                          self.data_date - dt.timedelta(days=1))
+
 
 def load_night(catalog: Catalog, data_date: dt.date) -> NightData:
-    """The night's marts (item_catalog, user_sequences, split_leave_one_out, embeddings) in index space."""
+    """The night's marts (item_catalog, user_sequences, the leave-one-out and temporal splits, embeddings) in
+    index space."""
     items = storage.read_table(catalog.mart(data_date, "item_catalog"), columns=["item_id"])
     seqs = storage.read_table(catalog.mart(data_date, "user_sequences"), columns=["user_id", "item_ids"])
     loo = storage.read_table(catalog.mart(data_date, "split_leave_one_out")).to_pydict()
     sequences = seqs.column("item_ids").to_pylist()
-    interacted = {i for seq in sequences for i in seq}
+    before = storage.read_table(catalog.mart(data_date, "split_temporal_train"), columns=["item_ids"])
+    before_d = before.column("item_ids").to_pylist()
+    on_d = storage.read_table(catalog.mart(data_date, "split_temporal")).to_pydict()
+    lists = [*sequences, *before_d, *on_d["history_items"], *on_d["target_items"], *on_d["seen_items"]]
+    interacted = {i for seq in lists for i in seq}
     item_ids = sorted(set(items.column("item_id").to_pylist()) | interacted)
     index = item_index(item_ids)
+
+    def encode(lists: list[list[str]]) -> list[np.ndarray]:
+        return [np.array([index[i] for i in items], np.int64) for items in lists]
+
     return NightData(
         item_ids=item_ids,
         user_ids=seqs.column("user_id").to_pylist(),
@@ -120,6 +196,10 @@ def load_night(catalog: Catalog, data_date: dt.date) -> NightData:
         loo_valid=np.array([index[i] for i in loo["valid_item"]], np.int64),
         loo_test=np.array([index[i] for i in loo["test_item"]], np.int64),
         text_emb=_text_matrix(catalog.night_embeddings(data_date), index),
+        data_date=data_date,
+        before_d=encode(before_d),
+        temporal=EvalSplit(TEMPORAL, on_d["user_id"], encode(on_d["history_items"]), encode(on_d["target_items"]),
+                           encode(on_d["seen_items"])),
     )
 
 

@@ -1,11 +1,18 @@
 """Offline evaluation: ranking metrics, the model under the full-ranking protocol, and baselines.
 
-Protocol (shared by the model and every baseline): each user has an input history and one held-out target;
-all items 1..n_items are ranked, items in the user's input history are removed from the ranking except the
-target itself, and the rank of the target is the number of remaining items scoring strictly higher plus the
-number tied with it (ties count against the target, so a constant scorer gets no credit). Target 0 (an item
-unknown to the model) is a miss. NaN is the worst case for the model: a NaN target score is a miss and every
-other candidate with a NaN score counts as ranked above the target.
+Protocol (shared by the model and every baseline): each user has an input history and one or more held-out
+targets; all items 1..n_items are ranked, the user's excluded items (by default the input history) are removed
+from the ranking except the targets themselves, and a target's rank is the number of remaining non-target
+items scoring higher than or equal to it (ties count against the target, so a constant scorer gets no credit);
+the i-th best ranked target of a user then sits at position rank + i. Target 0 (an item unknown to the model)
+is a miss. NaN is the worst case for the model: a NaN target score is a miss and every other candidate with a
+NaN score counts as ranked above the target.
+
+Several targets per user (the temporal split: every new item of the user's day D) use the standard
+full-ranking metrics over the target set (multi_target_metrics): HR@K = at least one target in the top K,
+NDCG@K = DCG of the hits over the ideal DCG of min(|targets|, K) hits (binary relevance), recall@K = hits /
+|targets|, MRR from the first target. Each user weighs the same whatever the size of their day; with one
+target per user (leave-one-out) they reduce to the classic HR@K (= recall@K), NDCG@K and MRR.
 
 With `item_stats`, the top-10 lists are also measured beyond accuracy (recsys.diversity: Gini of exposure,
 novelty, intra-list diversity, popularity lift, cold-item share), for the model and every baseline alike.
@@ -28,7 +35,7 @@ from pipeline.recsys.model import top_k_unseen
 
 if TYPE_CHECKING:
     from pipeline.recsys.bundle import ModelBundle
-    from pipeline.recsys.data import NightData
+    from pipeline.recsys.data import EvalSplit
 
 log = logging.getLogger(__name__)
 
@@ -53,71 +60,143 @@ def rank_metrics(ranks: np.ndarray, ks: Sequence[int] = (10, 20)) -> dict[str, f
     return out
 
 
+def multi_target_metrics(
+    positions: Sequence[np.ndarray], n_targets: np.ndarray, ks: Sequence[int] = (10, 20)
+) -> dict[str, float]:
+    """HR@k, NDCG@k, recall@k and MRR of users with several targets, from each user's 0-based positions of
+    its ranked targets in the full ranking (a missed target has no position) and its number of targets:
+    HR@k = any target in the top k; NDCG@k = DCG of the hits / ideal DCG of min(n_targets, k) hits;
+    recall@k = hits in the top k / n_targets; MRR = 1 / (position of the first target + 1). With one target
+    each, these are rank_metrics' values (recall@k = HR@k)."""
+    n_targets = np.asarray(n_targets, dtype=np.int64)
+    out: dict[str, float] = {}
+    if len(n_targets) == 0:
+        return {**{f"{m}@{k}": 0.0 for k in ks for m in ("hr", "ndcg", "recall")}, "mrr": 0.0}
+    discounts = 1.0 / np.log2(np.arange(max(ks)) + 2.0)  # discount of position 0..max(ks)-1
+    for k in ks:
+        hits = [np.asarray(p)[np.asarray(p) < k] for p in positions]
+        dcg = np.array([discounts[h].sum() for h in hits])
+        ideal = np.array([discounts[: min(n, k)].sum() for n in n_targets])
+        n_hits = np.array([len(h) for h in hits], dtype=np.float64)
+        out[f"hr@{k}"] = float((n_hits > 0).mean())
+        out[f"ndcg@{k}"] = float(np.where(ideal > 0, dcg / np.where(ideal > 0, ideal, 1.0), 0.0).mean())
+        out[f"recall@{k}"] = float((n_hits / np.maximum(n_targets, 1)).mean())
+    first = np.array([np.min(p) if len(p) else np.inf for p in positions], dtype=np.float64)
+    out["mrr"] = float((1.0 / (first + 1.0)).mean())
+    return out
+
+
+def target_lists(targets: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Each user's targets as an array of distinct indices, in order (one target per user: a 1-array)."""
+    if isinstance(targets, np.ndarray) and targets.ndim == 1 and targets.dtype != object:
+        return [targets[i : i + 1].astype(np.int64) for i in range(len(targets))]
+    return [np.array(list(dict.fromkeys(np.asarray(t, dtype=np.int64).tolist())), dtype=np.int64) for t in targets]
+
+
+def _target_ranks(scores: Tensor, targets: Tensor, excluded: Tensor, n_items: int) -> tuple[Tensor, Tensor]:
+    """(ranks, n_candidates): ranks (B, T) = how many items that are neither excluded nor a target of the row
+    score >= the target (ties and NaN count against it), NOT_RANKED for padding, unknown or non-finite
+    targets; n_candidates (B,) = items left in the ranking (targets included)."""
+    valid = (targets > 0) & (targets <= n_items)  # (B, T)
+    safe = torch.where(valid, targets, torch.zeros_like(targets))
+    target_scores = scores.gather(1, safe)  # (B, T)
+    pool = excluded.clone().scatter_(1, safe, True)  # (B, N+1): targets leave the competitor pool
+    competitors = torch.where(torch.isnan(scores), float("inf"), scores).masked_fill(pool, float("-inf"))
+    ordered = competitors.sort(dim=1).values  # (B, N+1) ascending
+    at_least = scores.shape[1] - torch.searchsorted(ordered, target_scores.contiguous(), side="left")  # (B, T)
+    ranked = valid & torch.isfinite(target_scores)
+    n_candidates = (~pool).sum(1) + valid.sum(1)
+    return torch.where(ranked, at_least, NOT_RANKED), n_candidates
+
+
+def _positions(ranks: np.ndarray) -> np.ndarray:
+    """0-based positions of one user's targets from their ranks among the other items: the i-th best ranked
+    target sits at rank + i (the targets before it are above it too); misses stay NOT_RANKED."""
+    out = np.full(len(ranks), NOT_RANKED, dtype=np.int64)
+    ranked = np.flatnonzero(ranks >= 0)
+    order = ranked[np.argsort(ranks[ranked], kind="stable")]
+    out[order] = ranks[order] + np.arange(len(order))
+    return out
+
+
 def _ranking_metrics(
     score_fn: Callable[[np.ndarray, list[np.ndarray]], Tensor],
     inputs: list[np.ndarray],
-    targets: np.ndarray,
+    targets: np.ndarray | Sequence[np.ndarray],
     n_items: int,
     ks: Sequence[int] = (10, 20),
     cold_items: np.ndarray | None = None,
     batch_size: int = 512,
     item_stats: ItemStats | None = None,
+    exclude: list[np.ndarray] | None = None,
 ) -> dict[str, float]:
-    """The protocol for any scorer: score_fn(user positions, histories) -> (B, n_items+1) scores."""
-    targets = np.asarray(targets, dtype=np.int64)
-    assert len(inputs) == len(targets), f"{len(inputs)} inputs but {len(targets)} targets"
-    ranks = np.full(len(targets), NOT_RANKED, dtype=np.int64)
+    """The protocol for any scorer: score_fn(user positions, histories) -> (B, n_items+1) scores. `targets`:
+    one index per user or an index list per user; `exclude`: the items removed from each user's ranking
+    (default: the input history)."""
+    target_sets = target_lists(targets)
+    assert len(inputs) == len(target_sets), f"{len(inputs)} inputs but {len(target_sets)} targets"
+    exclude = inputs if exclude is None else exclude
+    positions: list[np.ndarray] = []
     top_k = max(10, max(ks))
     top10_items: list[np.ndarray] = []
     top10_lists: list[np.ndarray] = []  # (B, 10) per batch, 0 = empty slot
-    n_candidates = np.zeros(len(targets), dtype=np.float64)
-    for start in range(0, len(targets), batch_size):
-        idx = np.arange(start, min(start + batch_size, len(targets)))
+    n_candidates = np.zeros(len(target_sets), dtype=np.float64)
+    for start in range(0, len(target_sets), batch_size):
+        idx = np.arange(start, min(start + batch_size, len(target_sets)))
         hist = [np.asarray(inputs[i], dtype=np.int64) for i in idx]
         scores = score_fn(idx, hist).float().clone()  # (B, N+1)
         assert scores.shape == (len(idx), n_items + 1), f"scores {tuple(scores.shape)} != {(len(idx), n_items + 1)}"
-        tgt = torch.from_numpy(targets[idx])  # (B,)
-        valid = (tgt > 0) & (tgt <= n_items)
-        tgt_safe = torch.where(valid, tgt, torch.zeros_like(tgt))
-        scores[:, 0] = float("-inf")
-        seen = left_pad(hist)  # (B, Lmax)
-        target_score = scores.gather(1, tgt_safe.unsqueeze(1))  # (B, 1)
-        top = top_k_unseen(scores, seen, min(top_k, n_items), keep=tgt_safe)[1][:, :10]  # the target stays ranked
+        tgt = left_pad([target_sets[i] for i in idx])  # (B, T), 0 = padding
+        seen = left_pad([np.asarray(exclude[i], dtype=np.int64) for i in idx])  # (B, Lmax)
         excluded = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, seen, True)
         excluded[:, 0] = True
-        excluded.scatter_(1, tgt_safe.unsqueeze(1), ~valid.unsqueeze(1))
-        n_candidates[idx] = (~excluded).sum(1).numpy()
-        higher = ((scores > target_score) | (torch.isnan(scores) & ~excluded)).sum(1)  # NaN counts against
-        tied = ((scores == target_score) & ~excluded).sum(1) - 1  # minus the target itself
-        rank = higher + tied.clamp(min=0)
-        ranks[idx] = torch.where(valid & torch.isfinite(target_score[:, 0]), rank, NOT_RANKED).numpy()
+        ranks, candidates = _target_ranks(scores, tgt, excluded, n_items)
+        n_candidates[idx] = candidates.numpy()
+        for row, i in enumerate(idx):
+            positions.append(_positions(ranks[row, tgt.shape[1] - len(target_sets[i]) :].numpy()))
+        keep = tgt[:, -1]  # (B,) one target per row stays in the top-10 lists (as the single-target protocol)
+        keep = torch.where((keep > 0) & (keep <= n_items), keep, torch.zeros_like(keep))
+        scores[:, 0] = float("-inf")
+        top = top_k_unseen(scores, seen, min(top_k, n_items), keep=keep)[1][:, :10]
         top10_items.append(top[torch.isfinite(scores.gather(1, top))].numpy())
         top10_lists.append(torch.where(torch.isfinite(scores.gather(1, top)), top, 0).numpy())
-    metrics = rank_metrics(ranks, ks)
+    metrics = multi_target_metrics([p[p >= 0] for p in positions], np.array([len(t) for t in target_sets]), ks)
     reached = np.unique(np.concatenate(top10_items)) if top10_items else np.zeros(0, np.int64)
     metrics["coverage@10"] = float(len(reached[reached > 0]) / n_items)
-    metrics["n_users"] = float(len(targets))
+    metrics["n_users"] = float(len(target_sets))
+    metrics["n_targets"] = float(sum(len(t) for t in target_sets))
     if item_stats is not None and top10_lists:
         metrics.update(beyond_accuracy(np.concatenate(top10_lists)[:, :TOP_N], inputs, item_stats))
     if cold_items is not None:
-        is_cold = np.isin(targets, np.asarray(cold_items, dtype=np.int64)) & (targets > 0)
-        cold_ranks = ranks[is_cold]
-        metrics["cold_recall@10"] = float(((cold_ranks >= 0) & (cold_ranks < 10)).mean()) if is_cold.any() else 0.0
-        metrics["n_cold_targets"] = float(is_cold.sum())
-        random_recall = np.mean(10.0 / np.maximum(n_candidates[is_cold], 10.0)) if is_cold.any() else 0.0
-        metrics["random_recall@10"] = float(random_recall)
+        metrics.update(_cold_metrics(target_sets, positions, n_candidates, cold_items))
     return metrics
+
+
+def _cold_metrics(target_sets: list[np.ndarray], positions: list[np.ndarray], n_candidates: np.ndarray,
+                  cold_items: np.ndarray) -> dict[str, float]:
+    """Recall@10 over the targets with no training interactions, and a random ranking's for comparison."""
+    flat = np.concatenate(target_sets) if target_sets else np.zeros(0, np.int64)
+    flat_pos = np.concatenate(positions) if positions else np.zeros(0, np.int64)
+    per_target = np.repeat(n_candidates, [len(t) for t in target_sets])
+    is_cold = np.isin(flat, np.asarray(cold_items, dtype=np.int64)) & (flat > 0)
+    cold_pos = flat_pos[is_cold]
+    return {
+        "cold_recall@10": float(((cold_pos >= 0) & (cold_pos < 10)).mean()) if is_cold.any() else 0.0,
+        "n_cold_targets": float(is_cold.sum()),
+        "random_recall@10": float(np.mean(10.0 / np.maximum(per_target[is_cold], 10.0))) if is_cold.any() else 0.0,
+    }
 
 
 @torch.no_grad()
 def evaluate_model(
     model: torch.nn.Module,
     inputs: list[np.ndarray],
-    targets: np.ndarray,
+    targets: np.ndarray | Sequence[np.ndarray],
     ks: Sequence[int] = (10, 20),
     cold_items: np.ndarray | None = None,
     batch_size: int = 512,
     item_stats: ItemStats | None = None,
+    exclude: list[np.ndarray] | None = None,
 ) -> dict[str, float]:
     """Full-ranking metrics of a SeqRecModel: hr@k, ndcg@k, mrr, coverage@10 (+ cold_recall@10, n_cold_targets;
     + the beyond-accuracy metrics with item_stats)."""
@@ -133,18 +212,22 @@ def evaluate_model(
 
     try:
         return _ranking_metrics(score_fn, inputs, targets, model.config.n_items, ks, cold_items, batch_size,
-                                item_stats)
+                                item_stats, exclude)
     finally:
         model.train(was_training)
 
 
-def evaluate_bundle(bundle: ModelBundle, night: NightData) -> dict[str, float]:
-    """A model bundle on the night's leave-one-out test items, mapped through the bundle's own item index
-    (items it does not know are dropped from inputs and count as misses as targets)."""
+def evaluate_bundle(bundle: ModelBundle, split: EvalSplit, item_ids: list[str]) -> dict[str, float]:
+    """A model bundle on an evaluation split in the night's index space (`item_ids`), mapped through the
+    bundle's own item index: items it does not know are dropped from inputs and count as misses as targets."""
     index = bundle.index
-    inputs = [bundle.encode([night.item_ids[i - 1] for i in seq]) for seq in night.test_inputs()]
-    targets = np.array([index.get(night.item_ids[t - 1], 0) for t in night.loo_test], np.int64)
-    return evaluate_model(bundle.model, inputs, targets)
+
+    def remap(seqs: list[np.ndarray], unknown: int | None) -> list[np.ndarray]:
+        ids = ([index.get(item_ids[i - 1], unknown) for i in seq] for seq in seqs)
+        return [np.array([i for i in seq if i is not None], np.int64) for seq in ids]
+
+    return evaluate_model(bundle.model, remap(split.inputs, None), remap(split.targets, 0),
+                          exclude=remap(split.excluded(), None))
 
 
 # ---- baselines -----------------------------------------------------------------------------------------------
@@ -188,11 +271,12 @@ def transition_matrix(train_seqs: list[np.ndarray], n_items: int) -> sp.csr_matr
 def evaluate_baselines(
     train_seqs: list[np.ndarray],
     inputs: list[np.ndarray],
-    targets: np.ndarray,
+    targets: np.ndarray | Sequence[np.ndarray],
     n_items: int,
     ks: Sequence[int] = (10, 20),
     cold_items: np.ndarray | None = None,
     item_stats: ItemStats | None = None,
+    exclude: list[np.ndarray] | None = None,
 ) -> dict[str, dict[str, float]]:
     """most_popular, recent_popular and item_transition (last item -> next item counts, backing off to
     popularity for ties and unseen last items), under the same protocol as the model."""
@@ -215,6 +299,7 @@ def evaluate_baselines(
         "item_transition": transition_fn,
     }
     return {
-        name: _ranking_metrics(fn, inputs, targets, n_items, ks, cold_items, item_stats=item_stats)
+        name: _ranking_metrics(fn, inputs, targets, n_items, ks, cold_items, item_stats=item_stats,
+                               exclude=exclude)
         for name, fn in scorers.items()
     }

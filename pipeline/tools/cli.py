@@ -98,10 +98,13 @@ def print_summary(settings: Settings, data_date: dt.date) -> None:
                f"{ev.get('quarantined', 0)}, deduplicated {ev.get('duplicates', 0)}{forgotten}")
     if metrics:
         m = metrics["model"]
-        best = max((name for name in metrics if name != "model"), key=lambda name: metrics[name]["ndcg@10"])
+        baselines = [name for name in metrics if name != "model" and not name.startswith("loo_")]
+        best = max(baselines, key=lambda name: metrics[name]["ndcg@10"])
         b = metrics[best]
+        split = (r.get("train") or {}).get("gate_split", "leave_one_out")
         out.append(f"model NDCG@10 {m['ndcg@10']:.4f} HR@10 {m['hr@10']:.4f}  |  best baseline ({best}) NDCG@10 "
-                   f"{b['ndcg@10']:.4f} HR@10 {b['hr@10']:.4f}  (x{m['ndcg@10'] / max(b['ndcg@10'], 1e-9):.2f})")
+                   f"{b['ndcg@10']:.4f} HR@10 {b['hr@10']:.4f}  (x{m['ndcg@10'] / max(b['ndcg@10'], 1e-9):.2f}, "
+                   f"{split} split)")
     if reg:
         out.append(f"MLflow: {settings.serving.model_name} version {reg.get('version')} -> "
                    f"{'champion' if reg.get('promoted') else 'challenger (not promoted)'}: {reg.get('reason')}")
