@@ -64,6 +64,22 @@ def test_extra_left_padding_changes_nothing() -> None:
     assert not torch.allclose(model.user_states(short), model.user_states(torch.tensor([[7, 8, 10]])))
 
 
+@pytest.mark.parametrize("n_layers", [1, 2, 3])
+def test_continuing_a_cached_prefix_equals_the_full_pass(n_layers: int) -> None:
+    """user_states_after(new items, prefix of a longer sequence) == user_states(prefix + new items), for any
+    cut, with padding in the prefix and a subset of rows; the prefix of the first call comes back unchanged."""
+    model = make_model(n_layers=n_layers)
+    seqs = torch.tensor([[0, 0, 0, 5, 6, 7, 8], [1, 2, 3, 4, 5, 6, 7], [0, 0, 0, 0, 0, 0, 9]])
+    states, prefix = model.user_states_after(seqs)
+    torch.testing.assert_close(states, model.user_states(seqs))
+    for cut in range(seqs.shape[1]):
+        new = torch.randint(1, N_ITEMS + 1, (3, seqs.shape[1] - cut))  # other items after the prefix
+        full = model.user_states(torch.cat([seqs[:, :cut], new], dim=1))
+        torch.testing.assert_close(model.user_states_after(new, prefix.take(cut))[0], full)
+        rows = torch.tensor([2, 0])
+        torch.testing.assert_close(model.user_states_after(new[rows], prefix.take(cut, rows))[0], full[rows])
+
+
 def test_recommend_excludes_seen_padding_and_masked_items() -> None:
     model = make_model()
     seqs = torch.tensor([[0, 0, 1, 2, 3], [4, 5, 6, 7, 8]])

@@ -1,5 +1,6 @@
 """The night's training data in model index space, read from the feature marts, and the index-space helpers
-every part of the model side shares (the item index, ragged per-user lists, left padding).
+every part of the model side shares (the item index, ragged per-user lists, left padding, batches of
+histories by length).
 
 Item ids are strings at the boundary; here every item of the current catalog or of the interactions gets a
 dense index 1..n (sorted by id, deterministic), 0 being padding. The mapping travels with the model.
@@ -7,6 +8,7 @@ dense index 1..n (sorted by id, deterministic), 0 being padding. The mapping tra
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -69,6 +71,19 @@ def left_pad(
     out = np.zeros((len(users), width), dtype=np.int64)
     out[row, column] = items
     return torch.from_numpy(out)
+
+
+def token_batches(lengths: np.ndarray, max_tokens: int) -> list[tuple[int, int]]:
+    """[start, end) ranges over ascending `lengths` such that (end - start) x the batch's longest length
+    stays within max_tokens (a batch holds at least one user)."""
+    batches, start = [], 0
+    while start < len(lengths):
+        ends = range(start + 1, len(lengths) + 1)
+        fit = bisect.bisect_right(ends, max_tokens, key=lambda e: (e - start) * max(1, int(lengths[e - 1])))
+        end = start + max(1, fit)
+        batches.append((start, end))
+        start = end
+    return batches
 
 
 @dataclass

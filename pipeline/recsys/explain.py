@@ -6,9 +6,18 @@ the user's recommended items against it. The reason of a recommendation is the h
 lowers its score the most; by construction no other item within the window lowers it more. Attention
 weights are not used: they say where the model looked, not what changed its output.
 
-Cost: `window` extra user-state passes per user (the transformer over the history; removals of padding are
-skipped), each scored against the user's N recommended items only (a (window, B, N) product, nothing of size
-users x catalog).
+Computation (the same states as `window` full passes, up to float rounding): positions count from the end
+of the history and attention is causal, so removing the j-th last item leaves every older item's hidden
+states, keys and values exactly as in the history without its newest item (the j = 0 removal). One pass over
+that history caches each block's keys and values; the removal of the j-th last item then recomputes only the
+j newer items on top of the cached positions before it, and the last block only at the final position (all
+a user state reads). Removals of padding (histories shorter than the window) are not computed.
+
+Cost per user: one transformer pass over the history (its last block at the final position only, plus the
+key/value projections), window * (window - 1) / 2 recomputed positions and window final positions in the last
+block (instead of `window` full passes), each state scored against the user's N recommended items only (a
+(window, B, N) product, nothing of size users x catalog). Users are batched by history length, at most
+`max_tokens` positions per pass. bench/bench_score.py measures it (README, "Reasons").
 
 Items the model scores through their text alone (it uses text and the item had no training interactions)
 get the history item whose text embedding is nearest (cosine) to theirs, among the items the model reads.
@@ -21,32 +30,28 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pipeline.recsys.data import Ragged, left_pad
+from pipeline.recsys.data import Ragged, left_pad, token_batches
 
 
-def _occluded(padded: Tensor, window: int) -> tuple[Tensor, Tensor]:
-    """(window * B, W - 1) histories with the j-th last item removed (j = 0..window-1, j-major), and
-    (window, B) whether that position held an item. `padded` is (B, W) left-padded."""
+def _occluded_states(model: torch.nn.Module, padded: Tensor, window: int) -> tuple[Tensor, Tensor]:
+    """(window, B, D') user states with the j-th last item of `padded` (B, W, left-padded) removed (j-major;
+    rows where that position is padding stay zero, never computed) and (window, B) whether it held an item."""
     B, W = padded.shape
-    seqs, valid = [], []
-    for j in range(window):
-        column = W - 1 - j
-        if column < 0:
-            seqs.append(torch.zeros(B, max(1, W - 1), dtype=padded.dtype, device=padded.device))
-            valid.append(torch.zeros(B, dtype=torch.bool, device=padded.device))
+    newest_removed = padded[:, : W - 1] if W > 1 else torch.zeros_like(padded)  # (B, W - 1), at least 1 wide
+    first, prefix = model.user_states_after(newest_removed)  # (B, D'), keys/values of every position
+    states = first.new_zeros(window, B, first.shape[1]).float()  # (window, B, D')
+    states[0] = first.float()
+    valid = torch.zeros(window, B, dtype=torch.bool, device=padded.device)
+    valid[0] = padded[:, W - 1] > 0
+    for j in range(1, min(window, W)):
+        column = W - 1 - j  # removed; the items before it are newest_removed[:, :column], already computed
+        valid[j] = padded[:, column] > 0
+        if not bool(valid[j].any()):
             continue
-        keep = torch.cat([padded[:, :column], padded[:, column + 1 :]], dim=1)  # (B, W - 1)
-        if keep.shape[1] == 0:
-            keep = torch.zeros(B, 1, dtype=padded.dtype, device=padded.device)
-        seqs.append(keep)
-        valid.append(padded[:, column] > 0)
-    return torch.cat(seqs), torch.stack(valid)  # (window*B, W-1), (window, B)
-
-
-def _states(model: torch.nn.Module, seqs: Tensor, max_tokens: int) -> Tensor:
-    """(R, L) sequences -> (R, D') user states, in batches of at most max_tokens history positions."""
-    rows = max(1, max_tokens // max(1, seqs.shape[1]))
-    return torch.cat([model.user_states(seqs[s : s + rows]).float() for s in range(0, len(seqs), rows)])
+        rows = slice(None) if bool(valid[j].all()) else valid[j].nonzero().squeeze(1)  # all rows: no copies
+        after = padded[rows, column + 1 :]  # (B_j, j) the newer items, recomputed on the cached prefix
+        states[j, rows] = model.user_states_after(after, prefix.take(column, rows))[0].float()
+    return states, valid
 
 
 def _text_only(model: torch.nn.Module, recommended: Tensor) -> Tensor | None:
@@ -85,18 +90,22 @@ def occlusion_reasons(
     assert window >= 1, f"window must be >= 1, got {window}"
     device = states.device
     max_len = model.config.max_len
-    padded = left_pad(histories, max_len + 1, users=users).to(device)  # (B, W): one older item in reserve
     items = vectors.float()  # (B, N, D')
     base = torch.einsum("bd,bnd->bn", states, items)  # (B, N)
-    seqs, valid = _occluded(padded, window)
-    occluded = _states(model, seqs[:, -max_len:], max_tokens).view(window, len(users), -1)  # (window, B, D')
-    drop = base.unsqueeze(0) - torch.einsum("jbd,bnd->jbn", occluded, items)  # (window, B, N)
-    drop = drop.masked_fill(~valid.unsqueeze(2), float("-inf"))
-    position = padded.shape[1] - 1 - drop.argmax(dim=0)  # (B, N) column of the reason in `padded`
-    reason = padded.gather(1, position)  # (B, N)
+    lengths = np.minimum(histories.lengths[users], max_len + 1)  # one older item in reserve
+    by_length = np.argsort(lengths, kind="stable")
+    reason = torch.zeros(recommended.shape, dtype=torch.long, device=device)  # (B, N)
+    for start, end in token_batches(lengths[by_length], max_tokens):
+        rows = torch.from_numpy(by_length[start:end]).to(device)
+        padded = left_pad(histories, max_len + 1, users=users[by_length[start:end]]).to(device)  # (b, W)
+        occluded, valid = _occluded_states(model, padded, window)  # (window, b, D'), (window, b)
+        drop = base[rows].unsqueeze(0) - torch.einsum("jbd,bnd->jbn", occluded, items[rows])  # (window, b, N)
+        drop = drop.masked_fill(~valid.unsqueeze(2), float("-inf"))
+        position = padded.shape[1] - 1 - drop.argmax(dim=0)  # (b, N) column of the reason in `padded`
+        reason[rows] = padded.gather(1, position)
     text_only = _text_only(model, recommended)
     if text_only is not None:
-        history = padded[:, -max_len:]  # (B, L) what the model reads
+        history = left_pad(histories, max_len, users=users).to(device)  # (B, L) what the model reads
         nearest = history.gather(1, _nearest_text(model, history, recommended))  # (B, N)
         reason = torch.where(text_only, nearest, reason)
     return torch.where(recommended > 0, reason, torch.zeros_like(reason))

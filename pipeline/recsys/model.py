@@ -16,6 +16,8 @@ Scoring: cosine similarity between the last hidden state and every item vector, 
 (`normalize=True`), or a plain dot product. Training: cross-entropy over the full catalog at every prefix
 position (Klenitskiy & Vasilev 2023), or sampled softmax with log-Q correction for very large catalogs.
 The contract the rest of the package relies on: `score = user_states(seqs) @ item_representations().T`.
+Inference can also continue a cached prefix (`user_states_after`: every block's keys and values), so that
+histories of one length that share their older items recompute only the newer ones (recsys.explain).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 ITEM_REPRS = ("id", "text", "id+text")
+KeysValues = tuple[Tensor, Tensor]  # an attention layer's keys and values, each (B, H, P, Dh)
 
 
 @dataclass
@@ -59,6 +62,23 @@ class ModelConfig:
         assert self.temperature > 0, f"temperature must be > 0, got {self.temperature}"
 
 
+@dataclass
+class Prefix:
+    """Cached history prefix for incremental inference: what later positions read from earlier ones."""
+
+    keys_values: list[KeysValues]  # per block, the attention's keys and values, each (B, H, P, Dh)
+    key_ok: Tensor                 # (B, P) which positions hold an item (padding is never attended to)
+
+    @property
+    def length(self) -> int:
+        return self.key_ok.shape[1]
+
+    def take(self, length: int, rows: Tensor | slice = slice(None)) -> Prefix:
+        """The first `length` positions of the given rows (B',) (all rows by default: views, no copy)."""
+        kv = [(k[rows, :, :length], v[rows, :, :length]) for k, v in self.keys_values]
+        return Prefix(kv, self.key_ok[rows, :length])
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -68,15 +88,23 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: Tensor, attn_mask: Tensor) -> Tensor:
-        B, L, D = x.shape
-        q, k, v = self.qkv(x).split(D, dim=2)  # 3 x (B, L, D)
-        q, k, v = (t.view(B, L, self.n_heads, D // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (B, H, L, Dh)
+    def forward(
+        self, x: Tensor, attn_mask: Tensor, past: KeysValues | None = None, queries: int | None = None
+    ) -> tuple[Tensor, KeysValues]:
+        """x (B, S, D) positions that follow the cached keys/values `past` (each (B, H, P, Dh); None = none).
+        Returns the outputs at the last `queries` positions (all by default), (B, Q, D), and the keys/values of
+        all P + S positions. attn_mask: (B, 1, Q, P + S), True = may attend."""
+        B, S, D = x.shape
+        q, k, v = self.qkv(x).split(D, dim=2)  # 3 x (B, S, D)
+        q, k, v = (t.view(B, S, self.n_heads, D // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (B, H, S, Dh)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # (B, H, P + S, Dh)
+        q = q if queries is None else q[:, :, S - queries :]  # (B, H, Q, Dh)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, H, L, Dh)
-        y = y.transpose(1, 2).contiguous().view(B, L, D)  # (B, L, D)
-        return self.resid_dropout(self.proj(y))
+        )  # (B, H, Q, Dh)
+        y = y.transpose(1, 2).reshape(B, q.shape[2], D)  # (B, Q, D)
+        return self.resid_dropout(self.proj(y)), (k, v)
 
 
 class MLP(nn.Module):
@@ -100,9 +128,14 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.d_model)
         self.mlp = MLP(config)
 
-    def forward(self, x: Tensor, attn_mask: Tensor) -> Tensor:
-        x = x + self.attn(self.ln_1(x), attn_mask)
-        return x + self.mlp(self.ln_2(x))
+    def forward(
+        self, x: Tensor, attn_mask: Tensor, past: KeysValues | None = None, queries: int | None = None
+    ) -> tuple[Tensor, KeysValues]:
+        """(B, S, D) -> (B, Q, D) at the last `queries` positions (all by default), and the attention's
+        keys/values (see CausalSelfAttention)."""
+        attended, keys_values = self.attn(self.ln_1(x), attn_mask, past, queries)  # (B, Q, D)
+        x = x[:, x.shape[1] - attended.shape[1] :] + attended
+        return x + self.mlp(self.ln_2(x)), keys_values
 
 
 class TextAdapter(nn.Module):
@@ -207,19 +240,32 @@ class SeqRecModel(nn.Module):
 
     def _hidden(self, seq: Tensor) -> Tensor:
         """(B, L) left-padded item ids -> (B, L, D) hidden states (causal, padding ignored)."""
-        B, L = seq.shape
-        assert L <= self.config.max_len, f"sequence length {L} exceeds max_len {self.config.max_len}"
+        return self._run(seq)[0]
+
+    def _run(self, seq: Tensor, past: Prefix | None = None, last_only: bool = False) -> tuple[Tensor, Prefix]:
+        """(B, S) left-padded item ids that follow the cached prefix `past` (None = no prefix) -> (B, S, D)
+        hidden states ((B, 1, D) at the last position with last_only: the last block then runs its attention
+        output and MLP there only) and the Prefix of past + seq. Positions count from the end of past + seq, so
+        a prefix cached from a longer sequence stays valid when the items after it are replaced."""
+        B, S = seq.shape
+        P = 0 if past is None else past.length
+        assert P + S <= self.config.max_len, f"sequence length {P + S} exceeds max_len {self.config.max_len}"
         # positions counted from the end, so extra left padding changes nothing
-        pos = torch.arange(L - 1, -1, -1, device=seq.device)  # (L,)
-        x = self._raw_item_vectors(seq) * math.sqrt(self.config.d_model) + self.pos_emb(pos)  # (B, L, D)
+        pos = torch.arange(S - 1, -1, -1, device=seq.device)  # (S,)
+        x = self._raw_item_vectors(seq) * math.sqrt(self.config.d_model) + self.pos_emb(pos)  # (B, S, D)
         x = self.emb_dropout(x)
-        causal = torch.ones(L, L, dtype=torch.bool, device=seq.device).tril()  # (L, L)
-        key_ok = (seq > 0).unsqueeze(1)  # (B, 1, L)
-        eye = torch.eye(L, dtype=torch.bool, device=seq.device)  # a padding query attends to itself only
-        attn_mask = ((causal & key_ok) | eye).unsqueeze(1)  # (B, 1, L, L)
-        for block in self.blocks:
-            x = block(x, attn_mask)
-        return self.ln_f(x)  # (B, L, D)
+        key_ok = seq > 0 if past is None else torch.cat([past.key_ok, seq > 0], dim=1)  # (B, P + S)
+        causal = torch.ones(S, P + S, dtype=torch.bool, device=seq.device).tril(diagonal=P)  # (S, P + S)
+        # a padding query attends to itself only
+        itself = F.pad(torch.eye(S, dtype=torch.bool, device=seq.device), (P, 0))  # (S, P + S)
+        attn_mask = ((causal & key_ok.unsqueeze(1)) | itself).unsqueeze(1)  # (B, 1, S, P + S)
+        keys_values = []
+        for n, block in enumerate(self.blocks):
+            queries = 1 if last_only and n == len(self.blocks) - 1 else S
+            cached = None if past is None else past.keys_values[n]
+            x, kv = block(x, attn_mask[:, :, S - queries :], cached, queries)  # (B, queries, D)
+            keys_values.append(kv)
+        return self.ln_f(x), Prefix(keys_values, key_ok)
 
     def _scale(self) -> float:
         return 1.0 / self.config.temperature if self.config.normalize else 1.0
@@ -229,6 +275,13 @@ class SeqRecModel(nn.Module):
         seqs = seqs[:, -self.config.max_len :]
         h = self._hidden(seqs)[:, -1, :]  # (B, D)
         return self._user_side(h)  # (B, D)
+
+    def user_states_after(self, seqs: Tensor, past: Prefix | None = None) -> tuple[Tensor, Prefix]:
+        """user_states of the histories past + seqs (the prefix's cached keys/values, then the (B, S) items
+        `seqs`), computing only the new positions, and the Prefix of past + seqs for later continuations.
+        Only the final state is computed in the last block (inference; what the user state reads)."""
+        h, prefix = self._run(seqs, past, last_only=True)  # (B, 1, D)
+        return self._user_side(h[:, -1, :]), prefix  # (B, D)
 
     # ---- training contract -----------------------------------------------------------------------------------
 

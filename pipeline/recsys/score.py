@@ -21,7 +21,6 @@ and output strings are gathered with Arrow `take`, so no Python loop runs per us
 
 from __future__ import annotations
 
-import bisect
 import copy
 import datetime as dt
 import logging
@@ -38,7 +37,7 @@ import torch
 from pipeline.catalog import Catalog
 from pipeline.device import resolve_device
 from pipeline.recsys.bundle import ModelBundle
-from pipeline.recsys.data import Ragged, left_pad
+from pipeline.recsys.data import Ragged, left_pad, token_batches
 from pipeline.recsys.diversity import MMR_POOL, mmr_rerank
 from pipeline.recsys.explain import occlusion_reasons
 from pipeline.recsys.model import top_k_unseen
@@ -165,19 +164,6 @@ def _catalog_positions(catalog_ids: set[str] | Sequence[str], index: pa.Array) -
     """Sorted unique positions in `index` of the catalog items it contains."""
     catalog = pa.array(sorted(catalog_ids), pa.string())
     return np.unique(pc.drop_null(pc.index_in(catalog, value_set=index)).to_numpy(zero_copy_only=False))
-
-
-def token_batches(lengths: np.ndarray, max_tokens: int) -> list[tuple[int, int]]:
-    """[start, end) ranges over ascending `lengths` such that (end - start) x the batch's longest length
-    stays within max_tokens (a batch holds at least one user)."""
-    batches, start = [], 0
-    while start < len(lengths):
-        ends = range(start + 1, len(lengths) + 1)
-        fit = bisect.bisect_right(ends, max_tokens, key=lambda e: (e - start) * max(1, int(lengths[e - 1])))
-        end = start + max(1, fit)
-        batches.append((start, end))
-        start = end
-    return batches
 
 
 @torch.inference_mode()
