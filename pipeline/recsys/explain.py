@@ -105,7 +105,8 @@ def occlusion_reasons(
         reason[rows] = padded.gather(1, position)
     text_only = _text_only(model, recommended)
     if text_only is not None:
-        history = left_pad(histories, max_len, users=users).to(device)  # (B, L) what the model reads
-        nearest = history.gather(1, _nearest_text(model, history, recommended))  # (B, N)
-        reason = torch.where(text_only, nearest, reason)
+        rows = text_only.any(dim=1).nonzero().squeeze(1)  # (B',) users with a text-only item
+        history = left_pad(histories, max_len, users=users[rows.cpu().numpy()]).to(device)  # (B', L) as read
+        nearest = history.gather(1, _nearest_text(model, history, recommended[rows]))  # (B', N)
+        reason[rows] = torch.where(text_only[rows], nearest, reason[rows])
     return torch.where(recommended > 0, reason, torch.zeros_like(reason))
