@@ -159,8 +159,7 @@ def test_fast_occlusion_matches_the_reference(item_repr: str, n_layers: int, win
     users = rng.permutation(40)  # any order of rows
     with torch.no_grad():
         states = model.user_states(left_pad(Ragged.from_lists(histories), max_len, users))
-        fast = occlusion_reasons(model, Ragged.from_lists(histories), users, states,
-                                 recommended[users], model.item_representations()[recommended[users]], window,
+        fast = occlusion_reasons(model, Ragged.from_lists(histories), users, states, recommended[users], window,
                                  max_tokens)
         expected, drops = reference_reasons(model, histories, recommended, window)
     for row, user in enumerate(users.tolist()):

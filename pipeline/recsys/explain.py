@@ -78,20 +78,18 @@ def occlusion_reasons(
     users: np.ndarray,
     states: Tensor,
     recommended: Tensor,
-    vectors: Tensor,
     window: int,
     max_tokens: int = 32_768,
 ) -> Tensor:
     """(B, N) model index of the reason of each recommended item (0 = none).
 
     histories: model indices (0 = padding) per user; users: (B,) rows of `histories`; states: (B, D') their
-    user states; recommended: (B, N) model indices of their recommended items (0 = empty slot); vectors:
-    (B, N, D') the recommended items' representations (as scored)."""
+    user states (as scored); recommended: (B, N) model indices of their recommended items (0 = empty slot).
+    Users are batched by history length, at most max_tokens history positions per transformer call."""
     assert window >= 1, f"window must be >= 1, got {window}"
     device = states.device
     max_len = model.config.max_len
-    items = vectors.float()  # (B, N, D')
-    base = torch.einsum("bd,bnd->bn", states, items)  # (B, N)
+    table = model.item_representations().float()  # (n_items + 1, D') as scored
     lengths = np.minimum(histories.lengths[users], max_len + 1)  # one older item in reserve
     by_length = np.argsort(lengths, kind="stable")
     reason = torch.zeros(recommended.shape, dtype=torch.long, device=device)  # (B, N)
@@ -99,7 +97,9 @@ def occlusion_reasons(
         rows = torch.from_numpy(by_length[start:end]).to(device)
         padded = left_pad(histories, max_len + 1, users=users[by_length[start:end]]).to(device)  # (b, W)
         occluded, valid = _occluded_states(model, padded, window)  # (window, b, D'), (window, b)
-        drop = base[rows].unsqueeze(0) - torch.einsum("jbd,bnd->jbn", occluded, items[rows])  # (window, b, N)
+        items = table[recommended[rows]]  # (b, N, D')
+        base = torch.einsum("bd,bnd->bn", states[rows], items)  # (b, N)
+        drop = base.unsqueeze(0) - torch.einsum("jbd,bnd->jbn", occluded, items)  # (window, b, N)
         drop = drop.masked_fill(~valid.unsqueeze(2), float("-inf"))
         position = padded.shape[1] - 1 - drop.argmax(dim=0)  # (b, N) column of the reason in `padded`
         reason[rows] = padded.gather(1, position)
