@@ -9,6 +9,7 @@ import pyarrow as pa
 import pytest
 import torch
 
+from pipeline.recsys import explain
 from pipeline.recsys.bundle import ModelBundle
 from pipeline.recsys.data import Ragged, left_pad
 from pipeline.recsys.explain import occlusion_reasons
@@ -137,12 +138,15 @@ def reference_reasons(model: torch.nn.Module, histories: list[list[int]], recomm
     return reasons, all_drops
 
 
-@pytest.mark.parametrize(("item_repr", "n_layers", "window", "max_tokens"),
-                         [("id+text", 2, 4, 32_768), ("id+text", 3, 8, 20), ("id", 1, 1, 32_768), ("id", 2, 3, 7)])
-def test_fast_occlusion_matches_the_reference(item_repr: str, n_layers: int, window: int, max_tokens: int) -> None:
-    """The cached-prefix computation gives the reasons of the plain definition on a random model: histories
-    from empty to longer than max_len + 1 (the item in reserve moves up), windows beyond the history and
-    max_len, cold (text-only) items, empty slots, small transformer batches."""
+@pytest.mark.parametrize(("item_repr", "n_layers", "window", "max_tokens", "branch_positions"),
+                         [("id+text", 2, 4, 32_768, 64), ("id+text", 3, 8, 20, 64), ("id", 1, 1, 32_768, 64),
+                          ("id", 2, 3, 7, 64), ("id+text", 2, 8, 32_768, 4)])
+def test_fast_occlusion_matches_the_reference(item_repr: str, n_layers: int, window: int, max_tokens: int,
+                                              branch_positions: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The branched computation gives the reasons of the plain definition on a random model: histories from
+    empty to longer than max_len + 1 (the item in reserve moves up), windows beyond the history and max_len,
+    cold (text-only) items, empty slots, small transformer batches, removals split over several passes."""
+    monkeypatch.setattr(explain, "BRANCH_POSITIONS", branch_positions)
     torch.manual_seed(3)
     max_len, n_items = 6, 30
     counts = torch.ones(n_items + 1)

@@ -8,16 +8,22 @@ weights are not used: they say where the model looked, not what changed its outp
 
 Computation (the same states as `window` full passes, up to float rounding): positions count from the end
 of the history and attention is causal, so removing the j-th last item leaves every older item's hidden
-states, keys and values exactly as in the history without its newest item (the j = 0 removal). One pass over
-that history caches each block's keys and values; the removal of the j-th last item then recomputes only the
-j newer items on top of the cached positions before it, and the last block only at the final position (all
-a user state reads). Removals of padding (histories shorter than the window) are not computed.
+states, keys and values exactly as in the trunk, the history without its newest item (which is the j = 0
+removal). Per batch of users, one pass over the trunk caches each block's keys and values; a second pass
+computes every further removal as a branch that replaces the trunk's last j items by the j items after the
+removed one (SeqRecModel.branched_user_states), against the cached positions before it, all removals side by
+side (more passes only when their positions exceed BRANCH_POSITIONS: windows above 11). In both passes the
+last block runs at the final positions only, all a user state reads. Removals beyond a batch's longest
+history are not computed; removals of padding within it are, and are masked out of the arg-max (users are
+batched by history length, so they are few).
 
-Cost per user: one transformer pass over the history (its last block at the final position only, plus the
-key/value projections), window * (window - 1) / 2 recomputed positions and window final positions in the last
-block (instead of `window` full passes), each state scored against the user's N recommended items only (a
-(window, B, N) product, nothing of size users x catalog). Users are batched by history length, at most
-`max_tokens` positions per pass. bench/bench_score.py measures it (README, "Reasons").
+Cost per user: one pass over the history (its last block: the key/value projections, and the rest at the final
+position only) and window * (window - 1) / 2 branch positions, instead of `window` passes over the history; a
+few transformer calls per batch of users (two for windows up to 11). Each state is scored against the user's
+N recommended items only (a (window, B, N) product, nothing of size users x catalog). Batches hold at most
+`max_tokens` positions. The trunk's pass costs about as much as a user state's, a floor for an exact method,
+so the cost relative to scoring is highest where the transformer dominates scoring (long histories, small
+catalogs). Figures: README, "Reasons" (bench/bench_score.py).
 
 Items the model scores through their text alone (it uses text and the item had no training interactions)
 get the history item whose text embedding is nearest (cosine) to theirs, among the items the model reads.
@@ -32,26 +38,39 @@ from torch import Tensor
 
 from pipeline.recsys.data import Ragged, left_pad, token_batches
 
+BRANCH_POSITIONS = 64  # removals computed in one pass while their recomputed positions fit (window <= 11: one)
+
+
+def _removal_groups(last: int, budget: int) -> list[tuple[int, int]]:
+    """Removals 1..last in runs [first, end] whose branches (j positions for removal j) hold at most `budget`
+    positions together, or one removal."""
+    groups, first = [], 1
+    while first <= last:
+        end = first
+        while end < last and (first + end + 1) * (end + 2 - first) // 2 <= budget:
+            end += 1
+        groups.append((first, end))
+        first = end + 1
+    return groups
+
 
 def _occluded_states(model: torch.nn.Module, padded: Tensor, window: int) -> tuple[Tensor, Tensor]:
     """(window, B, D') user states with the j-th last item of `padded` (B, W, left-padded) removed (j-major;
-    rows where that position is padding stay zero, never computed) and (window, B) whether it held an item."""
+    zero beyond the history's width) and (window, B) whether that position held an item."""
     B, W = padded.shape
-    newest_removed = padded[:, : W - 1] if W > 1 else torch.zeros_like(padded)  # (B, W - 1), at least 1 wide
-    first, prefix = model.user_states_after(newest_removed)  # (B, D'), keys/values of every position
+    trunk = padded[:, : W - 1] if W > 1 else torch.zeros_like(padded)  # (B, W - 1): the newest item removed
+    first, prefix = model.user_states_and_prefix(trunk)  # (B, D'), keys/values of every position
     states = first.new_zeros(window, B, first.shape[1]).float()  # (window, B, D')
     states[0] = first.float()
-    valid = torch.zeros(window, B, dtype=torch.bool, device=padded.device)
-    valid[0] = padded[:, W - 1] > 0
-    for j in range(1, min(window, W)):
-        column = W - 1 - j  # removed; the items before it are newest_removed[:, :column], already computed
-        valid[j] = padded[:, column] > 0
-        if not bool(valid[j].any()):
-            continue
-        rows = slice(None) if bool(valid[j].all()) else valid[j].nonzero().squeeze(1)  # all rows: no copies
-        after = padded[rows, column + 1 :]  # (B_j, j) the newer items, recomputed on the cached prefix
-        states[j, rows] = model.user_states_after(after, prefix.take(column, rows))[0].float()
-    return states, valid
+    for start, end in _removal_groups(min(window, W) - 1, BRANCH_POSITIONS):
+        # removal j: the trunk's last j items replaced by the j items after the removed one, padded[:, W - j :]
+        removals = torch.arange(start, end + 1, device=padded.device)  # (g,)
+        columns = torch.cat([torch.arange(W - j, W, device=padded.device) for j in range(start, end + 1)])
+        branched = model.branched_user_states(prefix, padded[:, columns], removals)  # (B, g, D')
+        states[start : end + 1] = branched.float().transpose(0, 1)
+    removed = torch.arange(window, device=padded.device)  # j = 0..window-1 at column W - 1 - j
+    valid = padded[:, (W - 1 - removed).clamp(min=0)].T > 0  # (window, B)
+    return states, valid & (removed < W).unsqueeze(1)
 
 
 def _text_only(model: torch.nn.Module, recommended: Tensor) -> Tensor | None:
@@ -93,7 +112,8 @@ def occlusion_reasons(
     lengths = np.minimum(histories.lengths[users], max_len + 1)  # one older item in reserve
     by_length = np.argsort(lengths, kind="stable")
     reason = torch.zeros(recommended.shape, dtype=torch.long, device=device)  # (B, N)
-    for start, end in token_batches(lengths[by_length], max_tokens):
+    per_user = min(window * (window - 1) // 2, BRANCH_POSITIONS)  # recomputed positions per pass, at most
+    for start, end in token_batches(lengths[by_length] + per_user, max_tokens):
         rows = torch.from_numpy(by_length[start:end]).to(device)
         padded = left_pad(histories, max_len + 1, users=users[by_length[start:end]]).to(device)  # (b, W)
         occluded, valid = _occluded_states(model, padded, window)  # (window, b, D'), (window, b)

@@ -16,8 +16,8 @@ Scoring: cosine similarity between the last hidden state and every item vector, 
 (`normalize=True`), or a plain dot product. Training: cross-entropy over the full catalog at every prefix
 position (Klenitskiy & Vasilev 2023), or sampled softmax with log-Q correction for very large catalogs.
 The contract the rest of the package relies on: `score = user_states(seqs) @ item_representations().T`.
-Inference can also continue a cached prefix (`user_states_after`: every block's keys and values), so that
-histories of one length that share their older items recompute only the newer ones (recsys.explain).
+Inference can also branch off a cached history (`branched_user_states`: every block's keys and values), so
+that histories that share their older items compute only the newer ones (recsys.explain).
 """
 
 from __future__ import annotations
@@ -64,19 +64,10 @@ class ModelConfig:
 
 @dataclass
 class Prefix:
-    """Cached history prefix for incremental inference: what later positions read from earlier ones."""
+    """A history's cached keys and values, which branched_user_states continues from (inference)."""
 
     keys_values: list[KeysValues]  # per block, the attention's keys and values, each (B, H, P, Dh)
     key_ok: Tensor                 # (B, P) which positions hold an item (padding is never attended to)
-
-    @property
-    def length(self) -> int:
-        return self.key_ok.shape[1]
-
-    def take(self, length: int, rows: Tensor | slice = slice(None)) -> Prefix:
-        """The first `length` positions of the given rows (B',) (all rows by default: views, no copy)."""
-        kv = [(k[rows, :, :length], v[rows, :, :length]) for k, v in self.keys_values]
-        return Prefix(kv, self.key_ok[rows, :length])
 
 
 class CausalSelfAttention(nn.Module):
@@ -89,17 +80,17 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(
-        self, x: Tensor, attn_mask: Tensor, past: KeysValues | None = None, queries: int | None = None
+        self, x: Tensor, attn_mask: Tensor, past: KeysValues | None = None, queries: Tensor | None = None
     ) -> tuple[Tensor, KeysValues]:
         """x (B, S, D) positions that follow the cached keys/values `past` (each (B, H, P, Dh); None = none).
-        Returns the outputs at the last `queries` positions (all by default), (B, Q, D), and the keys/values of
-        all P + S positions. attn_mask: (B, 1, Q, P + S), True = may attend."""
+        Returns the outputs at the positions `queries` (Q,) of x (all by default), (B, Q, D), and the
+        keys/values of all P + S positions. attn_mask: (B, 1, Q, P + S), True = may attend."""
         B, S, D = x.shape
         q, k, v = self.qkv(x).split(D, dim=2)  # 3 x (B, S, D)
         q, k, v = (t.view(B, S, self.n_heads, D // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (B, H, S, Dh)
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # (B, H, P + S, Dh)
-        q = q if queries is None else q[:, :, S - queries :]  # (B, H, Q, Dh)
+        q = q if queries is None else q[:, :, queries]  # (B, H, Q, Dh)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
         )  # (B, H, Q, Dh)
@@ -129,12 +120,12 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(
-        self, x: Tensor, attn_mask: Tensor, past: KeysValues | None = None, queries: int | None = None
+        self, x: Tensor, attn_mask: Tensor, past: KeysValues | None = None, queries: Tensor | None = None
     ) -> tuple[Tensor, KeysValues]:
-        """(B, S, D) -> (B, Q, D) at the last `queries` positions (all by default), and the attention's
-        keys/values (see CausalSelfAttention)."""
+        """(B, S, D) -> (B, Q, D) at the positions `queries` (all by default), and the attention's keys/values
+        (see CausalSelfAttention)."""
         attended, keys_values = self.attn(self.ln_1(x), attn_mask, past, queries)  # (B, Q, D)
-        x = x[:, x.shape[1] - attended.shape[1] :] + attended
+        x = (x if queries is None else x[:, queries]) + attended
         return x + self.mlp(self.ln_2(x)), keys_values
 
 
@@ -240,30 +231,34 @@ class SeqRecModel(nn.Module):
 
     def _hidden(self, seq: Tensor) -> Tensor:
         """(B, L) left-padded item ids -> (B, L, D) hidden states (causal, padding ignored)."""
-        return self._run(seq)[0]
+        return self._transform(seq, *self._causal(seq))[0]
 
-    def _run(self, seq: Tensor, past: Prefix | None = None, last_only: bool = False) -> tuple[Tensor, Prefix]:
-        """(B, S) left-padded item ids that follow the cached prefix `past` (None = no prefix) -> (B, S, D)
-        hidden states ((B, 1, D) at the last position with last_only: the last block then runs its attention
-        output and MLP there only) and the Prefix of past + seq. Positions count from the end of past + seq, so
-        a prefix cached from a longer sequence stays valid when the items after it are replaced."""
-        B, S = seq.shape
-        P = 0 if past is None else past.length
-        assert P + S <= self.config.max_len, f"sequence length {P + S} exceeds max_len {self.config.max_len}"
+    def _causal(self, seq: Tensor) -> tuple[Tensor, Tensor]:
+        """Positions (L,) and what each may read (L, L) for (B, L) left-padded histories."""
+        L = seq.shape[1]
+        assert L <= self.config.max_len, f"sequence length {L} exceeds max_len {self.config.max_len}"
         # positions counted from the end, so extra left padding changes nothing
-        pos = torch.arange(S - 1, -1, -1, device=seq.device)  # (S,)
+        pos = torch.arange(L - 1, -1, -1, device=seq.device)  # (L,)
+        return pos, torch.ones(L, L, dtype=torch.bool, device=seq.device).tril()
+
+    def _transform(
+        self, seq: Tensor, pos: Tensor, reads: Tensor, past: Prefix | None = None, outputs: Tensor | None = None
+    ) -> tuple[Tensor, Prefix]:
+        """(B, S) item ids at positions `pos` (S,), after the cached `past` (P positions; None = none) ->
+        (B, S, D) hidden states, or (B, Q, D) at the positions `outputs` (Q,) only (the last block then runs
+        its attention output and MLP there only), and the Prefix of past + seq. reads (S, P + S): which
+        positions each may read, of those holding an item; a padding position reads itself only."""
+        S = seq.shape[1]
         x = self._raw_item_vectors(seq) * math.sqrt(self.config.d_model) + self.pos_emb(pos)  # (B, S, D)
         x = self.emb_dropout(x)
         key_ok = seq > 0 if past is None else torch.cat([past.key_ok, seq > 0], dim=1)  # (B, P + S)
-        causal = torch.ones(S, P + S, dtype=torch.bool, device=seq.device).tril(diagonal=P)  # (S, P + S)
-        # a padding query attends to itself only
-        itself = F.pad(torch.eye(S, dtype=torch.bool, device=seq.device), (P, 0))  # (S, P + S)
-        attn_mask = ((causal & key_ok.unsqueeze(1)) | itself).unsqueeze(1)  # (B, 1, S, P + S)
+        itself = F.pad(torch.eye(S, dtype=torch.bool, device=seq.device), (key_ok.shape[1] - S, 0))  # (S, P + S)
+        attn_mask = ((reads & key_ok.unsqueeze(1)) | itself).unsqueeze(1)  # (B, 1, S, P + S)
         keys_values = []
         for n, block in enumerate(self.blocks):
-            queries = 1 if last_only and n == len(self.blocks) - 1 else S
-            cached = None if past is None else past.keys_values[n]
-            x, kv = block(x, attn_mask[:, :, S - queries :], cached, queries)  # (B, queries, D)
+            queries = outputs if n == len(self.blocks) - 1 else None
+            mask = attn_mask if queries is None else attn_mask[:, :, queries]
+            x, kv = block(x, mask, None if past is None else past.keys_values[n], queries)  # (B, S or Q, D)
             keys_values.append(kv)
         return self.ln_f(x), Prefix(keys_values, key_ok)
 
@@ -276,12 +271,29 @@ class SeqRecModel(nn.Module):
         h = self._hidden(seqs)[:, -1, :]  # (B, D)
         return self._user_side(h)  # (B, D)
 
-    def user_states_after(self, seqs: Tensor, past: Prefix | None = None) -> tuple[Tensor, Prefix]:
-        """user_states of the histories past + seqs (the prefix's cached keys/values, then the (B, S) items
-        `seqs`), computing only the new positions, and the Prefix of past + seqs for later continuations.
-        Only the final state is computed in the last block (inference; what the user state reads)."""
-        h, prefix = self._run(seqs, past, last_only=True)  # (B, 1, D)
-        return self._user_side(h[:, -1, :]), prefix  # (B, D)
+    def user_states_and_prefix(self, seqs: Tensor) -> tuple[Tensor, Prefix]:
+        """user_states of (B, L) histories (inference: the last block at the final position only) and their
+        Prefix, which branched_user_states continues from."""
+        last = torch.tensor([seqs.shape[1] - 1], device=seqs.device)
+        h, prefix = self._transform(seqs, *self._causal(seqs), outputs=last)  # (B, 1, D)
+        return self._user_side(h[:, 0]), prefix  # (B, D)
+
+    def branched_user_states(self, past: Prefix, branches: Tensor, lengths: Tensor) -> Tensor:
+        """(B, G, D) user states of the prefix's histories with their last lengths[g] items replaced by branch
+        g's: branches (B, sum(lengths)) holds the G branches one after the other, each oldest first. Only the
+        branches' positions are computed, against the cached keys and values of the positions they keep."""
+        P, K = past.key_ok.shape[1], branches.shape[1]
+        assert int(lengths.sum()) == K and int(lengths.min()) >= 1 and int(lengths.max()) <= P, (
+            f"branch lengths {lengths.tolist()} must be in 1..{P} and add up to {K}")
+        device = branches.device
+        ends = lengths.cumsum(0)  # (G,)
+        branch = torch.repeat_interleave(torch.arange(len(lengths), device=device), lengths)  # (K,)
+        step = torch.arange(K, device=device) - (ends - lengths)[branch]  # (K,) position within the branch
+        reads_prefix = torch.arange(P, device=device) < (P - lengths)[branch].unsqueeze(1)  # (K, P)
+        reads_branch = (branch.unsqueeze(1) == branch) & (step <= step.unsqueeze(1))  # (K, K) causal
+        h, _ = self._transform(branches, lengths[branch] - 1 - step, torch.cat([reads_prefix, reads_branch], dim=1),
+                               past, outputs=ends - 1)  # (B, G, D)
+        return self._user_side(h)
 
     # ---- training contract -----------------------------------------------------------------------------------
 
