@@ -13,9 +13,10 @@ transformer batches of at most STATE_BATCH_TOKENS positions like the user states
 
 Two passes over the model's users, sorted by history length: (1) user states, in transformer batches of at
 most STATE_BATCH_TOKENS history positions, each cut to its longest history (few large calls, little padding);
-(2) blocks of chunk_users users: one matrix multiply into the reused buffer, seen items masked, top-k.
-Memory: the score buffer (chunk_users x C x 4 bytes), one transformer batch's activations, the user states
-(users x D), the inputs and the output table; nothing of size users x items. The work around the multiply
+(2) blocks of chunk_users users: one matrix multiply into the reused buffer, seen items masked, top-k; with
+reasons, a third in transformer batches again. Memory: the score buffer (chunk_users x C x 4 bytes), one
+transformer batch's activations, the user states (users x D), the top-k (users x k), the inputs and the
+output table; nothing of size users x items. The work around the multiply
 and top-k is vectorised: ids become indices through Arrow hash lookups, histories are left-padded with numpy
 and output strings are gathered with Arrow `take`, so no Python loop runs per user or per row.
 """
