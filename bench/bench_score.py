@@ -10,8 +10,12 @@ the popularity fallback. For each chunk size the script measures, in one run:
 - score_users: the whole production call (id lookups, transformer user states, seen-item masking, top-k,
   popularity fallback, the output Arrow table);
 - score_users*: the same with MALLOC_MMAP_THRESHOLD_=1048576 in the environment (see the footnote printed);
-- +reasons: score_users with the reason of every row (occlusion over the last --reason-window history items),
-  and the extra time it costs as a share of score_users' time.
+- +reasons: score_users with the reason of every row (occlusion over the last --reason-window history items);
+- reasons cost: the extra time of reasons as a share of score_users' time, from --repeats alternating calls
+  with and without reasons in one process (the fastest of each): on a shared machine two single calls in
+  separate processes swing with the load of the moment, alternating calls in one process compare like with like.
+  It is printed for wall time and for the process's CPU time, which on a busy machine with `--threads 1`
+  counts the work alone (with more threads, it also counts threads spinning while they wait for each other).
 
 Peak memory is the process's high-water mark during the call minus its resident size just before it
 (Linux: reset with /proc/self/clear_refs), so the figures show what the call itself adds; every measurement
@@ -111,6 +115,8 @@ def run_case(args: argparse.Namespace) -> dict[str, float]:
     lengths = np.array([len(h) for h in data.histories])
     warm = ScoringInput(data.user_ids[:64], data.histories[:64], data.seen[:64], data.catalog_ids,
                         data.popular[:100])
+    if args.case == "ratio":
+        return reasons_ratio(args, bundle, data, warm)
     if args.case == "raw":
         raw_matmul_topk(user_vectors[:64], items, args.k, 64)
         seconds, peak = measure(lambda: raw_matmul_topk(user_vectors, items, args.k, args.chunk))
@@ -126,6 +132,23 @@ def run_case(args: argparse.Namespace) -> dict[str, float]:
             "threads": torch.get_num_threads(), "mean_len": float(lengths.mean()),
             "median_len": float(np.median(lengths)), "p90_len": float(np.percentile(lengths, 90)),
             "at_max_len": float(np.mean(lengths >= config.max_len))}
+
+
+def reasons_ratio(args: argparse.Namespace, bundle: ModelBundle, data: ScoringInput, warm: ScoringInput
+                  ) -> dict[str, float]:
+    """The fastest of --repeats alternating score_users calls without and with reasons: wall and process CPU
+    seconds (CPU time counts the work of this process only, not the time it waited for a core)."""
+    servings = {"plain": Serving(), "reasons": Serving(reason_window=args.reason_window)}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in servings}
+    for serving in servings.values():
+        score_users(bundle, warm, args.k, 64, "cpu", serving)  # warm-up
+    for _ in range(args.repeats):
+        for name, serving in servings.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            score_users(bundle, data, args.k, args.chunk, "cpu", serving)
+            times[name].append((time.perf_counter() - wall, time.process_time() - cpu))
+    return {**{name: min(w for w, _ in t) for name, t in times.items()},
+            **{f"{name}_cpu": min(c for _, c in t) for name, t in times.items()}}
 
 
 def child(
@@ -150,7 +173,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reason-window", type=int, default=5, help="history items occluded per reason")
-    parser.add_argument("--case", choices=("raw", "score", "explain"), help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=3, help="alternating calls for the cost of reasons")
+    parser.add_argument("--case", choices=("raw", "score", "explain", "ratio"), help=argparse.SUPPRESS)
     parser.add_argument("--chunk", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -168,6 +192,7 @@ def main() -> None:
         score = child(args, "score", chunk)
         trimmed = child(args, "score", chunk, GLIBC_RETURNS_LARGE_BLOCKS)
         explained = child(args, "explain", chunk)
+        alternating = child(args, "ratio", chunk)
         if header:
             print(f"history length: mean {score['mean_len']:.1f}, median {score['median_len']:.0f}, "
                   f"p90 {score['p90_len']:.0f}, {score['at_max_len']:.1%} at >= max_len; "
@@ -180,9 +205,12 @@ def main() -> None:
             ratio = f"{raw['seconds'] / r['seconds']:>7.0%}" if r is not raw else f"{'':>7}"
             print(f"{chunk:>6} {name:<12} {r['seconds']:>8.1f} {args.users / r['seconds']:>9,.0f} "
                   f"{r['peak_mb']:>9.0f} {buffer_mb:>10.0f} {ratio}")
-        extra = explained["seconds"] - score["seconds"]
-        print(f"{chunk:>6} reasons (window {args.reason_window}) cost {extra:+.1f} s = {extra / score['seconds']:+.0%} "
-              f"of score_users' time (target <= +50%)")
+        plain, reasons = alternating["plain"], alternating["reasons"]
+        plain_cpu, reasons_cpu = alternating["plain_cpu"], alternating["reasons_cpu"]
+        print(f"{chunk:>6} reasons (window {args.reason_window}) cost {reasons - plain:+.1f} s = "
+              f"{(reasons - plain) / plain:+.0%} of score_users' time (target <= +50%; fastest of {args.repeats} "
+              f"alternating calls in one process: {plain:.1f} s without, {reasons:.1f} s with); CPU time "
+              f"{(reasons_cpu - plain_cpu) / plain_cpu:+.0%} ({plain_cpu:.1f} s without, {reasons_cpu:.1f} s with)")
         expected = args.users * args.k
         assert score["rows"] == expected, f"score_users returned {score['rows']} rows, expected {expected}"
     print(f"* the same call with MALLOC_MMAP_THRESHOLD_=1048576: glibc then returns freed blocks above 1 MiB "

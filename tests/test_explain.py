@@ -9,8 +9,11 @@ import pyarrow as pa
 import pytest
 import torch
 
+from pipeline.recsys import explain
 from pipeline.recsys.bundle import ModelBundle
-from pipeline.recsys.model import ModelConfig
+from pipeline.recsys.data import Ragged, left_pad
+from pipeline.recsys.explain import occlusion_reasons
+from pipeline.recsys.model import ModelConfig, SeqRecModel
 from pipeline.recsys.score import ScoringInput, Serving, score_users
 from pipeline.recsys.train import TrainConfig, train_model
 
@@ -106,3 +109,71 @@ def test_without_a_window_there_are_no_reasons_and_the_lists_are_unchanged(bundl
     assert plain.drop_columns(["reason_item_id"]).equals(explained.drop_columns(["reason_item_id"]))
     fallback = explained.filter(pa.compute.equal(explained["source"], "popular"))
     assert fallback.num_rows == 5 and fallback.column("reason_item_id").null_count == 5
+
+
+def reference_reasons(model: torch.nn.Module, histories: list[list[int]], recommended: torch.Tensor, window: int
+                      ) -> tuple[torch.Tensor, list[dict[int, torch.Tensor]]]:
+    """The definition, one user and one removal at a time: (B, N) reasons, and per user {position removed:
+    (N,) drop of each recommended item's score}."""
+    max_len, items = model.config.max_len, model.item_representations()
+    cold = model.item_counts <= 0
+    reasons, all_drops = torch.zeros_like(recommended), []
+    for b, history in enumerate(histories):
+        vectors = items[recommended[b]]  # (N, D)
+        base = model.user_states(torch.tensor([history[-max_len:] or [0]]))[0] @ vectors.T  # (N,)
+        drops = {}
+        for p in range(len(history) - 1, max(-1, len(history) - 1 - window), -1):  # newest first
+            occluded = (history[:p] + history[p + 1 :])[-max_len:] or [0]
+            drops[p] = base - model.user_states(torch.tensor([occluded]))[0] @ vectors.T
+        all_drops.append(drops)
+        read = history[-max_len:]
+        for n, item in enumerate(recommended[b].tolist()):
+            if item == 0 or not history:
+                continue
+            if model.config.item_repr != "id" and cold[item]:
+                text = model.text_emb
+                reasons[b, n] = read[int(torch.nn.functional.cosine_similarity(text[read], text[item][None]).argmax())]
+            else:
+                reasons[b, n] = history[max(drops, key=lambda p: (float(drops[p][n]), p))]  # ties: the newest
+    return reasons, all_drops
+
+
+@pytest.mark.parametrize(("item_repr", "n_layers", "window", "max_tokens", "branch_positions"),
+                         [("id+text", 2, 4, 32_768, 64), ("id+text", 3, 8, 20, 64), ("id", 1, 1, 32_768, 64),
+                          ("id", 2, 3, 7, 64), ("id+text", 2, 8, 32_768, 4)])
+def test_fast_occlusion_matches_the_reference(item_repr: str, n_layers: int, window: int, max_tokens: int,
+                                              branch_positions: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The branched computation gives the reasons of the plain definition on a random model: histories from
+    empty to longer than max_len + 1 (the item in reserve moves up), windows beyond the history and max_len,
+    cold (text-only) items, empty slots, small transformer batches, removals split over several passes."""
+    monkeypatch.setattr(explain, "BRANCH_POSITIONS", branch_positions)
+    torch.manual_seed(3)
+    max_len, n_items = 6, 30
+    counts = torch.ones(n_items + 1)
+    counts[25:] = 0  # items 25..30: no training interactions, text-only for id+text
+    text_dim = 0 if item_repr == "id" else 12
+    config = ModelConfig(n_items=n_items, max_len=max_len, d_model=16, n_heads=2, n_layers=n_layers,
+                         item_repr=item_repr, text_dim=text_dim, text_hidden=0)
+    model = SeqRecModel(config, torch.randn(n_items + 1, 12) if text_dim else None, counts).eval()
+    rng = np.random.default_rng(0)
+    histories = [rng.integers(1, 25, size=rng.integers(0, max_len + 4)).tolist() for _ in range(40)]
+    histories[5] = [3, 3, 7]  # a repeated item
+    recommended = torch.from_numpy(rng.integers(1, n_items + 1, size=(40, 5)))
+    recommended[::7, -1] = 0  # an empty slot
+    users = rng.permutation(40)  # any order of rows
+    with torch.no_grad():
+        states = model.user_states(left_pad(Ragged.from_lists(histories), max_len, users))
+        fast = occlusion_reasons(model, Ragged.from_lists(histories), users, states, recommended[users], window,
+                                 max_tokens)
+        expected, drops = reference_reasons(model, histories, recommended, window)
+    for row, user in enumerate(users.tolist()):
+        history, ours, theirs = histories[user], fast[row].tolist(), expected[user].tolist()
+        for n, (got, want) in enumerate(zip(ours, theirs, strict=True)):
+            item = int(recommended[user, n])
+            if got == want:
+                continue
+            # only a near tie may differ: the chosen item's drop is the largest within float tolerance
+            assert item > 0 and not (item_repr != "id" and item >= 25), (user, n, got, want)
+            chosen = max(float(d[n]) for p, d in drops[user].items() if history[p] == got)
+            assert chosen == pytest.approx(max(float(d[n]) for d in drops[user].values()), abs=1e-5)
+    assert (fast == expected[users]).float().mean() > 0.99

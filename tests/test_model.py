@@ -64,6 +64,26 @@ def test_extra_left_padding_changes_nothing() -> None:
     assert not torch.allclose(model.user_states(short), model.user_states(torch.tensor([[7, 8, 10]])))
 
 
+@pytest.mark.parametrize("n_layers", [1, 2, 3])
+def test_branches_off_a_cached_history_equal_full_passes(n_layers: int) -> None:
+    """branched_user_states: a history with its last n items replaced by a branch's n items gets the state of
+    that history run alone, for every n up to the whole history (padding in the kept part, several branches
+    in one call); user_states_and_prefix gives user_states."""
+    model = make_model(n_layers=n_layers)
+    seqs = torch.tensor([[0, 0, 0, 5, 6, 7, 8], [1, 2, 3, 4, 5, 6, 7], [0, 0, 0, 0, 0, 0, 9]])
+    states, prefix = model.user_states_and_prefix(seqs)
+    torch.testing.assert_close(states, model.user_states(seqs))
+    lengths = torch.tensor([1, 3, 2, 7, 4])
+    branches = torch.randint(1, N_ITEMS + 1, (3, int(lengths.sum())))  # (3, K), one branch after the other
+    branched = model.branched_user_states(prefix, branches, lengths)  # (3, G, D)
+    ends = lengths.cumsum(0).tolist()
+    for g, (n, end) in enumerate(zip(lengths.tolist(), ends, strict=True)):
+        history = torch.cat([seqs[:, : seqs.shape[1] - n], branches[:, end - n : end]], dim=1)
+        torch.testing.assert_close(branched[:, g], model.user_states(history))
+    with pytest.raises(AssertionError, match="branch lengths"):
+        model.branched_user_states(prefix, branches[:, :8], torch.tensor([8]))
+
+
 def test_recommend_excludes_seen_padding_and_masked_items() -> None:
     model = make_model()
     seqs = torch.tensor([[0, 0, 1, 2, 3], [4, 5, 6, 7, 8]])

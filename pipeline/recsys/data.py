@@ -1,5 +1,6 @@
 """The night's training data in model index space, read from the feature marts, and the index-space helpers
-every part of the model side shares (the item index, ragged per-user lists, left padding).
+every part of the model side shares (the item index, ragged per-user lists, left padding, batches of
+histories by length).
 
 Item ids are strings at the boundary; here every item of the current catalog or of the interactions gets a
 dense index 1..n (sorted by id, deterministic), 0 being padding. The mapping travels with the model.
@@ -11,6 +12,7 @@ the fallback on a night with fewer than MIN_TEMPORAL_USERS users active on D (sp
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import logging
 from collections.abc import Sequence
@@ -104,6 +106,19 @@ class TrainSplit:
     valid_inputs: list[np.ndarray]
     valid_targets: np.ndarray
     train_until: dt.date             # no training event is later than this UTC day
+
+
+def token_batches(lengths: np.ndarray, max_tokens: int) -> list[tuple[int, int]]:
+    """[start, end) ranges over ascending `lengths` such that (end - start) x the batch's longest length
+    stays within max_tokens (a batch holds at least one user)."""
+    batches, start = [], 0
+    while start < len(lengths):
+        ends = range(start + 1, len(lengths) + 1)
+        fit = bisect.bisect_right(ends, max_tokens, key=lambda e: (e - start) * max(1, int(lengths[e - 1])))
+        end = start + max(1, fit)
+        batches.append((start, end))
+        start = end
+    return batches
 
 
 @dataclass

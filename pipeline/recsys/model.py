@@ -16,6 +16,8 @@ Scoring: cosine similarity between the last hidden state and every item vector, 
 (`normalize=True`), or a plain dot product. Training: cross-entropy over the full catalog at every prefix
 position (Klenitskiy & Vasilev 2023), or sampled softmax with log-Q correction for very large catalogs.
 The contract the rest of the package relies on: `score = user_states(seqs) @ item_representations().T`.
+Inference can also branch off a cached history (`branched_user_states`: every block's keys and values), so
+that histories that share their older items compute only the newer ones (recsys.explain).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 ITEM_REPRS = ("id", "text", "id+text")
+KeysValues = tuple[Tensor, Tensor]  # an attention layer's keys and values, each (B, H, P, Dh)
 
 
 @dataclass
@@ -59,6 +62,14 @@ class ModelConfig:
         assert self.temperature > 0, f"temperature must be > 0, got {self.temperature}"
 
 
+@dataclass
+class Prefix:
+    """A history's cached keys and values, which branched_user_states continues from (inference)."""
+
+    keys_values: list[KeysValues]  # per block, the attention's keys and values, each (B, H, P, Dh)
+    key_ok: Tensor                 # (B, P) which positions hold an item (padding is never attended to)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -68,15 +79,23 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: Tensor, attn_mask: Tensor) -> Tensor:
-        B, L, D = x.shape
-        q, k, v = self.qkv(x).split(D, dim=2)  # 3 x (B, L, D)
-        q, k, v = (t.view(B, L, self.n_heads, D // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (B, H, L, Dh)
+    def forward(
+        self, x: Tensor, attn_mask: Tensor, past: KeysValues | None = None, queries: Tensor | None = None
+    ) -> tuple[Tensor, KeysValues]:
+        """x (B, S, D) positions that follow the cached keys/values `past` (each (B, H, P, Dh); None = none).
+        Returns the outputs at the positions `queries` (Q,) of x (all by default), (B, Q, D), and the
+        keys/values of all P + S positions. attn_mask: (B, 1, Q, P + S), True = may attend."""
+        B, S, D = x.shape
+        q, k, v = self.qkv(x).split(D, dim=2)  # 3 x (B, S, D)
+        q, k, v = (t.view(B, S, self.n_heads, D // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (B, H, S, Dh)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # (B, H, P + S, Dh)
+        q = q if queries is None else q[:, :, queries]  # (B, H, Q, Dh)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, H, L, Dh)
-        y = y.transpose(1, 2).contiguous().view(B, L, D)  # (B, L, D)
-        return self.resid_dropout(self.proj(y))
+        )  # (B, H, Q, Dh)
+        y = y.transpose(1, 2).reshape(B, q.shape[2], D)  # (B, Q, D)
+        return self.resid_dropout(self.proj(y)), (k, v)
 
 
 class MLP(nn.Module):
@@ -100,9 +119,14 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.d_model)
         self.mlp = MLP(config)
 
-    def forward(self, x: Tensor, attn_mask: Tensor) -> Tensor:
-        x = x + self.attn(self.ln_1(x), attn_mask)
-        return x + self.mlp(self.ln_2(x))
+    def forward(
+        self, x: Tensor, attn_mask: Tensor, past: KeysValues | None = None, queries: Tensor | None = None
+    ) -> tuple[Tensor, KeysValues]:
+        """(B, S, D) -> (B, Q, D) at the positions `queries` (all by default), and the attention's keys/values
+        (see CausalSelfAttention)."""
+        attended, keys_values = self.attn(self.ln_1(x), attn_mask, past, queries)  # (B, Q, D)
+        x = (x if queries is None else x[:, queries]) + attended
+        return x + self.mlp(self.ln_2(x)), keys_values
 
 
 class TextAdapter(nn.Module):
@@ -207,19 +231,36 @@ class SeqRecModel(nn.Module):
 
     def _hidden(self, seq: Tensor) -> Tensor:
         """(B, L) left-padded item ids -> (B, L, D) hidden states (causal, padding ignored)."""
-        B, L = seq.shape
+        return self._transform(seq, *self._causal(seq))[0]
+
+    def _causal(self, seq: Tensor) -> tuple[Tensor, Tensor]:
+        """Positions (L,) and what each may read (L, L) for (B, L) left-padded histories."""
+        L = seq.shape[1]
         assert L <= self.config.max_len, f"sequence length {L} exceeds max_len {self.config.max_len}"
         # positions counted from the end, so extra left padding changes nothing
         pos = torch.arange(L - 1, -1, -1, device=seq.device)  # (L,)
-        x = self._raw_item_vectors(seq) * math.sqrt(self.config.d_model) + self.pos_emb(pos)  # (B, L, D)
+        return pos, torch.ones(L, L, dtype=torch.bool, device=seq.device).tril()
+
+    def _transform(
+        self, seq: Tensor, pos: Tensor, reads: Tensor, past: Prefix | None = None, outputs: Tensor | None = None
+    ) -> tuple[Tensor, Prefix]:
+        """(B, S) item ids at positions `pos` (S,), after the cached `past` (P positions; None = none) ->
+        (B, S, D) hidden states, or (B, Q, D) at the positions `outputs` (Q,) only (the last block then runs
+        its attention output and MLP there only), and the Prefix of past + seq. reads (S, P + S): which
+        positions each may read, of those holding an item; a padding position reads itself only."""
+        S = seq.shape[1]
+        x = self._raw_item_vectors(seq) * math.sqrt(self.config.d_model) + self.pos_emb(pos)  # (B, S, D)
         x = self.emb_dropout(x)
-        causal = torch.ones(L, L, dtype=torch.bool, device=seq.device).tril()  # (L, L)
-        key_ok = (seq > 0).unsqueeze(1)  # (B, 1, L)
-        eye = torch.eye(L, dtype=torch.bool, device=seq.device)  # a padding query attends to itself only
-        attn_mask = ((causal & key_ok) | eye).unsqueeze(1)  # (B, 1, L, L)
-        for block in self.blocks:
-            x = block(x, attn_mask)
-        return self.ln_f(x)  # (B, L, D)
+        key_ok = seq > 0 if past is None else torch.cat([past.key_ok, seq > 0], dim=1)  # (B, P + S)
+        itself = F.pad(torch.eye(S, dtype=torch.bool, device=seq.device), (key_ok.shape[1] - S, 0))  # (S, P + S)
+        attn_mask = ((reads & key_ok.unsqueeze(1)) | itself).unsqueeze(1)  # (B, 1, S, P + S)
+        keys_values = []
+        for n, block in enumerate(self.blocks):
+            queries = outputs if n == len(self.blocks) - 1 else None
+            mask = attn_mask if queries is None else attn_mask[:, :, queries]
+            x, kv = block(x, mask, None if past is None else past.keys_values[n], queries)  # (B, S or Q, D)
+            keys_values.append(kv)
+        return self.ln_f(x), Prefix(keys_values, key_ok)
 
     def _scale(self) -> float:
         return 1.0 / self.config.temperature if self.config.normalize else 1.0
@@ -229,6 +270,30 @@ class SeqRecModel(nn.Module):
         seqs = seqs[:, -self.config.max_len :]
         h = self._hidden(seqs)[:, -1, :]  # (B, D)
         return self._user_side(h)  # (B, D)
+
+    def user_states_and_prefix(self, seqs: Tensor) -> tuple[Tensor, Prefix]:
+        """user_states of (B, L) histories (inference: the last block at the final position only) and their
+        Prefix, which branched_user_states continues from."""
+        last = torch.tensor([seqs.shape[1] - 1], device=seqs.device)
+        h, prefix = self._transform(seqs, *self._causal(seqs), outputs=last)  # (B, 1, D)
+        return self._user_side(h[:, 0]), prefix  # (B, D)
+
+    def branched_user_states(self, past: Prefix, branches: Tensor, lengths: Tensor) -> Tensor:
+        """(B, G, D) user states of the prefix's histories with their last lengths[g] items replaced by branch
+        g's: branches (B, sum(lengths)) holds the G branches one after the other, each oldest first. Only the
+        branches' positions are computed, against the cached keys and values of the positions they keep."""
+        P, K = past.key_ok.shape[1], branches.shape[1]
+        assert int(lengths.sum()) == K and int(lengths.min()) >= 1 and int(lengths.max()) <= P, (
+            f"branch lengths {lengths.tolist()} must be in 1..{P} and add up to {K}")
+        device = branches.device
+        ends = lengths.cumsum(0)  # (G,)
+        branch = torch.repeat_interleave(torch.arange(len(lengths), device=device), lengths)  # (K,)
+        step = torch.arange(K, device=device) - (ends - lengths)[branch]  # (K,) position within the branch
+        reads_prefix = torch.arange(P, device=device) < (P - lengths)[branch].unsqueeze(1)  # (K, P)
+        reads_branch = (branch.unsqueeze(1) == branch) & (step <= step.unsqueeze(1))  # (K, K) causal
+        h, _ = self._transform(branches, lengths[branch] - 1 - step, torch.cat([reads_prefix, reads_branch], dim=1),
+                               past, outputs=ends - 1)  # (B, G, D)
+        return self._user_side(h)
 
     # ---- training contract -----------------------------------------------------------------------------------
 

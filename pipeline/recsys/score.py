@@ -6,22 +6,23 @@ that are still in the catalog, so padding and retired items never enter the matr
 history has no item the model knows fall back to the most popular catalog items they have not seen
 (`source = 'popular'`).
 
-Optional, per block after the top-k: MMR re-ranking of the top MMR_POOL x k items (`diversity` > 0, see
-recsys.diversity; the published score is then the MMR value) and the reason of each recommendation
-(`reason_window` > 0: occlusion over the last items of the history, see recsys.explain).
+Optional: per block after the top-k, MMR re-ranking of the top MMR_POOL x k items (`diversity` > 0, see
+recsys.diversity; the published score is then the MMR value); after all blocks, the reason of each
+recommendation (`reason_window` > 0: occlusion over the last items of the history, see recsys.explain), in
+transformer batches of at most STATE_BATCH_TOKENS positions like the user states.
 
 Two passes over the model's users, sorted by history length: (1) user states, in transformer batches of at
 most STATE_BATCH_TOKENS history positions, each cut to its longest history (few large calls, little padding);
-(2) blocks of chunk_users users: one matrix multiply into the reused buffer, seen items masked, top-k.
-Memory: the score buffer (chunk_users x C x 4 bytes), one transformer batch's activations, the user states
-(users x D), the inputs and the output table; nothing of size users x items. The work around the multiply
+(2) blocks of chunk_users users: one matrix multiply into the reused buffer, seen items masked, top-k; with
+reasons, a third in transformer batches again. Memory: the score buffer (chunk_users x C x 4 bytes), one
+transformer batch's activations, the user states (users x D), the top-k (users x k), the inputs and the
+output table; nothing of size users x items. The work around the multiply
 and top-k is vectorised: ids become indices through Arrow hash lookups, histories are left-padded with numpy
 and output strings are gathered with Arrow `take`, so no Python loop runs per user or per row.
 """
 
 from __future__ import annotations
 
-import bisect
 import copy
 import datetime as dt
 import logging
@@ -38,7 +39,7 @@ from pipeline import storage
 from pipeline.catalog import Catalog
 from pipeline.device import resolve_device
 from pipeline.recsys.bundle import ModelBundle
-from pipeline.recsys.data import Ragged, left_pad
+from pipeline.recsys.data import Ragged, left_pad, token_batches
 from pipeline.recsys.diversity import MMR_POOL, mmr_rerank
 from pipeline.recsys.explain import occlusion_reasons
 from pipeline.recsys.model import top_k_unseen
@@ -167,19 +168,6 @@ def _catalog_positions(catalog_ids: set[str] | Sequence[str], index: pa.Array) -
     return np.unique(pc.drop_null(pc.index_in(catalog, value_set=index)).to_numpy(zero_copy_only=False))
 
 
-def token_batches(lengths: np.ndarray, max_tokens: int) -> list[tuple[int, int]]:
-    """[start, end) ranges over ascending `lengths` such that (end - start) x the batch's longest length
-    stays within max_tokens (a batch holds at least one user)."""
-    batches, start = [], 0
-    while start < len(lengths):
-        ends = range(start + 1, len(lengths) + 1)
-        fit = bisect.bisect_right(ends, max_tokens, key=lambda e: (e - start) * max(1, int(lengths[e - 1])))
-        end = start + max(1, fit)
-        batches.append((start, end))
-        start = end
-    return batches
-
-
 @torch.inference_mode()
 def _user_states(
     model: torch.nn.Module, histories: Ragged, users: np.ndarray, device: torch.device, max_tokens: int
@@ -218,7 +206,7 @@ def _score_with_model(
     order = users[np.argsort(np.minimum(histories.lengths[users], model.config.max_len), kind="stable")]
     states = _user_states(model, histories, order, device, STATE_BATCH_TOKENS)  # (U, D')
     buffer = torch.empty(min(chunk_users, len(order)), len(columns), device=device)  # (B, C), reused
-    parts = []
+    top_columns, top_scores = [], []
     for start in range(0, len(order), chunk_users):
         block_users = order[start : start + chunk_users]
         block = buffer[: len(block_users)]
@@ -227,17 +215,18 @@ def _score_with_model(
         column = column_of[item]
         row, column = row[column >= 0], column[column >= 0]
         seen_cells = (torch.from_numpy(row).to(device), torch.from_numpy(column).to(device))
-        top_scores, top_columns = top_k_unseen(block, seen_cells, pool)  # (B, pool)
+        block_scores, block_columns = top_k_unseen(block, seen_cells, pool)  # (B, pool)
         if serving.diversity:
-            top_scores, top_columns = mmr_rerank(top_scores, top_columns, unit_items, k, serving.diversity)
-        reasons = None
-        if serving.reason_window:
-            reasons = occlusion_reasons(model, histories, block_users, states[start : start + chunk_users],
-                                        model_index[top_columns], items[top_columns], serving.reason_window,
-                                        STATE_BATCH_TOKENS)
-            reasons = reasons.cpu().numpy()  # (B, k) model indices
-        parts.append(Picks.from_topk(block_users, top_columns.cpu().numpy(), top_scores.cpu().numpy(), reasons))
-    return Picks.concat(parts)
+            block_scores, block_columns = mmr_rerank(block_scores, block_columns, unit_items, k, serving.diversity)
+        top_scores.append(block_scores.cpu().numpy())
+        top_columns.append(block_columns.cpu().numpy())
+    chosen = np.concatenate(top_columns)  # (U, k)
+    reasons = None
+    if serving.reason_window:  # after the blocks: few large transformer calls, as for the user states
+        recommended = model_index[torch.from_numpy(chosen).to(device)]  # (U, k)
+        reasons = occlusion_reasons(model, histories, order, states, recommended, serving.reason_window,
+                                    STATE_BATCH_TOKENS).cpu().numpy()  # (U, k) model indices
+    return Picks.from_topk(order, chosen, np.concatenate(top_scores), reasons)
 
 
 def _popular_fallback(n_popular: int, seen: Ragged, users: np.ndarray, k: int, chunk_users: int) -> Picks:
