@@ -67,7 +67,6 @@ PUBLISHED_SCHEMA = pa.schema(
         ("generated_at", pa.timestamp("us", tz="UTC")),
     ]
 )
-PART_FILE = "part-0.parquet"
 LOCK_WAIT_S = 1800.0  # how long a publish waits for another writer of the same date
 
 Checkpoint = Callable[[str], None]  # called with a step name; tests use it to kill the process at that step

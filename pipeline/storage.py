@@ -5,7 +5,7 @@ AWS_SESSION_TOKEN, AWS_DEFAULT_REGION / AWS_REGION, AWS_ENDPOINT_URL for a store
 Airflow connection (setting `aws_conn_id`: every DAG task exports it into the same variables first, see
 `use_airflow_connection`). pyarrow's S3
 filesystem reads and writes Parquet; Delta Lake (pipeline.lake) gets the same settings as storage options; DuckDB
-reads through pyarrow registered as an fsspec filesystem (DuckDB's own httpfs extension cannot be installed).
+reads snapshots as Arrow datasets (its own httpfs extension cannot be installed).
 """
 
 from __future__ import annotations
@@ -92,16 +92,6 @@ def delta_options(location: Any) -> dict[str, str] | None:
         options["AWS_ALLOW_HTTP"] = "true"
     options["conditional_put"] = "etag"  # a commit is an If-None-Match PUT: concurrent writers cannot clobber
     return options
-
-
-def register_filesystems(con: Any) -> None:
-    """Let a DuckDB connection read and write s3:// paths (through pyarrow's S3 filesystem)."""
-    from fsspec.implementations.arrow import ArrowFSWrapper
-
-    class S3(ArrowFSWrapper):
-        protocol = ("s3", "s3a")
-
-    con.register_filesystem(S3(_s3()))
 
 
 # --- files: one implementation of each operation for local folders and URIs. A location is a Path (local) or
