@@ -25,6 +25,7 @@ from pipeline.dag_support import (
     SCHEDULE_CRON,
     call_stage,
     data_date_from_context,
+    gpu_executor_config,
     nightly_assets,
     notify_deadline_missed,
     notify_task_failed,
@@ -43,8 +44,9 @@ DEFAULT_ARGS = {
     "on_failure_callback": notify_task_failed,  # log + the alert webhook, once a task has failed for good
 }
 # Where the accelerator-hungry tasks run: a pool bounds how many use the GPU at once, a queue routes them to
-# GPU workers (Celery/Kubernetes executors; LocalExecutor ignores queues).
-GPU = {"pool": SETTINGS.airflow.gpu_pool, "queue": SETTINGS.airflow.gpu_queue}
+# GPU workers (CeleryExecutor; LocalExecutor ignores queues), a pod_override gives them a GPU pod
+# (KubernetesExecutor, when `gpu_image` is set).
+GPU = {"pool": SETTINGS.airflow.gpu_pool, "queue": SETTINGS.airflow.gpu_queue, **gpu_executor_config(SETTINGS)}
 # One writer of the published table at a time across runs (a backfill beside the nightly run): a pool of one
 # slot; publish.py's per-date lock holds the same promise outside Airflow.
 WRITER = {"pool": SETTINGS.airflow.writer_pool}

@@ -11,14 +11,15 @@ Layout under the state home (defaults; landing, lake, warehouse and MLflow can e
     lake/interactions/                     accepted events (Delta table, partitioned by dt; `lake_uri` moves
     lake/items/                            item versions       the four tables to object storage)
     lake/quarantine/                       rejected rows with their reason (partitioned by dt and kind)
-    lake/_tmp/<host>-<pid>-<id>/           an ingest batch's scratch space (DuckDB spills), removed after it
+    lake/_tmp/<host>-<pid>-<id>/           a task's scratch folder (TMPDIR, DuckDB spills), removed after it
+                                           (setting `scratch_dir` moves them; pipeline.scratch)
     lake/features/dt=D/<mart>.parquet      the night's marts (sql/marts/); under `lake_uri` when set
     lake/features/dt=D/item_embeddings.parquet   the night's catalog embeddings, one row per item (idem)
     lake/item_embeddings/                  the embedding cache, keyed by (encoder, text hash) (idem)
     lake/recommendations/                  the published table (Delta, partitioned by dt)
-    models/dt=D/<candidate>/               a night's candidate models (bundle, metrics, curves)
-    staging/dt=D/                          scored tables waiting for validation
-    reports/<D>.md, <D>.json, <D>.html     the nightly report (Markdown, JSON, HTML with plots)
+    models/dt=D/<candidate>/               a night's candidate models (bundle, metrics, curves)  } under `lake_uri`
+    staging/dt=D/                          scored tables waiting for validation                  } when set
+    reports/<D>.md, <D>.json, <D>.html     the nightly report (Markdown, JSON, HTML with plots)  }
     locks/publish-dt=D.lock                one writer per published date (flock)
     warehouse.duckdb                       published tables and ledgers (or PostgreSQL: warehouse_uri)
     mlflow/mlflow.db, mlflow/artifacts/    tracking and registry
@@ -115,8 +116,9 @@ class Catalog:
 
     @property
     def scratch_root(self) -> Path:
-        """Where jobs' scratch folders live (see new_scratch_dir)."""
-        return self.paths.lake_dir / "_tmp"
+        """Where tasks' scratch folders live (setting `scratch_dir`, default the lake folder's `_tmp`): the only
+        local folder a night writes to when every other location is a URI (see pipeline.scratch)."""
+        return self.paths.scratch_dir or self.paths.lake_dir / "_tmp"
 
     def new_scratch_dir(self) -> Path:
         """A fresh folder for one job's temporary files (DuckDB spills), named `<host>-<pid>-<id>` so a later job
@@ -150,24 +152,27 @@ class Catalog:
         """A fresh part file in an embedding cache folder (its writers never overwrite each other)."""
         return storage.child(cache, f"part-{uuid.uuid4().hex}.parquet")
 
-    # --- models, staging, reports ---
+    # --- models, staging, reports: under `lake_uri` when set (a task on another worker reads them), else home ---
+    def _shared(self, name: str) -> Path | str:
+        return storage.child(self.paths.lake_uri, name) if self.paths.lake_uri else self.paths.home / name
+
     @property
-    def candidates_root(self) -> Path:
+    def candidates_root(self) -> Path | str:
         """Every night's candidate folders, one `dt=D` folder per date."""
-        return self.paths.home / "models"
+        return self._shared("models")
 
-    def candidates_dir(self, data_date: dt.date) -> Path:
-        return self.candidates_root / _dt(data_date)
+    def candidates_dir(self, data_date: dt.date) -> Path | str:
+        return storage.child(self.candidates_root, _dt(data_date))
 
-    def new_candidate(self, data_date: dt.date) -> Path:
+    def new_candidate(self, data_date: dt.date) -> Path | str:
         """A fresh folder for one training of the night (retries never overwrite each other)."""
-        return self.candidates_dir(data_date) / uuid.uuid4().hex[:12]
+        return storage.child(self.candidates_dir(data_date), uuid.uuid4().hex[:12])
 
     @property
     def staging_root(self) -> Path | str:
         """Every night's staged tables, one `dt=D` folder per date: under `lake_uri` when set (a publish on
         another worker reads them), else under the home."""
-        return storage.child(self.paths.lake_uri, "staging") if self.paths.lake_uri else self.paths.home / "staging"
+        return self._shared("staging")
 
     def staging_dir(self, data_date: dt.date) -> Path | str:
         return storage.child(self.staging_root, _dt(data_date))
@@ -176,12 +181,12 @@ class Catalog:
         return storage.child(self.staging_dir(data_date), f"recommendations-{uuid.uuid4().hex}.parquet")
 
     @property
-    def reports_dir(self) -> Path:
-        return self.paths.home / "reports"
+    def reports_dir(self) -> Path | str:
+        return self._shared("reports")
 
-    def report(self, data_date: dt.date, suffix: str) -> Path:
+    def report(self, data_date: dt.date, suffix: str) -> Path | str:
         """The nightly report: suffix '.md', '.json' or '.html'."""
-        return self.reports_dir / f"{data_date.isoformat()}{suffix}"
+        return storage.child(self.reports_dir, f"{data_date.isoformat()}{suffix}")
 
     def consumer_summary_dir(self) -> Path:
         return self.paths.home / "consumer"

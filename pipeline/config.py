@@ -96,6 +96,7 @@ class PathSettings(_Section):
     home: Path                                   # root of all state (NIGHTLY_RECS_HOME)
     landing_dir: Path                            # where source drops land (events/, items/)
     lake_dir: Path                               # local lake folder (derived files; the tables by default)
+    scratch_dir: Path | None = None              # per-task temporary folders (default: <lake_dir>/_tmp)
     lake_uri: str = Field("", pattern=r"^(|s3a?://.+)$")  # the lake's Delta tables on object storage
     aws_conn_id: str = ""                        # an Airflow connection with the object store's credentials
     warehouse_path: Path                         # DuckDB file with published tables and ledgers
@@ -242,6 +243,10 @@ class AirflowSettings(_Section):
 
     gpu_pool: str = Field("default_pool", min_length=1)  # Airflow pool for embed/train (e.g. "gpu")
     gpu_queue: str = Field("default", min_length=1)      # Airflow queue for embed/train (e.g. "gpu")
+    # KubernetesExecutor: embed/train run in this image with a GPU request (a pod_override); "" = no override
+    gpu_image: str = ""
+    gpu_count: int = Field(1, ge=1, le=16)                # GPUs requested by each embed/train pod
+    gpu_node_selector: dict[str, str] = Field(default_factory=dict)  # e.g. {"nvidia.com/gpu.present": "true"}
     task_retries: int = Field(2, ge=0, le=20)    # retries per task (exponential backoff)
     retry_delay_seconds: int = Field(300, ge=1)  # first retry delay; doubles each retry
     task_timeout_minutes: int = Field(120, ge=1)  # execution_timeout of every task

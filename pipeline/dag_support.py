@@ -253,3 +253,34 @@ def write_daily_summary(extra: dict[str, Any], out_dir: Path) -> dict[str, Any]:
         tmp.write_text(json.dumps(summary, indent=2), encoding="utf-8")
     log.info("daily summary for %s: %d rows, %d users -> %s", data_date, rows, users, target)
     return {**summary, "path": str(target)}
+
+
+WORKER_NAME_ENV = "NIGHTLY_RECS_WORKER_NAME"
+
+
+def worker_hostname() -> str:
+    """Airflow's `[core] hostname_callable` for workers that share one machine (the local Celery stack): the
+    worker's name from NIGHTLY_RECS_WORKER_NAME, so task instances tell which worker ran them; else the host's
+    fully qualified name, as Airflow's default."""
+    import os
+    import socket
+
+    return os.environ.get(WORKER_NAME_ENV) or socket.getfqdn()
+
+
+def gpu_executor_config(settings: Any) -> dict[str, Any]:
+    """Task arguments for the GPU tasks (embed, train) under the KubernetesExecutor: a `pod_override` that runs
+    the task's `base` container in `gpu_image` (the project built on a CUDA torch) with `gpu_count` GPUs
+    requested and limited, on nodes matching `gpu_node_selector`, tolerating the usual GPU taint. Empty when
+    `gpu_image` is not set (the Kubernetes models are imported only then: DAG parsing stays light)."""
+    cfg = settings.airflow
+    if not cfg.gpu_image:
+        return {}
+    from kubernetes.client import models as k8s
+
+    gpus = {"nvidia.com/gpu": str(cfg.gpu_count)}
+    container = k8s.V1Container(name="base", image=cfg.gpu_image,
+                                resources=k8s.V1ResourceRequirements(requests=gpus, limits=gpus))
+    spec = k8s.V1PodSpec(containers=[container], node_selector=dict(cfg.gpu_node_selector) or None,
+                         tolerations=[k8s.V1Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")])
+    return {"executor_config": {"pod_override": k8s.V1Pod(spec=spec)}}

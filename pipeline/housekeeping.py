@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +31,11 @@ from pipeline.config import OperationsSettings
 log = logging.getLogger(__name__)
 
 
-def _dated_folders(root: Path, before_or_on: dt.date) -> list[Path]:
-    """`dt=D` folders under root with D on or before the date, oldest first."""
-    if not root.is_dir():
-        return []
-    found = [(d, f) for f in root.iterdir() if f.is_dir() and (d := partition_date(f)) is not None
+def _dated_folders(root: Path | str, before_or_on: dt.date) -> list[Path | str]:
+    """`dt=D` folders under root (a folder or a URI) with D on or before the date, oldest first."""
+    found = [(d, f) for f in storage.list_folders(root) if (d := partition_date(f)) is not None
              and d <= before_or_on]
-    return [f for _, f in sorted(found)]
+    return [f for _, f in sorted(found, key=lambda pair: pair[0])]
 
 
 def clean_staging(catalog: Catalog, data_date: dt.date, keep_days: int) -> dict[str, int]:
@@ -71,12 +68,12 @@ def clean_features(catalog: Catalog, data_date: dt.date, keep_days: int) -> dict
     return {"feature_dates_removed": removed}
 
 
-def _rejected(candidate: Path) -> bool:
+def _rejected(candidate: Path | str) -> bool:
     """A candidate the gate did not promote, or one that never reached the gate."""
-    gate = candidate / "gate.json"
-    if not gate.is_file():
+    gate = storage.child(candidate, "gate.json")
+    if not storage.exists(gate):
         return True
-    return not json.loads(gate.read_text()).get("promoted", False)
+    return not json.loads(storage.read_bytes(gate)).get("promoted", False)
 
 
 def clean_candidates(catalog: Catalog, data_date: dt.date, keep_days: int) -> dict[str, int]:
@@ -84,15 +81,15 @@ def clean_candidates(catalog: Catalog, data_date: dt.date, keep_days: int) -> di
     removed = kept = 0
     cutoff = data_date - dt.timedelta(days=keep_days + 1)
     for folder in _dated_folders(catalog.candidates_root, cutoff):
-        for candidate in sorted(p for p in folder.iterdir() if p.is_dir()):
+        for candidate in storage.list_folders(folder):
             if _rejected(candidate):
-                shutil.rmtree(candidate)
+                storage.delete(candidate)
                 removed += 1
                 log.info("housekeeping: removed rejected candidate %s", candidate)
             else:
                 kept += 1
-        if not any(folder.iterdir()):
-            folder.rmdir()
+        if not storage.list_folders(folder) and not storage.list_files(folder):
+            storage.delete(folder)
     return {"candidates_removed": removed, "promoted_candidates_kept": kept}
 
 

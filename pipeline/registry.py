@@ -186,12 +186,11 @@ def metric_dict(values: dict[str, Any]) -> dict[str, float]:
             if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
-def log_report(settings: Settings, run_id: str, report: Path) -> None:
-    """Attach the nightly report (and its JSON and HTML twins, when present) to the training run, under report/."""
+def log_report(settings: Settings, run_id: str, files: list[Path]) -> None:
+    """Attach the nightly report's files (Markdown, JSON, HTML) to the training run, under report/."""
     client = _client(settings)
-    for path in (report, report.with_suffix(".json"), report.with_suffix(".html")):
-        if path.is_file():
-            client.log_artifact(run_id, str(path), artifact_path="report")
+    for path in files:
+        client.log_artifact(run_id, str(path), artifact_path="report")
 
 
 # ---- registry ----------------------------------------------------------------------------------------------
@@ -219,7 +218,7 @@ def load_bundle(settings: Settings, version_or_alias: str = CHAMPION) -> tuple[M
 
     _client(settings)
     version = resolve_version(settings, version_or_alias)
-    with tempfile.TemporaryDirectory(dir=settings.home) as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         local = Path(mlflow.artifacts.download_artifacts(
             artifact_uri=f"models:/{settings.serving.model_name}/{version}", dst_path=tmp
         ))

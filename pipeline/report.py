@@ -18,7 +18,6 @@ import duckdb
 import pyarrow as pa
 
 from pipeline import storage, warehouse
-from pipeline.atomic import atomic_path
 from pipeline.catalog import Catalog
 from pipeline.config import Settings
 from pipeline.report_html import plot_history, render_html
@@ -90,11 +89,12 @@ def _published(settings: Settings, data_date: dt.date) -> dict[str, Any]:
 
 def _evaluation(train: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(metrics.json of the candidate folder: "model" = the challenger, and the baselines; gate.json)."""
-    folder = Path(train["candidate_dir"]) if train.get("candidate_dir") else None
-    if folder is None or not (folder / "metrics.json").is_file():
+    folder = storage.as_location(train["candidate_dir"]) if train.get("candidate_dir") else None
+    if folder is None or not storage.exists(storage.child(folder, "metrics.json")):
         return {}, {}
-    metrics = json.loads((folder / "metrics.json").read_text())
-    gate = json.loads((folder / "gate.json").read_text()) if (folder / "gate.json").is_file() else {}
+    metrics = json.loads(storage.read_bytes(storage.child(folder, "metrics.json")))
+    gate_json = storage.child(folder, "gate.json")
+    gate = json.loads(storage.read_bytes(gate_json)) if storage.exists(gate_json) else {}
     return metrics, gate
 
 
@@ -111,34 +111,41 @@ def _comparison(metrics: dict[str, Any], gate: dict[str, Any]) -> dict[str, dict
 
 
 def write_report(settings: Settings, data_date: dt.date, results: dict[str, Any]) -> dict[str, str]:
-    """Write reports/<date>.md and reports/<date>.json under the state folder; returns their paths."""
+    """Write reports/<date>.md, .json and .html (under the home, or under `lake_uri` when set); returns their
+    locations."""
     catalog = Catalog.of(settings)
-    catalog.reports_dir.mkdir(parents=True, exist_ok=True)
     metrics, gate = _evaluation(results.get("train") or {})
     published = _published(settings, data_date) if results.get("publish") else {}
     payload = {**results, "metrics": metrics, "gate": gate, **published}
     json_path = catalog.report(data_date, ".json")
     _write(settings, data_date, payload, json_path)
-    log.info("report written to %s and %s", json_path.with_suffix(".md"), json_path.with_suffix(".html").as_uri())
-    return {"markdown": str(json_path.with_suffix(".md")), "json": str(json_path),
-            "html": str(json_path.with_suffix(".html"))}
+    paths = {kind: str(_beside(json_path, suffix)) for kind, suffix in REPORT_FILES.items()}
+    log.info("report written to %s and %s", paths["markdown"], paths["html"])
+    return paths
 
 
-def _write(settings: Settings, data_date: dt.date, payload: dict[str, Any], json_path: Path) -> None:
+REPORT_FILES = {"markdown": ".md", "json": ".json", "html": ".html"}
+
+
+def _beside(json_path: Path | str, suffix: str) -> Path | str:
+    """The report file with another suffix beside a report's JSON (a local path or a URI)."""
+    return storage.as_location(str(json_path).removesuffix(".json") + suffix)
+
+
+def _write(settings: Settings, data_date: dt.date, payload: dict[str, Any], json_path: Path | str) -> None:
     """The report's JSON at json_path and its Markdown and HTML beside it, each written atomically."""
     html = render_html(settings, data_date, json.loads(json.dumps(payload, default=str)),
                        _comparison(payload.get("metrics") or {}, payload.get("gate") or {}), METRICS)
     texts = {".md": render_markdown(data_date, payload), ".json": json.dumps(payload, indent=2, default=str),
              ".html": html}
     for suffix, text in texts.items():
-        with atomic_path(json_path.with_suffix(suffix)) as tmp:
-            tmp.write_text(text, encoding="utf-8")
+        storage.write_bytes(_beside(json_path, suffix), text.encode("utf-8"))
 
 
-def rewrite_without_users(settings: Settings, json_path: Path, user_ids: set[str]) -> bool:
+def rewrite_without_users(settings: Settings, json_path: Path | str, user_ids: set[str]) -> bool:
     """Rewrite a report (its JSON, and the Markdown and HTML beside it; a copy among MLflow's artifacts too)
     without the sample rows of these users (pipeline.erasure). False when it is not a report or has none."""
-    payload = json.loads(json_path.read_text(encoding="utf-8"))
+    payload = json.loads(storage.read_bytes(json_path))
     if not isinstance(payload, dict) or "data_date" not in payload or "samples" not in payload:
         return False
     samples = payload["samples"] or []

@@ -197,9 +197,10 @@ def plot_deciles(shares: list[float]) -> str | None:
 
 def plot_training(candidate_dir: str | None) -> str | None:
     """The training curve of tonight's candidate (from its train.json), when there was one."""
-    if not candidate_dir or not (Path(candidate_dir) / "train.json").is_file():
+    train_json = storage.child(storage.as_location(candidate_dir), "train.json") if candidate_dir else None
+    if train_json is None or not storage.exists(train_json):
         return None
-    history = json.loads((Path(candidate_dir) / "train.json").read_text()).get("history") or []
+    history = json.loads(storage.read_bytes(train_json)).get("history") or []
     buffer = io.BytesIO()
     if plot_history(history, buffer) is None:
         return None

@@ -20,6 +20,7 @@ from typing import Any
 from pipeline import storage, warehouse
 from pipeline.catalog import Catalog
 from pipeline.config import Settings
+from pipeline.scratch import task_scratch
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +39,16 @@ def check_data_date(settings: Settings, data_date: dt.date, today: dt.date | Non
 
 
 def _ledger(stage: str) -> Callable[[Callable[..., dict[str, Any]]], Callable[..., dict[str, Any]]]:
-    """Record every run of a stage (status, timings, returned counts or the error) in the `runs` ledger."""
+    """Record every run of a stage (status, timings, returned counts or the error) in the `runs` ledger; the
+    stage runs with a scratch folder of its own as TMPDIR, removed after it (pipeline.scratch)."""
 
     def wrap(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
         def run(settings: Settings, data_date: dt.date, *args: Any, **kwargs: Any) -> dict[str, Any]:
             started = dt.datetime.now(dt.UTC)
             check_data_date(settings, data_date)
             try:
-                result = fn(settings, data_date, *args, **kwargs)
+                with task_scratch(Catalog.of(settings)):
+                    result = fn(settings, data_date, *args, **kwargs)
             except Exception as err:
                 warehouse.record_run(Catalog.of(settings).warehouse, data_date, stage, "failed", started,
                                      {"error": f"{type(err).__name__}: {err}"[:2000]})
@@ -116,11 +119,12 @@ def stage_train(settings: Settings, data_date: dt.date, max_epochs: int | None =
         candidate = train_candidate(night, model_config, train_config, init_state, on_epoch=run.on_epoch)
         run.set_tags({k: str(candidate.train_info[k]) for k in ("gate_split", "train_until")})
         out = catalog.new_candidate(data_date)
-        bundle_dir = candidate.save(out)
+        with storage.local_folder(out, write_back=True) as folder:  # written locally, then copied to a URI
+            candidate.save(folder)
     metrics, train_metrics = candidate.metrics, candidate.train_info["train_metrics"]
     return {
         "candidate_dir": str(out),
-        "bundle_dir": str(bundle_dir),
+        "bundle_dir": str(storage.child(out, "bundle")),
         "run_id": run.run_id,
         "ndcg@10": metrics["model"]["ndcg@10"],
         "hr@10": metrics["model"]["hr@10"],
@@ -170,14 +174,22 @@ def stage_register(
     Continues the training's MLflow run when `train_run_id` names it. Idempotent per (date, DAG run,
     candidate): a retry finds the version the failed attempt registered (its tags) and gates it, or returns the
     decision already recorded on it, instead of registering another."""
+    with storage.local_folder(storage.as_location(candidate_dir), write_back=True) as folder:
+        return _register(settings, data_date, folder, candidate_dir, force_promote, dag_run_id, operator,
+                         train_run_id)
+
+
+def _register(settings: Settings, data_date: dt.date, folder: Path, candidate_dir: str, force_promote: bool,
+              dag_run_id: str, operator: str, train_run_id: str) -> dict[str, Any]:
+    """stage_register on a local copy of the candidate folder (gate.json written into it is copied back)."""
     from pipeline import registry, tracking
 
-    folder = Path(candidate_dir)
     metrics = json.loads((folder / "metrics.json").read_text())
-    tags = {"data_date": data_date.isoformat(), "dag_run_id": dag_run_id, "candidate": folder.name}
+    name = storage.name_of(candidate_dir)
+    tags = {"data_date": data_date.isoformat(), "dag_run_id": dag_run_id, "candidate": name}
     window = json.loads((folder / "train.json").read_text())
     split = {"gate_split": window.get("gate_split", "leave_one_out"), "train_until": window.get("train_until")}
-    earlier = registry.versions_for_date(settings, tags["data_date"], dag_run_id, folder.name)
+    earlier = registry.versions_for_date(settings, tags["data_date"], dag_run_id, name)
     if earlier:
         version = earlier[-1]
         run_id = registry.version_tags(settings, version).get("run_id", "")
@@ -318,7 +330,8 @@ def stage_report(settings: Settings, data_date: dt.date) -> dict[str, Any]:
     if run_id:
         from pipeline import registry
 
-        registry.log_report(settings, run_id, Path(paths["markdown"]))
+        with storage.local_files([storage.as_location(p) for p in paths.values()]) as files:
+            registry.log_report(settings, run_id, files)
     return paths
 
 

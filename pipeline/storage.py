@@ -11,8 +11,11 @@ reads snapshots as Arrow datasets (its own httpfs extension cannot be installed)
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -100,6 +103,11 @@ def delta_options(location: Any) -> dict[str, str] | None:
 def child(location: Path | str, name: str) -> Path | str:
     """The entry `name` directly below a location, of the same kind (Path or URI)."""
     return join(location, name) if isinstance(location, str) else Path(location) / name
+
+
+def as_location(text: str | Path) -> Path | str:
+    """A location from its text (an XCom value, a ledger entry): a URI stays a string, anything else is a path."""
+    return str(text) if is_remote(text) else Path(text)
 
 
 def name_of(location: Path | str) -> str:
@@ -203,3 +211,72 @@ def write_table(table: pa.Table, location: Path | str, compression: str = "zstd"
     fs, path = filesystem(location)
     with fs.open_output_stream(path) as out:
         out.write(buffer.getvalue())
+
+
+def read_bytes(location: Path | str) -> bytes:
+    """A whole file's bytes."""
+    fs, path = filesystem(location)
+    with fs.open_input_stream(path) as stream:
+        return stream.read()
+
+
+def write_bytes(location: Path | str, data: bytes) -> None:
+    """Write a file atomically (local: a temporary file renamed onto it; remote: one PUT)."""
+    if not is_remote(location):
+        with atomic_path(Path(location)) as tmp:
+            tmp.write_bytes(data)
+        return
+    fs, path = filesystem(location)
+    with fs.open_output_stream(path) as out:
+        out.write(data)
+
+
+def copy_folder(source: Path | str, target: Path | str) -> None:
+    """Copy every file below `source` to the same relative path below `target` (either may be remote)."""
+    import pyarrow.fs as pafs
+
+    src_fs, src_path = filesystem(source)
+    dst_fs, dst_path = filesystem(target)
+    for entry in src_fs.get_file_info(pafs.FileSelector(src_path, recursive=True)):
+        if entry.type == pafs.FileType.File:
+            relative = entry.path[len(src_path.rstrip("/")) + 1:]
+            if not is_remote(target):
+                Path(dst_path, relative).parent.mkdir(parents=True, exist_ok=True)
+            pafs.copy_files(entry.path, f"{dst_path.rstrip('/')}/{relative}", source_filesystem=src_fs,
+                            destination_filesystem=dst_fs)
+
+
+@contextlib.contextmanager
+def local_folder(location: Path | str, write_back: bool = False) -> Iterator[Path]:
+    """A local folder with the files of `location`: the folder itself when it is local; for a URI, a copy in a
+    temporary folder (under the task's scratch folder, pipeline.scratch), copied back to the URI on success
+    when `write_back` (new and changed files; nothing is deleted remotely) and removed in any case."""
+    if not is_remote(location):
+        Path(location).mkdir(parents=True, exist_ok=True)
+        yield Path(location)
+        return
+    with tempfile.TemporaryDirectory(prefix="folder-") as tmp:
+        folder = Path(tmp)
+        if exists(location):
+            copy_folder(location, folder)
+        yield folder
+        if write_back:
+            copy_folder(folder, location)
+
+
+@contextlib.contextmanager
+def local_files(locations: list[Path | str]) -> Iterator[list[Path]]:
+    """Local paths of existing files (absent ones skipped): themselves when local, else copies in a temporary
+    folder removed after the block (for libraries that take local paths only, such as MLflow's log_artifact)."""
+    with tempfile.TemporaryDirectory(prefix="files-") as tmp:
+        found: list[Path] = []
+        for location in locations:
+            if not exists(location):
+                continue
+            if is_remote(location):
+                copy = Path(tmp) / name_of(location)
+                copy.write_bytes(read_bytes(location))
+                found.append(copy)
+            else:
+                found.append(Path(location))
+        yield found

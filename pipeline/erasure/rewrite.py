@@ -28,7 +28,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import lake, storage
-from pipeline.atomic import atomic_path
 from pipeline.catalog import Catalog
 from pipeline.config import Settings
 from pipeline.erasure.tombstones import ERASED_MARK
@@ -139,8 +138,14 @@ def _dataset(catalog: Catalog, path: Path | str) -> str:
     return str(path).rsplit("/", 1)[0]
 
 
-def _holds(path: Path, needles: list[bytes]) -> bool:
-    data = path.read_bytes()
+def _text_files(root: Path | str, suffix: str = "") -> list[Path | str]:
+    """The files below a folder or URI prefix (hidden names and local symbolic links skipped)."""
+    return [f for f in storage.list_files(root, suffix, recursive=True)
+            if not (isinstance(f, Path) and f.is_symlink())]
+
+
+def _holds(location: Path | str, needles: list[bytes]) -> bool:
+    data = storage.read_bytes(location)
     return any(needle in data for needle in needles)
 
 
@@ -152,11 +157,10 @@ def rewrite_reports(settings: Settings, user_ids: list[str]) -> int:
     needles = [u.encode("utf-8") for u in user_ids]
     rewritten = 0
     for root in (catalog.reports_dir, catalog.mlflow_artifacts):
-        for path in sorted(root.rglob("*.json")) if root.is_dir() else []:
-            if not path.name.startswith(".") and _holds(path, needles) and \
-                    rewrite_without_users(settings, path, set(user_ids)):
+        for location in _text_files(root, ".json"):
+            if _holds(location, needles) and rewrite_without_users(settings, location, set(user_ids)):
                 rewritten += 1
-                log.info("erasure: report %s re-rendered without the erased users", path)
+                log.info("erasure: report %s re-rendered without the erased users", location)
     return rewritten
 
 
@@ -166,18 +170,18 @@ def redact_files(catalog: Catalog, user_ids: list[str]) -> dict[str, int]:
     needles = [u.encode("utf-8") for u in user_ids]
     counts = {"files_redacted": 0, "binary_files_flagged": 0}
     for root in catalog.text_roots():
-        for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink()) if root.is_dir() else []:
-            if path.name.startswith(".") or not _holds(path, needles):
+        for location in _text_files(root):
+            if not _holds(location, needles):
                 continue
-            if path.suffix.lower() not in TEXT_SUFFIXES:
+            suffix = Path(storage.name_of(location)).suffix.lower()
+            if suffix not in TEXT_SUFFIXES:
                 counts["binary_files_flagged"] += 1
-                log.warning("erasure: %s is not a text file but holds the bytes of an erased id; check it", path)
+                log.warning("erasure: %s is not a text file but holds the bytes of an erased id; check it", location)
                 continue
-            text = path.read_text(encoding="utf-8", errors="surrogateescape")
-            redacted = _redacted(text, path.suffix.lower() == ".json", user_ids)
+            text = storage.read_bytes(location).decode("utf-8", errors="surrogateescape")
+            redacted = _redacted(text, suffix == ".json", user_ids)
             if redacted != text:
-                with atomic_path(path) as tmp:
-                    tmp.write_text(redacted, encoding="utf-8", errors="surrogateescape")
+                storage.write_bytes(location, redacted.encode("utf-8", errors="surrogateescape"))
                 counts["files_redacted"] += 1
     return counts
 

@@ -134,9 +134,11 @@ def run_dag(settings: Settings, data_date: dt.date, conf: dict[str, Any] | None 
     return str(run.state)
 
 
-def services_env(settings: Settings, port: int, base: dict[str, str] | None = None) -> dict[str, str]:
+def services_env(settings: Settings, port: int, base: dict[str, str] | None = None,
+                 deployment: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of every component: `base` (default: this process's), then the project's Airflow home
-    (airflow_env), LocalExecutor and loopback:`port`.
+    (airflow_env), LocalExecutor and loopback:`port`, then `deployment` (another executor and metadata
+    database: pipeline.tools.celery_stack).
 
     Only tuning knobs set in `base` win over the project's values (PARALLELISM, API workers, parsing
     processes); where the services live and how they find each other (home, DAG folder, host, port, base
@@ -161,6 +163,7 @@ def services_env(settings: Settings, port: int, base: dict[str, str] | None = No
         # tasks reach the Execution API through this; without it they call :8080 and are killed
         "AIRFLOW__API__BASE_URL": f"http://{HOST}:{port}",
     })
+    env.update(deployment or {})
     return env
 
 
@@ -269,12 +272,13 @@ class AirflowServices:
         log.info("Airflow stopped (process group %d)", self.pgid)
 
 
-def start(settings: Settings, port: int, env: dict[str, str] | None = None) -> AirflowServices:
+def start(settings: Settings, port: int, env: dict[str, str] | None = None,
+          deployment: dict[str, str] | None = None) -> AirflowServices:
     """Migrate the metadata DB, then start the four components in a new process group; returns at once
-    (call `wait_healthy`)."""
+    (call `wait_healthy`). `deployment`: see services_env."""
     if not port_is_free(port):
         raise AirflowStartError(f"port {port} on {HOST} is in use; set AIRFLOW__API__PORT to another port")
-    env = services_env(settings, port, env)
+    env = services_env(settings, port, env, deployment)
     prepare(settings, env)
     services = AirflowServices(url=f"http://{HOST}:{port}", home=Catalog.of(settings).airflow_home,
                                log_dir=Catalog.of(settings).airflow_home / "logs" / "services", env=env)

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pipeline import storage
 from pipeline.catalog import Catalog
 from pipeline.config import Settings, load_settings
 
@@ -82,10 +83,10 @@ def print_summary(settings: Settings, data_date: dt.date) -> None:
     """What a person wants to see after a night: volumes, quality vs baselines, model, output, samples."""
     catalog = Catalog.of(settings)
     path = catalog.report(data_date, ".json")
-    if not path.is_file():
+    if not storage.exists(path):
         print(f"no report for {data_date} at {path}")
         return
-    r = json.loads(path.read_text())
+    r = json.loads(storage.read_bytes(path))
     ev = (r.get("ingest") or {}).get("events") or {}
     model = r.get("select_model") or {}
     reg = r.get("register") or {}
