@@ -94,8 +94,9 @@ def stage_train(settings: Settings, data_date: dt.date, max_epochs: int | None =
     """Train a candidate on the night's gate split (temporal: events before the data date; leave-one-out when
     too few users were active on it), evaluate it and the baselines on that split's targets and on leave-one-out.
     The MLflow run opens first and sees every epoch as it ends (pipeline.tracking); its id is returned. Starts
-    from scratch when the champion saw a user erased since (its erasure lineage is tagged on the run)."""
-    from pipeline import tracking
+    from scratch when the champion saw a user erased since (its erasure lineage is tagged on the run), or to try
+    a tuned configuration pending the gate; the configuration is the champion's otherwise (pipeline.tuning)."""
+    from pipeline import tracking, tuning
     from pipeline.erasure.lineage import closed_tombstones, training_tags
     from pipeline.recsys.candidate import effective_train_config, model_config_for, train_candidate
     from pipeline.recsys.data import load_night
@@ -105,13 +106,15 @@ def stage_train(settings: Settings, data_date: dt.date, max_epochs: int | None =
     closed = closed_tombstones(catalog)
     with tracking.training_run(settings, data_date, tracking.lineage_tags(catalog, data_date, dag_run_id)) as run:
         night = load_night(catalog, data_date)
-        init_state, warm_from, erasure_retrain = _warm_start_state(settings, night.item_ids, closed)
-        run.set_tags(training_tags(closed, warm_from, erasure_retrain))
+        tuned = tuning.config_for_night(settings)
+        init_state, warm_from, erasure_retrain = ((None, None, False) if tuned and tuned.is_candidate
+                                                  else _warm_start_state(settings, night.item_ids, closed))
+        run.set_tags({**training_tags(closed, warm_from, erasure_retrain), **(tuned.tags() if tuned else {})})
         training = settings.training
         epochs = max_epochs or (min(training.max_epochs, training.warm_start_epochs) if init_state
                                 else training.max_epochs)
-        model_config = model_config_for(night, settings.model)
-        train_config = TrainConfig.from_settings(settings, max_epochs=epochs)
+        model_config, train_config = tuning.night_configs(tuned, model_config_for(night, settings.model),
+                                                          TrainConfig.from_settings(settings, max_epochs=epochs))
         run.log_configs(model_config, effective_train_config(train_config, bool(init_state)), data_date)
         candidate = train_candidate(night, model_config, train_config, init_state, on_epoch=run.on_epoch)
         run.set_tags({k: str(candidate.train_info[k]) for k in ("gate_split", "train_until")})
@@ -158,6 +161,16 @@ def _warm_start_state(settings: Settings, item_ids: list[str], closed_tombstones
     return state, version, False
 
 
+@_ledger("tune")
+def stage_tune(settings: Settings, data_date: dt.date, budget_minutes: float, max_trials: int | None = None,
+               max_epochs: int | None = None, dag_run_id: str = "") -> dict[str, Any]:
+    """Search the model's configuration on the night's gate split within the budget (Optuna: TPE, pruning on the
+    validation metric) and store the study and its best configuration in MLflow, pending the next night's gate."""
+    from pipeline.tuning import tune_night
+
+    return tune_night(settings, data_date, budget_minutes, max_trials, max_epochs, dag_run_id)
+
+
 @_ledger("register")
 def stage_register(
     settings: Settings, data_date: dt.date, candidate_dir: str, force_promote: bool = False, dag_run_id: str = "",
@@ -169,8 +182,9 @@ def stage_register(
 
     Continues the training's MLflow run when `train_run_id` names it. Idempotent per (date, DAG run,
     candidate): a retry finds the version the failed attempt registered (its tags) and gates it, or returns the
-    decision already recorded on it, instead of registering another."""
-    from pipeline import registry, tracking
+    decision already recorded on it, instead of registering another. A tuned configuration on trial is marked
+    gated (pipeline.tuning.record_gate)."""
+    from pipeline import registry, tracking, tuning
 
     folder = Path(candidate_dir)
     metrics = json.loads((folder / "metrics.json").read_text())
@@ -195,6 +209,7 @@ def stage_register(
         settings, data_date, version, folder, metrics, force_promote, operator or dag_run_id or "cli")
     if run_id:
         tracking.log_gate(settings, run_id, gate)
+        tuning.record_gate(settings, run_id, version, gate.promoted, data_date)
     record = {**gate.to_dict(), "champion_version": gate.previous_champion, **split}
     (folder / "gate.json").write_text(json.dumps(record, indent=2))
     return {"run_id": run_id, "version": version, "promoted": gate.promoted, "reason": gate.reason,
