@@ -153,6 +153,7 @@ def test_a_refused_tuned_configuration_is_tried_once_then_the_champions_returns(
     assert tags[tuning.RUN_TAG] == tune["run_id"] and tags[tuning.ADOPTION_TAG] == tuning.CANDIDATE
     assert trained_overrides(train) == tune["best_params"]
     assert train["warm_start_from"] is None, "a tuned configuration is tried from scratch"
+    assert train["tuned_config"] == {"run_id": tune["run_id"], "adoption": tuning.CANDIDATE}
     assert not register["promoted"] and registry.champion_version(settings) == champion
     tune_tags = client_for(settings).get_run(tune["run_id"]).data.tags
     assert tune_tags[tuning.STATUS_TAG] == tuning.REJECTED
@@ -160,6 +161,7 @@ def test_a_refused_tuned_configuration_is_tried_once_then_the_champions_returns(
 
     train, _, tags = train_and_gate(settings, AFTER)
     assert tags.get(tuning.RUN_TAG) != tune["run_id"] and tags.get(tuning.ADOPTION_TAG) != tuning.CANDIDATE
+    assert train["tuned_config"] is None or train["tuned_config"]["adoption"] == tuning.CHAMPION
     champion_config = registry.load_bundle(settings, champion)[0].model.config
     model_keys = [k for k in TUNED_KEYS if k.startswith("model.")]
     trained = trained_overrides(train)
@@ -215,3 +217,24 @@ def test_weekly_dag_parses_and_runs_the_tune_stage() -> None:
     sunday = dt.datetime(2026, 11, 29, 6, tzinfo=dt.UTC)
     assert tune_date_from_context({"params": {}, "logical_date": sunday}) == dt.date(2026, 11, 28)
     assert tune_date_from_context({"params": {"data_date": "2026-11-01"}}) == dt.date(2026, 11, 1)
+
+
+def test_weekly_dag_runs_a_study_through_airflow(night: dict[str, Any], airflow_db: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """dag.test() of tune_weekly with a tiny budget: the task runs the stage, the study lands in MLflow with the
+    Airflow run's id and in the ledger."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from pipeline import warehouse
+    from pipeline.catalog import Catalog
+
+    monkeypatch.setenv("NIGHTLY_RECS_HOME", str(night["home"]))  # the DAG file reads its settings at parse
+    bag = DagBag(dag_folder=str(REPO / "dags" / "tune_weekly.py"))
+    run = bag.dags["tune_weekly"].test(logical_date=dt.datetime(2026, 11, 29, 6, tzinfo=dt.UTC), run_conf={
+        "budget_minutes": 0.05, "max_trials": 1, "data_date": NIGHT.isoformat()})
+    assert str(run.state) == "success"
+    settings = night["settings"]
+    latest = tuning.latest_tune_run(settings)
+    assert latest.data.tags["dag_run_id"] == run.run_id and latest.data.tags["data_date"] == NIGHT.isoformat()
+    ledger = warehouse.night_results(Catalog.of(settings).warehouse, NIGHT)["tune"]
+    assert ledger["run_id"] == latest.info.run_id and ledger["trials"] == 1
