@@ -211,6 +211,8 @@ class TrainingSettings(_Section):
     warm_start: bool = True                      # start from the champion's weights (ID rows remapped by item id)
     warm_start_epochs: int = Field(10, ge=1)     # epoch cap when warm-starting (the champion already converged)
     seed: int = 42
+    tune_trials: int = Field(8, ge=1, le=10_000)  # tuning: each trial trains for budget / tune_trials at most
+    tune_max_epochs: int = Field(20, ge=1, le=10_000)  # tuning: epoch cap of one trial
 
 
 class ServingSettings(_Section):

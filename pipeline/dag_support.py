@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 # The nightly run starts at 02:00 UTC: the data day closes at midnight and late events get two hours of grace.
 RUN_HOUR_UTC = 2
 SCHEDULE_CRON = f"0 {RUN_HOUR_UTC} * * *"
+# Tuning runs weekly, Sundays 06:00 UTC: four hours after the night's run started, so its features exist.
+TUNE_CRON = "0 6 * * 0"
 
 # Asset names are the stable contract with consumers (their DAGs schedule on the name); the URIs say where
 # the data lives under this deployment's NIGHTLY_RECS_HOME.
@@ -61,6 +63,15 @@ def data_date_from_context(context: Any) -> dt.date:
     if start is not None:
         return dt.date(start.year, start.month, start.day)
     return closed_day(context["dag_run"].run_after)
+
+
+def tune_date_from_context(context: Any) -> dt.date:
+    """The data date a tuning run searches on: the `data_date` param if given, else the last day closed at the
+    run's logical date (TUNE_CRON is a trigger timetable: its logical date is the run's own time)."""
+    override = (context.get("params") or {}).get("data_date")
+    if override:
+        return dt.date.fromisoformat(str(override))
+    return closed_day(context.get("logical_date") or context["dag_run"].run_after)
 
 
 def skip_unless_retrain(day: dt.date, params: dict[str, Any]) -> tuple[dt.date, dict[str, Any]]:

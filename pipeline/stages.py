@@ -8,13 +8,10 @@ small JSON-able dicts (paths, counts, versions) that travel between tasks as XCo
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
-import math
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from pipeline import storage, warehouse
@@ -97,8 +94,9 @@ def stage_train(settings: Settings, data_date: dt.date, max_epochs: int | None =
     """Train a candidate on the night's gate split (temporal: events before the data date; leave-one-out when
     too few users were active on it), evaluate it and the baselines on that split's targets and on leave-one-out.
     The MLflow run opens first and sees every epoch as it ends (pipeline.tracking); its id is returned. Starts
-    from scratch when the champion saw a user erased since (its erasure lineage is tagged on the run)."""
-    from pipeline import tracking
+    from scratch when the champion saw a user erased since (its erasure lineage is tagged on the run), or to try
+    a tuned configuration pending the gate; the configuration is the champion's otherwise (pipeline.tuning)."""
+    from pipeline import tracking, tuning
     from pipeline.erasure.lineage import closed_tombstones, training_tags
     from pipeline.recsys.candidate import effective_train_config, model_config_for, train_candidate
     from pipeline.recsys.data import load_night
@@ -108,13 +106,15 @@ def stage_train(settings: Settings, data_date: dt.date, max_epochs: int | None =
     closed = closed_tombstones(catalog)
     with tracking.training_run(settings, data_date, tracking.lineage_tags(catalog, data_date, dag_run_id)) as run:
         night = load_night(catalog, data_date)
-        init_state, warm_from, erasure_retrain = _warm_start_state(settings, night.item_ids, closed)
-        run.set_tags(training_tags(closed, warm_from, erasure_retrain))
+        tuned = tuning.config_for_night(settings)
+        init_state, warm_from, erasure_retrain = ((None, None, False) if tuned and tuned.is_candidate
+                                                  else _warm_start_state(settings, night.item_ids, closed))
+        run.set_tags({**training_tags(closed, warm_from, erasure_retrain), **(tuned.tags() if tuned else {})})
         training = settings.training
         epochs = max_epochs or (min(training.max_epochs, training.warm_start_epochs) if init_state
                                 else training.max_epochs)
-        model_config = model_config_for(night, settings.model)
-        train_config = TrainConfig.from_settings(settings, max_epochs=epochs)
+        model_config, train_config = tuning.night_configs(tuned, model_config_for(night, settings.model),
+                                                          TrainConfig.from_settings(settings, max_epochs=epochs))
         run.log_configs(model_config, effective_train_config(train_config, bool(init_state)), data_date)
         candidate = train_candidate(night, model_config, train_config, init_state, on_epoch=run.on_epoch)
         run.set_tags({k: str(candidate.train_info[k]) for k in ("gate_split", "train_until")})
@@ -134,6 +134,7 @@ def stage_train(settings: Settings, data_date: dt.date, max_epochs: int | None =
         "epochs": train_metrics.get("epochs"),
         "warm_start_from": warm_from,
         "erasure_retrain": erasure_retrain,
+        "tuned_config": {"run_id": tuned.run_id, "adoption": tuned.adoption} if tuned else None,
         "seconds_per_epoch": train_metrics.get("seconds_per_epoch"),
         "train_seconds": train_metrics.get("train_seconds"),
     }
@@ -162,6 +163,16 @@ def _warm_start_state(settings: Settings, item_ids: list[str], closed_tombstones
     return state, version, False
 
 
+@_ledger("tune")
+def stage_tune(settings: Settings, data_date: dt.date, budget_minutes: float, max_trials: int | None = None,
+               max_epochs: int | None = None, dag_run_id: str = "") -> dict[str, Any]:
+    """Search the model's configuration on the night's gate split within the budget (Optuna: TPE, pruning on the
+    validation metric) and store the study and its best configuration in MLflow, pending the next night's gate."""
+    from pipeline.tuning import tune_night
+
+    return tune_night(settings, data_date, budget_minutes, max_trials, max_epochs, dag_run_id)
+
+
 @_ledger("register")
 def stage_register(
     settings: Settings, data_date: dt.date, candidate_dir: str, force_promote: bool = False, dag_run_id: str = "",
@@ -173,77 +184,13 @@ def stage_register(
 
     Continues the training's MLflow run when `train_run_id` names it. Idempotent per (date, DAG run,
     candidate): a retry finds the version the failed attempt registered (its tags) and gates it, or returns the
-    decision already recorded on it, instead of registering another."""
+    decision already recorded on it, instead of registering another. A tuned configuration on trial is marked
+    gated (pipeline.tuning.record_gate)."""
+    from pipeline.gating import register_candidate
+
     with storage.local_folder(storage.as_location(candidate_dir), write_back=True) as folder:
-        return _register(settings, data_date, folder, candidate_dir, force_promote, dag_run_id, operator,
-                         train_run_id)
-
-
-def _register(settings: Settings, data_date: dt.date, folder: Path, candidate_dir: str, force_promote: bool,
-              dag_run_id: str, operator: str, train_run_id: str) -> dict[str, Any]:
-    """stage_register on a local copy of the candidate folder (gate.json written into it is copied back)."""
-    from pipeline import registry, tracking
-
-    metrics = json.loads((folder / "metrics.json").read_text())
-    name = storage.name_of(candidate_dir)
-    tags = {"data_date": data_date.isoformat(), "dag_run_id": dag_run_id, "candidate": name}
-    window = json.loads((folder / "train.json").read_text())
-    split = {"gate_split": window.get("gate_split", "leave_one_out"), "train_until": window.get("train_until")}
-    earlier = registry.versions_for_date(settings, tags["data_date"], dag_run_id, name)
-    if earlier:
-        version = earlier[-1]
-        run_id = registry.version_tags(settings, version).get("run_id", "")
-        log.info("register retried: reusing version %s registered for %s by this run", version, data_date)
-    else:
-        train_info = json.loads((folder / "train.json").read_text())
-        artifacts = {name: folder / name for name in ("metrics.json", "train.json", "training_curves.png")
-                     if (folder / name).is_file()}
-        run_id, version = registry.log_training(
-            settings, folder / "bundle", registry.run_params(train_info, data_date),
-            registry.run_metrics(metrics, train_info), train_info["history"], artifacts,
-            {**tags, **{k: str(v or "") for k, v in split.items()}}, evaluation=metrics,
-            run_id=train_run_id or None)
-    gate = registry.recorded_gate(settings, version) or _gate(
-        settings, data_date, version, folder, metrics, force_promote, operator or dag_run_id or "cli")
-    if run_id:
-        tracking.log_gate(settings, run_id, gate)
-    record = {**gate.to_dict(), "champion_version": gate.previous_champion, **split}
-    (folder / "gate.json").write_text(json.dumps(record, indent=2))
-    return {"run_id": run_id, "version": version, "promoted": gate.promoted, "reason": gate.reason,
-            "forced": gate.forced, "previous_champion": gate.previous_champion,
-            "candidate_dir": candidate_dir}
-
-
-def _gate(settings: Settings, data_date: dt.date, version: str, folder: Path, metrics: dict[str, Any],
-          force: bool, operator: str) -> Any:
-    """registry.run_gate with the night's gate split (the candidate's metrics are on it: recsys.candidate), its
-    baselines, the leakage guard (temporal split) and a health check on a sample of the night's users through
-    the serving path; without the champion when it saw a user erased since."""
-    from pipeline import registry
-    from pipeline.erasure.lineage import champion_saw_erased
-    from pipeline.gate import health_problem, leakage_problem, sample_users
-    from pipeline.recsys.bundle import ModelBundle
-    from pipeline.recsys.data import TEMPORAL, load_night
-    from pipeline.recsys.evaluate import evaluate_bundle
-    from pipeline.recsys.score import scoring_input
-
-    catalog = Catalog.of(settings)
-    night = load_night(catalog, data_date)
-    split = night.eval_split(night.gate_split())
-    sample = sample_users(scoring_input(catalog, data_date), settings.serving.gate_sample_users)
-    baselines = {name: float(metrics.get(name, {}).get("ndcg@10", math.nan))  # missing: never beaten
-                 for name in settings.serving.gate_baselines}
-
-    def problem(bundle: ModelBundle) -> str | None:
-        leak = leakage_problem(bundle, data_date) if split.name == TEMPORAL else None
-        return leak or health_problem(bundle, sample, settings.serving.top_n, settings.model.device)
-
-    return registry.run_gate(
-        settings, version, ModelBundle.load(folder / "bundle"),
-        lambda bundle: evaluate_bundle(bundle, split, night.item_ids), baselines, force=force, operator=operator,
-        health=problem,
-        champion_saw_erased=champion_saw_erased(settings, version),
-    )
+        return register_candidate(settings, data_date, folder, candidate_dir, force_promote, dag_run_id, operator,
+                                  train_run_id)
 
 
 @_ledger("select_model")

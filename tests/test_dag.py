@@ -15,7 +15,7 @@ import pytest
 from pipeline.catalog import Catalog
 
 REPO = Path(__file__).resolve().parent.parent
-HEAVY = ("torch", "transformers", "duckdb", "mlflow", "pyarrow", "pandas", "sklearn")
+HEAVY = ("torch", "transformers", "duckdb", "mlflow", "pyarrow", "pandas", "sklearn", "optuna")
 
 
 def _parse_in_subprocess(extra: str = "") -> dict:
@@ -43,7 +43,7 @@ def _parse_in_subprocess(extra: str = "") -> dict:
 def test_dag_folder_imports_without_errors_connections_or_heavy_libraries() -> None:
     result = _parse_in_subprocess()
     assert result["errors"] == {}
-    assert result["dags"] == ["forget_users", "nightly_recommendations", "recommendations_consumer"]
+    assert result["dags"] == ["forget_users", "nightly_recommendations", "recommendations_consumer", "tune_weekly"]
     assert result["heavy"] == [], f"parsing imported heavy libraries: {result['heavy']}"
 
 

@@ -12,6 +12,9 @@ Each stage command (`ingest`, `features`, `embed`, `train`, `register`, `select`
 `report`) runs that stage of `pipeline.stages` for `--date D` and prints its result as JSON. A stage that needs
 an earlier stage's output (the candidate folder, the staged table) takes it from that stage's latest ledger
 entry for the date, or from a flag.
+
+`tune --date D --budget-minutes M [--trials N] [--max-epochs E]` searches the model's configuration on D's split
+within M minutes (pipeline.tuning): the best configuration is stored in MLflow and tried by the next night's gate.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from pipeline.config import Settings, load_settings
 log = logging.getLogger("nightly-recs")
 
 STAGE_COMMANDS = ("ingest", "features", "embed", "train", "register", "select", "recommend", "publish",
-                  "housekeeping", "report")
+                  "housekeeping", "report", "tune")
 
 
 def _parse_date(value: str) -> dt.date:
@@ -66,6 +69,8 @@ def run_stage(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
         return simple[args.command](settings, day)
     if args.command == "train":
         return stages.stage_train(settings, day, args.max_epochs)
+    if args.command == "tune":
+        return stages.stage_tune(settings, day, args.budget_minutes, args.trials, args.max_epochs)
     if args.command == "register":
         train = {} if args.candidate else _earlier(settings, day, "train", "train")
         return stages.stage_register(settings, day, str(args.candidate or train["candidate_dir"]), args.force_promote,
@@ -135,12 +140,17 @@ def _add_stage_commands(sub: Any) -> None:
         "publish": "validate the staged table and publish it atomically",
         "housekeeping": "remove staged tables and old rejected candidates; compact the embedding cache",
         "report": "write the nightly report (Markdown, JSON and HTML)",
+        "tune": "search the model's configuration within a budget (Optuna); the best waits for the next gate",
     }
     for name in STAGE_COMMANDS:
         p = sub.add_parser(name, help=helps[name])
         p.add_argument("--date", type=_parse_date, required=True, help="the data date, YYYY-MM-DD")
         if name == "train":
             p.add_argument("--max-epochs", type=int)
+        if name == "tune":
+            p.add_argument("--budget-minutes", type=float, required=True, help="wall-clock budget of the study")
+            p.add_argument("--trials", type=int, help="stop after this many trials (default: the budget decides)")
+            p.add_argument("--max-epochs", type=int, help="epoch cap of one trial (default: tune_max_epochs)")
         if name == "register":
             p.add_argument("--candidate", type=Path, help="candidate folder (default: the date's last training)")
             p.add_argument("--force-promote", action="store_true")
