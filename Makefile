@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 BIN := $(VENV)/bin
 
-.PHONY: setup browser run test test-venv lint bench bench-ingest bench-embed bench-score bench-storage bench-quality airflow stack \
+.PHONY: setup browser run test test-stack test-venv lint bench bench-ingest bench-embed bench-score bench-storage bench-celery bench-quality airflow stack \
 	stack-down clean
 
 setup: $(VENV)/.installed
@@ -33,7 +33,12 @@ browser:
 		echo "chromium not installed: the headless-browser report test will be skipped"
 
 test: setup browser
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not stack" $(PYTEST_ARGS)
+
+# The tests marked `stack`: whole nights against the local service stack (PostgreSQL, S3, MLflow server) and the
+# multi-worker Airflow (CeleryExecutor, Redis: installed from Debian's packages when missing, as root).
+test-stack: setup
+	$(BIN)/python -m pytest -q -m stack $(PYTEST_ARGS)
 
 # A night's logged model loads in a fresh virtualenv built from its own requirements.txt (network: PyPI).
 test-venv: setup
@@ -42,7 +47,7 @@ test-venv: setup
 lint: setup
 	$(BIN)/ruff check pipeline dags tests bench
 
-bench: bench-ingest bench-embed bench-score bench-storage bench-quality
+bench: bench-ingest bench-embed bench-score bench-storage bench-celery bench-quality
 
 bench-ingest: setup
 	$(BIN)/python bench/bench_ingest.py
@@ -55,6 +60,9 @@ bench-score: setup
 
 bench-storage: setup
 	$(BIN)/python bench/bench_storage.py
+
+bench-celery: setup
+	$(BIN)/python bench/bench_celery.py
 
 bench-quality: setup
 	$(BIN)/python bench/bench_quality.py

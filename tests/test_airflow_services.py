@@ -22,8 +22,9 @@ from dataclasses import dataclass
 
 import duckdb
 import pytest
-from airflow_api import Api
 from conftest import SMALL_DEMO
+
+from pipeline.tools.airflow_api import Api
 
 pytestmark = pytest.mark.slow
 DAG_ID = "nightly_recommendations"

@@ -139,7 +139,7 @@ def test_mlflow_artifacts_land_in_the_bucket_and_a_registered_model_loads(agains
 
 def test_starting_twice_returns_the_running_stack(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
     assert start_stack(stack.folder) == stack
-    assert main(["stack", "up", "--folder", str(stack.folder)]) == 0
+    assert main(["stack", "up", "--no-airflow", "--folder", str(stack.folder)]) == 0
     assert f"source {stack.folder / local_stack.ENV_FILE}" in capsys.readouterr().out
     assert main(["stack", "env", "--folder", str(stack.folder)]) == 0
     assert capsys.readouterr().out == stack.env_text()

@@ -217,9 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     quality_benchmark.add_arguments(quality)
     sub.add_parser("airflow-standalone", help="start Airflow (UI, scheduler) on 127.0.0.1 with the project's DAGs")
 
-    stack = sub.add_parser("stack", help="the local service stack on 127.0.0.1: PostgreSQL, S3 (moto), MLflow server")
+    stack = sub.add_parser("stack", help="the local service stack on 127.0.0.1: PostgreSQL, S3 (moto), MLflow "
+                           "server, and Airflow with Celery workers")
     stack.add_argument("action", choices=["up", "down", "env"], help="start it, stop it, or print its settings")
     stack.add_argument("--folder", type=Path, default=Path("var-stack"), help="its state, data and logs")
+    stack.add_argument("--no-airflow", action="store_true",
+                       help="`up` without Airflow (CeleryExecutor, Redis, two workers sharing no disk)")
     return parser
 
 
@@ -239,14 +242,22 @@ def _dag_run(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if state == "success" else 1
 
 
-def _stack(action: str, folder: Path) -> int:
-    from pipeline.tools import stack
+def _stack(action: str, folder: Path, with_airflow: bool) -> int:
+    from pipeline.tools import celery_stack, stack
 
+    deployment = folder.resolve() / "airflow"
     if action == "down":
+        celery_stack.stop_recorded(deployment)
         stack.stop_stack(folder)
         return 0
     try:
         running = stack.start_stack(folder) if action == "up" else stack.running_stack(folder)
+        if action == "up" and running is not None and with_airflow:
+            celery_stack.stop_recorded(deployment)  # one deployment per stack: a new one against the new stack
+            landing = {"NIGHTLY_RECS_LANDING_DIR": str(load_settings().paths.landing_dir)}
+            airflow = celery_stack.start_celery_airflow(running, deployment, landing)
+            print(f"Airflow (CeleryExecutor, workers {', '.join(airflow.workers)}): {airflow.url}  user admin, "
+                  f"password in {airflow.control.password_file}; reads the landing folder {landing}")
     except stack.StackError as err:
         log.error("%s", err)
         return 1
@@ -282,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return quality_benchmark.run(args)
     if args.command == "stack":
-        return _stack(args.action, args.folder)
+        return _stack(args.action, args.folder, not args.no_airflow)
     settings = load_settings()
     if args.command in STAGE_COMMANDS:
         print(json.dumps(run_stage(settings, args), indent=2, default=str))

@@ -338,7 +338,7 @@ def start_stack(folder: Path, timeout_s: float = START_TIMEOUT_S) -> Stack:
     return stack
 
 
-def _stop_group(service: str, pgid: int, created: float) -> None:
+def stop_group(service: str, pgid: int, created: float) -> None:
     """SIGTERM the service's process group, then SIGKILL what is left after STOP_TIMEOUT_S."""
     if _process(pgid, created) is None and psutil.pid_exists(pgid):
         log.warning("pid %d is no longer the stack's %s; leaving it alone", pgid, service)
@@ -381,7 +381,7 @@ def stop_stack(folder: Path) -> None:
     processes = _processes(_read_state(folder))
     for service in ("mlflow", "moto"):
         if service in processes:
-            _stop_group(service, *processes[service])
+            stop_group(service, *processes[service])
     if "postgres" in processes:
         _stop_postgres(folder, *processes["postgres"])
     for name in (STATE_FILE, ENV_FILE):

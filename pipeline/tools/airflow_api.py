@@ -1,4 +1,5 @@
-"""A minimal client of Airflow's REST API v2 for the tests that run real Airflow services."""
+"""A minimal client of Airflow's REST API v2 (token login, trigger, poll runs and task instances), for the
+tools and tests that drive real Airflow services (pipeline.tools.celery_stack, bench/bench_celery.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,15 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+
+class ApiError(RuntimeError):
+    """An unexpected answer from the API, or a wait that ran out."""
+
+
+def _expect(status: int, wanted: int, body: Any) -> None:
+    if status != wanted:
+        raise ApiError(f"Airflow API answered {status} (expected {wanted}): {body}")
 
 
 @dataclass
@@ -43,7 +53,7 @@ class Api:
     def login(self, password_file: Path) -> None:
         password = json.loads(password_file.read_text())["admin"]
         status, body = self.call("POST", "/auth/token", {"username": "admin", "password": password})
-        assert status == 201, body
+        _expect(status, 201, body)
         self.token = body["access_token"]
 
     def wait_for(self, path: str, timeout_s: float) -> dict:
@@ -53,29 +63,36 @@ class Api:
             if status == 200:
                 return body
             time.sleep(1.0)
-        raise AssertionError(f"GET {path} did not answer 200 within {timeout_s:.0f} s")
+        raise ApiError(f"GET {path} did not answer 200 within {timeout_s:.0f} s")
 
     def wait_run(self, dag_id: str, run_id: str, timeout_s: float, services: Any) -> dict:
         """Poll a DAG run until it finishes; fail early if an Airflow component died."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            assert not services.exited(), f"Airflow components exited: {services.exited()}"
+            if services.exited():
+                raise ApiError(f"Airflow components exited: {services.exited()}")
             status, run = self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
-            assert status == 200, run
+            _expect(status, 200, run)
             if run["state"] in ("success", "failed"):
                 return run
             time.sleep(2.0)
-        raise AssertionError(f"{dag_id} run {run_id} not finished within {timeout_s:.0f} s: {run['state']}")
+        raise ApiError(f"{dag_id} run {run_id} not finished within {timeout_s:.0f} s: {run['state']}")
 
     def task_instances(self, dag_id: str, run_id: str) -> dict[str, dict]:
         status, body = self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
-        assert status == 200, body
+        _expect(status, 200, body)
         return {ti["task_id"]: ti for ti in body["task_instances"]}
 
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
         return {task_id: ti["state"] for task_id, ti in self.task_instances(dag_id, run_id).items()}
 
+    def trigger(self, dag_id: str, conf: dict[str, Any]) -> str:
+        """Trigger a run without a logical date (as the UI's trigger form does); returns its run id."""
+        status, run = self.call("POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf})
+        _expect(status, 200, run)
+        return str(run["dag_run_id"])
+
     def runs(self, dag_id: str) -> list[dict]:
         status, body = self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns?order_by=run_after")
-        assert status == 200, body
+        _expect(status, 200, body)
         return body["dag_runs"]
