@@ -210,6 +210,7 @@ class TrainingSettings(_Section):
     warm_start: bool = True                      # start from the champion's weights (ID rows remapped by item id)
     warm_start_epochs: int = Field(10, ge=1)     # epoch cap when warm-starting (the champion already converged)
     seed: int = 42
+    train_processes: int = Field(1, ge=1, le=64)  # data-parallel workers on this machine (DDP); 1 = no process group
 
 
 class ServingSettings(_Section):
