@@ -10,7 +10,8 @@ export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 BIN := $(VENV)/bin
 
-.PHONY: setup browser run test test-venv lint bench bench-ingest bench-embed bench-score bench-storage bench-quality airflow stack \
+.PHONY: setup browser run test test-venv lint bench bench-ingest bench-embed bench-score bench-storage bench-quality bench-ddp \
+	airflow stack \
 	stack-down clean
 
 setup: $(VENV)/.installed
@@ -42,7 +43,7 @@ test-venv: setup
 lint: setup
 	$(BIN)/ruff check pipeline dags tests bench
 
-bench: bench-ingest bench-embed bench-score bench-storage bench-quality
+bench: bench-ingest bench-embed bench-score bench-storage bench-quality bench-ddp
 
 bench-ingest: setup
 	$(BIN)/python bench/bench_ingest.py
@@ -58,6 +59,9 @@ bench-storage: setup
 
 bench-quality: setup
 	$(BIN)/python bench/bench_quality.py
+
+bench-ddp: setup
+	$(BIN)/python bench/bench_ddp.py
 
 airflow: setup
 	$(BIN)/nightly-recs airflow-standalone

@@ -3,6 +3,9 @@
 Every prefix position of a user's training sequence predicts its next item (full-softmax cross-entropy,
 Klenitskiy & Vasilev 2023). Batches group sequences of similar length (shuffled within chunks) and are cut
 to their longest member, which on short-sequence data (Amazon) saves most of the attention work.
+
+With `TrainConfig.processes` > 1 the same loop runs in that many DistributedDataParallel workers
+(`pipeline.recsys.distributed`), each on its rows of every global batch; with 1 it runs here, no process group.
 """
 
 from __future__ import annotations
