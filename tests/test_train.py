@@ -170,12 +170,13 @@ def test_a_killed_worker_fails_the_training_without_hanging() -> None:
     with pytest.raises(RuntimeError, match=r"data-parallel training: worker rank [01]"):
         train_model(small_config(), TrainConfig(max_epochs=200, patience=200, processes=2), train, v_in, v_tgt,
                     on_epoch=_kill_a_worker)
-    assert time.perf_counter() - started < 60
+    assert time.perf_counter() - started < 120  # a hang would last PROCESS_GROUP_TIMEOUT (30 min); ~20 s here
     assert not multiprocessing.active_children()  # the other worker was stopped too
 
 
 def test_an_error_in_a_worker_reaches_the_caller_with_its_message() -> None:
-    with pytest.raises(RuntimeError, match=r"(?s)worker rank 0 failed.*no training sequence has at least 2"):
+    """Both ranks raise here; whichever the parent sees first is reported, with its traceback."""
+    with pytest.raises(RuntimeError, match=r"(?s)worker rank [01] failed.*no training sequence has at least 2"):
         train_model(small_config(), TrainConfig(max_epochs=1, processes=2), [np.array([1])], [np.array([1])],
                     np.array([2]))
     assert not multiprocessing.active_children()
