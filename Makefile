@@ -10,7 +10,8 @@ export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 BIN := $(VENV)/bin
 
-.PHONY: setup browser run test test-stack test-venv lint bench bench-ingest bench-embed bench-score bench-storage bench-celery bench-quality airflow stack \
+.PHONY: setup browser run test test-stack test-venv lint bench bench-ingest bench-embed bench-score bench-storage bench-celery \
+	bench-quality bench-ddp airflow stack \
 	stack-down clean
 
 setup: $(VENV)/.installed
@@ -47,7 +48,7 @@ test-venv: setup
 lint: setup
 	$(BIN)/ruff check pipeline dags tests bench
 
-bench: bench-ingest bench-embed bench-score bench-storage bench-celery bench-quality
+bench: bench-ingest bench-embed bench-score bench-storage bench-celery bench-quality bench-ddp
 
 bench-ingest: setup
 	$(BIN)/python bench/bench_ingest.py
@@ -66,6 +67,9 @@ bench-celery: setup
 
 bench-quality: setup
 	$(BIN)/python bench/bench_quality.py
+
+bench-ddp: setup
+	$(BIN)/python bench/bench_ddp.py
 
 airflow: setup
 	$(BIN)/nightly-recs airflow-standalone

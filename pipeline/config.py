@@ -213,6 +213,7 @@ class TrainingSettings(_Section):
     seed: int = 42
     tune_trials: int = Field(8, ge=1, le=10_000)  # tuning: each trial trains for budget / tune_trials at most
     tune_max_epochs: int = Field(20, ge=1, le=10_000)  # tuning: epoch cap of one trial
+    train_processes: int = Field(1, ge=1, le=64)  # data-parallel workers on this machine (DDP); 1 = no process group
 
 
 class ServingSettings(_Section):

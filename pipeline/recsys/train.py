@@ -3,6 +3,9 @@
 Every prefix position of a user's training sequence predicts its next item (full-softmax cross-entropy,
 Klenitskiy & Vasilev 2023). Batches group sequences of similar length (shuffled within chunks) and are cut
 to their longest member, which on short-sequence data (Amazon) saves most of the attention work.
+
+With `TrainConfig.processes` > 1 the same loop runs in that many DistributedDataParallel workers
+(`pipeline.recsys.distributed`), each on its rows of every global batch; with 1 it runs here, no process group.
 """
 
 from __future__ import annotations
@@ -12,9 +15,11 @@ import itertools
 import logging
 import math
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +28,9 @@ from tqdm import tqdm
 
 from pipeline.config import ModelSettings, Settings, TrainingSettings
 from pipeline.device import resolve_device
+from pipeline.recsys import distributed
 from pipeline.recsys.data import left_pad
+from pipeline.recsys.distributed import Shard
 from pipeline.recsys.evaluate import evaluate_model
 from pipeline.recsys.model import ModelConfig, SeqRecModel
 
@@ -49,13 +56,15 @@ class TrainConfig:
     bf16: bool | None = None                # bf16 autocast; None = on for cuda, off for cpu (not faster there)
     valid_max_users: int | None = 20_000    # validate on at most this many users (fixed random subset)
     windows_per_user: int = 1               # non-overlapping max_len windows per user, newest first (0 = all)
+    processes: int = _TRAINING.train_processes  # data-parallel workers (DDP); 1 = this process, no process group
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> TrainConfig:
         """The night's training config: epochs, seed, time budget and device from the settings."""
         training = settings.training
         values = {"max_epochs": training.max_epochs, "seed": training.seed,
-                  "time_budget_s": training.time_budget_minutes * 60, "device": settings.model.device}
+                  "time_budget_s": training.time_budget_minutes * 60, "device": settings.model.device,
+                  "processes": training.train_processes}
         return cls(**{**values, **overrides})
 
 
@@ -158,26 +167,34 @@ def _validation_subset(
 
 
 def _run_epoch(
-    model: SeqRecModel, opt: torch.optim.Optimizer, inputs: list[np.ndarray], targets: list[np.ndarray],
+    model: torch.nn.Module, opt: torch.optim.Optimizer, inputs: list[np.ndarray], targets: list[np.ndarray],
     batches: list[np.ndarray], cfg: TrainConfig, lr_factors: Iterator[float], device: torch.device, use_bf16: bool,
+    shard: Shard | None = None, tokens: np.ndarray | None = None,
 ) -> float:
-    """One pass over the batches; returns the mean training loss."""
+    """One pass over the batches; returns the mean training loss (of the global batches, with a shard).
+
+    With a shard, each rank trains on its rows of every global batch (tokens: target positions per row) and
+    weighs its mean loss by its share of the batch's targets times the world size, so that DDP's averaged
+    gradient is the gradient of the global batch's mean loss, as in one process."""
     model.train()
     total_loss = 0.0
     for batch in batches:
-        seq = left_pad([inputs[i] for i in batch]).to(device)  # (B, L)
-        tgt = left_pad([targets[i] for i in batch]).to(device)  # (B, L)
+        rows, share = (batch, 1.0) if shard is None else shard.part(batch, tokens)
+        seq = left_pad([inputs[i] for i in rows]).to(device)  # (B, L)
+        tgt = left_pad([targets[i] for i in rows]).to(device)  # (B, L)
         lr = cfg.lr * next(lr_factors)
         for group in opt.param_groups:
             group["lr"] = lr
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             _, loss = model(seq, tgt)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if shard is None else loss * (share * shard.world)).backward()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        total_loss += loss.item()
+        total_loss += loss.item() * share
+    if shard is not None:
+        total_loss = shard.sum(total_loss)
     return total_loss / len(batches)
 
 
@@ -191,6 +208,89 @@ def _should_stop(cfg: TrainConfig, best: _Best, epoch: int, started: float) -> b
     return False
 
 
+@dataclass
+class _Outcome:
+    """What a training loop ends with: the best epoch (and its weights), the history, the epochs run."""
+
+    best: _Best
+    history: list[dict[str, float]]
+    epochs: int
+    n_params: int
+
+
+def _fit(
+    model: SeqRecModel, trainee: torch.nn.Module, model_config: ModelConfig, cfg: TrainConfig,
+    train_seqs: list[np.ndarray], valid_inputs: list[np.ndarray], valid_targets: np.ndarray, device: torch.device,
+    on_epoch: Callable[[int, dict[str, float]], None] | None, shard: Shard | None = None,
+) -> _Outcome:
+    """The epoch loop. `trainee` is the module the steps run through: the model itself, or its DDP replica with
+    a shard (then rank 0 alone validates, keeps the best state, reports and decides when every rank stops)."""
+    rng = np.random.default_rng(cfg.seed)  # the same batches on every rank
+    use_bf16 = cfg.bf16 if cfg.bf16 is not None else device.type == "cuda"
+    inputs, targets = _training_pairs(train_seqs, model_config.max_len, cfg.windows_per_user)
+    assert inputs, "no training sequence has at least 2 items"
+    lengths = np.array([len(s) for s in inputs])
+    steps_per_epoch = math.ceil(len(inputs) / cfg.batch_size)
+    warmup_steps, total_steps = max(1, steps_per_epoch * cfg.warmup_epochs), steps_per_epoch * cfg.max_epochs
+    lr_factors = (_lr_factor(step, warmup_steps, total_steps, cfg.min_lr_ratio) for step in itertools.count())
+    opt = _optimizer(model, cfg, fused_ok=device.type == "cuda")
+    lead = shard is None or shard.lead
+    v_inputs, v_targets = _validation_subset(valid_inputs, valid_targets, cfg) if lead else ([], np.zeros(0))
+
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info(
+        "training %s: %d sequences, %d steps/epoch, %d params, device=%s, bf16=%s, processes=%d",
+        model_config.item_repr, len(inputs), steps_per_epoch, n_params, device, use_bf16, cfg.processes,
+    )
+    history: list[dict[str, float]] = []
+    best, epoch, start = _Best(), 0, time.perf_counter()
+    bar = tqdm(range(1, cfg.max_epochs + 1), desc=f"train {model_config.item_repr}",
+               disable=not (lead and sys.stderr.isatty()))
+    for epoch in bar:
+        t0 = time.perf_counter()
+        loss = _run_epoch(trainee, opt, inputs, targets, _batches(lengths, cfg.batch_size, rng), cfg, lr_factors,
+                          device, use_bf16, shard, lengths)
+        stop = False
+        if lead:
+            record: dict[str, float] = {"epoch": epoch, "loss": loss, "seconds": time.perf_counter() - t0,
+                                        "lr": opt.param_groups[0]["lr"]}
+            if len(v_targets) and (epoch % cfg.eval_every == 0 or epoch == cfg.max_epochs):
+                valid = evaluate_model(model, v_inputs, v_targets, ks=(10,))
+                record.update({"valid_ndcg@10": valid["ndcg@10"], "valid_hr@10": valid["hr@10"]})
+                best.update(model, record, epoch)
+            history.append(record)
+            valid_ndcg = record.get("valid_ndcg@10", float("nan"))
+            bar.set_postfix(loss=f"{loss:.4f}", ndcg=f"{valid_ndcg:.4f}")
+            log.info("%s epoch %d/%d: loss %.4f, valid ndcg@10 %.4f, %.1f s, lr %.2e", model_config.item_repr,
+                     epoch, cfg.max_epochs, loss, valid_ndcg, record["seconds"], record["lr"])
+            if on_epoch is not None:
+                on_epoch(epoch, record)
+            stop = _should_stop(cfg, best, epoch, start)
+        if shard is not None:
+            stop = shard.agree(stop)
+        if stop:
+            break
+    bar.close()
+    if lead and not len(v_targets):
+        log.warning("no validation users: kept the last epoch's weights (no early stopping)")
+        best.epoch = epoch
+    return _Outcome(best, history, epoch, n_params)
+
+
+def _metrics(outcome: _Outcome, train_seconds: float) -> dict[str, float]:
+    best, history = outcome.best, outcome.history
+    return {
+        "best_epoch": float(best.epoch),
+        "epochs": float(outcome.epochs),
+        "train_seconds": train_seconds,
+        "seconds_per_epoch": sum(h["seconds"] for h in history) / max(1, outcome.epochs),
+        "valid_ndcg@10": best.record.get("valid_ndcg@10", 0.0),
+        "valid_hr@10": best.record.get("valid_hr@10", 0.0),
+        "final_loss": history[-1]["loss"] if history else float("nan"),
+        "n_params": float(outcome.n_params),
+    }
+
+
 def train_model(
     model_config: ModelConfig,
     train_config: TrainConfig,
@@ -202,67 +302,67 @@ def train_model(
     init_state: dict | None = None,
 ) -> tuple[SeqRecModel, dict[str, float], list[dict[str, float]]]:
     """Train from scratch (or from init_state where shapes match); returns (best model on CPU in eval mode,
-    final metrics, per-epoch history)."""
+    final metrics, per-epoch history). With train_config.processes > 1, data-parallel workers train it
+    (`_train_data_parallel`); otherwise this process does, with no process group."""
     cfg = train_config
+    if cfg.processes > 1:
+        return _train_data_parallel(model_config, cfg, train_seqs, valid_inputs, valid_targets, text_emb, on_epoch,
+                                    init_state)
+    started = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
     device = resolve_device(cfg.device)
-    use_bf16 = cfg.bf16 if cfg.bf16 is not None else device.type == "cuda"
     model = _build_model(model_config, train_seqs, text_emb, init_state).to(device)
-
-    inputs, targets = _training_pairs(train_seqs, model_config.max_len, cfg.windows_per_user)
-    assert inputs, "no training sequence has at least 2 items"
-    lengths = np.array([len(s) for s in inputs])
-    steps_per_epoch = math.ceil(len(inputs) / cfg.batch_size)
-    warmup_steps, total_steps = max(1, steps_per_epoch * cfg.warmup_epochs), steps_per_epoch * cfg.max_epochs
-    lr_factors = (_lr_factor(step, warmup_steps, total_steps, cfg.min_lr_ratio) for step in itertools.count())
-    opt = _optimizer(model, cfg, fused_ok=device.type == "cuda")
-    v_inputs, v_targets = _validation_subset(valid_inputs, valid_targets, cfg)
-
-    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info(
-        "training %s: %d sequences, %d steps/epoch, %d params, device=%s, bf16=%s",
-        model_config.item_repr, len(inputs), steps_per_epoch, n_params, device, use_bf16,
-    )
-    history: list[dict[str, float]] = []
-    best, epoch, start = _Best(), 0, time.perf_counter()
-    bar = tqdm(range(1, cfg.max_epochs + 1), desc=f"train {model_config.item_repr}", disable=not sys.stderr.isatty())
-    for epoch in bar:
-        t0 = time.perf_counter()
-        loss = _run_epoch(model, opt, inputs, targets, _batches(lengths, cfg.batch_size, rng), cfg, lr_factors,
-                          device, use_bf16)
-        record: dict[str, float] = {"epoch": epoch, "loss": loss, "seconds": time.perf_counter() - t0,
-                                    "lr": opt.param_groups[0]["lr"]}
-        if len(v_targets) and (epoch % cfg.eval_every == 0 or epoch == cfg.max_epochs):
-            valid = evaluate_model(model, v_inputs, v_targets, ks=(10,))
-            record.update({"valid_ndcg@10": valid["ndcg@10"], "valid_hr@10": valid["hr@10"]})
-            best.update(model, record, epoch)
-        history.append(record)
-        valid_ndcg = record.get("valid_ndcg@10", float("nan"))
-        bar.set_postfix(loss=f"{loss:.4f}", ndcg=f"{valid_ndcg:.4f}")
-        log.info("%s epoch %d/%d: loss %.4f, valid ndcg@10 %.4f, %.1f s, lr %.2e", model_config.item_repr, epoch,
-                 cfg.max_epochs, loss, valid_ndcg, record["seconds"], record["lr"])
-        if on_epoch is not None:
-            on_epoch(epoch, record)
-        if _should_stop(cfg, best, epoch, start):
-            break
-    bar.close()
-    if not len(v_targets):
-        log.warning("no validation users: kept the last epoch's weights (no early stopping)")
-        best.epoch = epoch
+    outcome = _fit(model, model, model_config, cfg, train_seqs, valid_inputs, valid_targets, device, on_epoch)
     model = model.cpu()
-    if best.state is not None:
-        model.load_state_dict(best.state)
+    if outcome.best.state is not None:
+        model.load_state_dict(outcome.best.state)
     model.eval()
-    metrics = {
-        "best_epoch": float(best.epoch),
-        "epochs": float(epoch),
-        "train_seconds": time.perf_counter() - start,
-        "seconds_per_epoch": sum(h["seconds"] for h in history) / max(1, epoch),
-        "valid_ndcg@10": best.record.get("valid_ndcg@10", 0.0),
-        "valid_hr@10": best.record.get("valid_hr@10", 0.0),
-        "final_loss": history[-1]["loss"] if history else float("nan"),
-        "n_params": float(n_params),
-    }
+    metrics = _metrics(outcome, time.perf_counter() - started)
     log.info("trained %s: %s", model_config.item_repr, {k: round(v, 4) for k, v in metrics.items()})
-    return model, metrics, history
+    return model, metrics, outcome.history
+
+
+def _train_data_parallel(
+    model_config: ModelConfig, cfg: TrainConfig, train_seqs: list[np.ndarray], valid_inputs: list[np.ndarray],
+    valid_targets: np.ndarray, text_emb: np.ndarray | None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None, init_state: dict | None,
+) -> tuple[SeqRecModel, dict[str, float], list[dict[str, float]]]:
+    """train_model with cfg.processes DDP workers. Every global batch of the one-process run is split across
+    the ranks (effective batch = cfg.batch_size, steps and learning-rate schedule unchanged). Rank 0 hands its
+    best state back through a file in a private temporary folder; the caller saves the checkpoint, once.
+    train_seconds includes starting the workers."""
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="nightly-recs-ddp-") as folder:
+        result_path = Path(folder) / "result.pt"
+        distributed.run_workers(
+            _data_parallel_worker, (model_config, cfg, train_seqs, valid_inputs, valid_targets, text_emb,
+                                    init_state, str(result_path)),
+            cfg.processes, cfg.device, Path(folder), on_epoch=on_epoch,
+        )
+        result = torch.load(result_path, weights_only=True)
+    model = _build_model(model_config, train_seqs, text_emb, None)
+    model.load_state_dict(result.pop("state"))
+    model.eval()
+    best = _Best(epoch=result["best_epoch"], record=result["best_record"])
+    outcome = _Outcome(best, result["history"], result["epochs"], result["n_params"])
+    metrics = _metrics(outcome, time.perf_counter() - started)
+    log.info("trained %s with %d processes: %s", model_config.item_repr, cfg.processes,
+             {k: round(v, 4) for k, v in metrics.items()})
+    return model, metrics, outcome.history
+
+
+def _data_parallel_worker(
+    shard: Shard, model_config: ModelConfig, cfg: TrainConfig, train_seqs: list[np.ndarray],
+    valid_inputs: list[np.ndarray], valid_targets: np.ndarray, text_emb: np.ndarray | None,
+    init_state: dict | None, result_path: str,
+) -> None:
+    """One rank: the same model from the same seed, a DDP replica, the shared loop; rank 0 writes the result."""
+    torch.manual_seed(cfg.seed)
+    model = _build_model(model_config, train_seqs, text_emb, init_state).to(shard.device)
+    torch.manual_seed(cfg.seed + shard.rank)  # dropout draws differ across ranks, as across the rows of a batch
+    outcome = _fit(model, distributed.wrap(model, shard), model_config, cfg, train_seqs, valid_inputs,
+                   valid_targets, shard.device, shard.report, shard)
+    if shard.lead:
+        state = outcome.best.state or {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        torch.save({"state": state, "best_epoch": outcome.best.epoch, "best_record": outcome.best.record,
+                    "history": outcome.history, "epochs": outcome.epochs, "n_params": outcome.n_params}, result_path)
