@@ -14,13 +14,11 @@ README's "Erasure" section).
 
 from __future__ import annotations
 
-import datetime as dt
-
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 
 from pipeline.config import load_settings
-from pipeline.dag_support import notify_task_failed
+from pipeline.dag_support import default_args
 
 SETTINGS = load_settings()
 
@@ -31,14 +29,7 @@ SETTINGS = load_settings()
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
-    default_args={
-        "owner": "nightly-recs",
-        "retries": SETTINGS.airflow.task_retries,
-        "retry_delay": dt.timedelta(seconds=SETTINGS.airflow.retry_delay_seconds),
-        "retry_exponential_backoff": True,
-        "execution_timeout": dt.timedelta(minutes=SETTINGS.airflow.task_timeout_minutes),
-        "on_failure_callback": notify_task_failed,
-    },
+    default_args=default_args(SETTINGS),
     tags=["nightly-recs", "erasure"],
     doc_md=__doc__,
     params={

@@ -25,24 +25,16 @@ from pipeline.dag_support import (
     SCHEDULE_CRON,
     call_stage,
     data_date_from_context,
+    default_args,
     gpu_executor_config,
     nightly_assets,
     notify_deadline_missed,
-    notify_task_failed,
 )
 
 SETTINGS = load_settings()
 ASSETS = nightly_assets(SETTINGS)
 
-DEFAULT_ARGS = {
-    "owner": "nightly-recs",
-    "retries": SETTINGS.airflow.task_retries,
-    "retry_delay": dt.timedelta(seconds=SETTINGS.airflow.retry_delay_seconds),
-    "retry_exponential_backoff": True,
-    "max_retry_delay": dt.timedelta(hours=1),
-    "execution_timeout": dt.timedelta(minutes=SETTINGS.airflow.task_timeout_minutes),
-    "on_failure_callback": notify_task_failed,  # log + the alert webhook, once a task has failed for good
-}
+DEFAULT_ARGS = default_args(SETTINGS)  # retries, timeout, a notification when a task fails for good
 # Where the accelerator-hungry tasks run: a pool bounds how many use the GPU at once, a queue routes them to
 # GPU workers (CeleryExecutor; LocalExecutor ignores queues), a pod_override gives them a GPU pod
 # (KubernetesExecutor, when `gpu_image` is set).

@@ -12,13 +12,11 @@ back to the champion's configuration (see the README's "Tuning" section and `pip
 
 from __future__ import annotations
 
-import datetime as dt
-
 import pendulum
 from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, task
 
 from pipeline.config import load_settings
-from pipeline.dag_support import TUNE_CRON, notify_task_failed
+from pipeline.dag_support import TUNE_CRON, default_args
 
 SETTINGS = load_settings()
 MAX_BUDGET_MINUTES = 8 * 60  # the task's timeout is this plus an hour (evaluation, MLflow), whatever the budget
@@ -30,14 +28,7 @@ MAX_BUDGET_MINUTES = 8 * 60  # the task's timeout is this plus an hour (evaluati
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
-    default_args={
-        "owner": "nightly-recs",
-        "retries": SETTINGS.airflow.task_retries,
-        "retry_delay": dt.timedelta(seconds=SETTINGS.airflow.retry_delay_seconds),
-        "retry_exponential_backoff": True,
-        "execution_timeout": dt.timedelta(minutes=MAX_BUDGET_MINUTES + 60),
-        "on_failure_callback": notify_task_failed,
-    },
+    default_args=default_args(SETTINGS, MAX_BUDGET_MINUTES + 60),
     tags=["nightly-recs", "tuning"],
     doc_md=__doc__,
     params={

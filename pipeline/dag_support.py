@@ -114,6 +114,20 @@ def is_deterministic(err: BaseException) -> bool:
     return any(cls.__name__ in DETERMINISTIC_ERRORS for cls in type(err).__mro__)
 
 
+def default_args(settings: Any, timeout_minutes: int | None = None) -> dict[str, Any]:
+    """The project's DAGs' default_args: retries with exponential backoff from the settings, a timeout per task
+    (`task_timeout_minutes` unless given), and a notification (log + alert webhook) when a task fails for good."""
+    return {
+        "owner": "nightly-recs",
+        "retries": settings.airflow.task_retries,
+        "retry_delay": dt.timedelta(seconds=settings.airflow.retry_delay_seconds),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": dt.timedelta(hours=1),
+        "execution_timeout": dt.timedelta(minutes=timeout_minutes or settings.airflow.task_timeout_minutes),
+        "on_failure_callback": notify_task_failed,
+    }
+
+
 def call_stage(stage: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
     """Run a stage function; a deterministic error fails the task without retries (AirflowFailException),
     anything else (a lock wait, a full disk, a lost connection) is left to Airflow's retries. The object store's
