@@ -254,7 +254,7 @@ def _stack(action: str, folder: Path, with_airflow: bool) -> int:
         running = stack.start_stack(folder) if action == "up" else stack.running_stack(folder)
         if action == "up" and running is not None and with_airflow:
             celery_stack.stop_recorded(deployment)  # one deployment per stack: a new one against the new stack
-            landing = {"NIGHTLY_RECS_LANDING_DIR": str(load_settings().paths.landing_dir)}
+            landing = {"NIGHTLY_RECS_LANDING_DIR": str(Catalog.of(load_settings()).landing)}
             airflow = celery_stack.start_celery_airflow(running, deployment, landing)
             print(f"Airflow (CeleryExecutor, workers {', '.join(airflow.workers)}): {airflow.url}  user admin, "
                   f"password in {airflow.control.password_file}; reads the landing folder {landing}")
