@@ -190,3 +190,30 @@ def test_train_processes_setting(tmp_path: Path) -> None:
         load_settings(env={"NIGHTLY_RECS_TRAIN_PROCESSES": "0"}, home=tmp_path)
     with pytest.raises(ValueError, match="one GPU per rank"):
         train_model(small_config(), TrainConfig(max_epochs=1, processes=2, device="cuda:1"), *toy_data()[:3])
+
+
+def test_the_schedule_decays_within_the_epochs_the_time_budget_allows() -> None:
+    from pipeline.recsys.train import _epochs_allowed, _Schedule
+
+    schedule = _Schedule(warmup=10, total=200 * 10, min_ratio=0.1)  # 200 epochs of 10 steps
+    first_epoch = [next(schedule) for _ in range(10)]
+    assert first_epoch[-1] == pytest.approx(1.0)  # end of warm-up: the peak rate
+    schedule.fit_budget(_epochs_allowed(budget_s=100.0, first_epoch_s=3.0, shard=None), steps_per_epoch=10)
+    assert schedule.total == 30 * 10  # 0.9 * 100 s / 3 s per epoch
+    rest = [next(schedule) for _ in range(290)]
+    assert rest == sorted(rest, reverse=True)  # decaying all the way
+    assert rest[-1] == pytest.approx(0.1, abs=1e-3) and next(schedule) == pytest.approx(0.1)
+    # a budget longer than max_epochs leaves the horizon alone, so a run that the budget does not stop is the
+    # same with or without the binding
+    unbound = _Schedule(warmup=10, total=50, min_ratio=0.1)
+    unbound.fit_budget(epochs_allowed=1000, steps_per_epoch=10)
+    assert unbound.total == 50
+
+
+def test_a_budget_that_does_not_bind_leaves_the_run_unchanged() -> None:
+    train, v_in, v_tgt, _ = toy_data()
+    _, _, unbound = train_model(small_config(), TrainConfig(max_epochs=3, patience=10, lr=3e-3, seed=1,
+                                                            budget_schedule=False), train, v_in, v_tgt)
+    _, _, bound = train_model(small_config(), TrainConfig(max_epochs=3, patience=10, lr=3e-3, seed=1), train, v_in,
+                              v_tgt)
+    assert [h["lr"] for h in bound] == [h["lr"] for h in unbound]  # the budget (10 min) does not bind here

@@ -11,7 +11,6 @@ With `TrainConfig.processes` > 1 the same loop runs in that many DistributedData
 from __future__ import annotations
 
 import copy
-import itertools
 import logging
 import math
 import sys
@@ -56,6 +55,7 @@ class TrainConfig:
     bf16: bool | None = None                # bf16 autocast; None = on for cuda, off for cpu (not faster there)
     valid_max_users: int | None = 20_000    # validate on at most this many users (fixed random subset)
     windows_per_user: int = 1               # non-overlapping max_len windows per user, newest first (0 = all)
+    budget_schedule: bool = True            # bind the cosine horizon to the epochs the time budget allows
     processes: int = _TRAINING.train_processes  # data-parallel workers (DDP); 1 = this process, no process group
 
     @classmethod
@@ -112,6 +112,34 @@ def _lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float)
         return (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass
+class _Schedule:
+    """The learning-rate factor per step: linear warm-up, then cosine decay to min_ratio at `total` steps.
+
+    With a time budget the horizon is bound to it: once the first epoch's duration is known, `fit_budget`
+    shortens `total` to the epochs the budget allows, so that the decay ends when training does rather than
+    being cut off near the peak rate (max_epochs 200 with a budget that stops at epoch 35)."""
+
+    warmup: int
+    total: int
+    min_ratio: float
+    step: int = 0
+
+    def __iter__(self) -> _Schedule:
+        return self
+
+    def __next__(self) -> float:
+        self.step += 1
+        return _lr_factor(self.step - 1, self.warmup, self.total, self.min_ratio)
+
+    def fit_budget(self, epochs_allowed: int, steps_per_epoch: int) -> None:
+        horizon = max(self.warmup + steps_per_epoch, epochs_allowed * steps_per_epoch)
+        if horizon < self.total:
+            log.info("learning-rate schedule bound to the time budget: cosine over %d epochs instead of %d",
+                     horizon // steps_per_epoch, self.total // steps_per_epoch)
+            self.total = horizon
 
 
 def _optimizer(model: SeqRecModel, cfg: TrainConfig, fused_ok: bool) -> torch.optim.AdamW:
@@ -198,6 +226,15 @@ def _run_epoch(
     return total_loss / len(batches)
 
 
+def _epochs_allowed(budget_s: float, first_epoch_s: float, shard: Shard | None) -> int:
+    """How many epochs of the first one's length fit in the budget, less a tenth for validation; every DDP
+    rank gets the same figure (the mean of their estimates)."""
+    allowed = float(int(0.9 * budget_s / max(first_epoch_s, 1e-6)))
+    if shard is not None:
+        allowed = shard.sum(allowed) / shard.world
+    return max(1, int(allowed))
+
+
 def _should_stop(cfg: TrainConfig, best: _Best, epoch: int, started: float) -> bool:
     if best.bad_evals * cfg.eval_every >= cfg.patience:
         log.info("early stop at epoch %d (best %d, valid ndcg@10 %.4f)", epoch, best.epoch, best.ndcg)
@@ -232,7 +269,7 @@ def _fit(
     lengths = np.array([len(s) for s in inputs])
     steps_per_epoch = math.ceil(len(inputs) / cfg.batch_size)
     warmup_steps, total_steps = max(1, steps_per_epoch * cfg.warmup_epochs), steps_per_epoch * cfg.max_epochs
-    lr_factors = (_lr_factor(step, warmup_steps, total_steps, cfg.min_lr_ratio) for step in itertools.count())
+    lr_factors = _Schedule(warmup_steps, total_steps, cfg.min_lr_ratio)
     opt = _optimizer(model, cfg, fused_ok=device.type == "cuda")
     lead = shard is None or shard.lead
     v_inputs, v_targets = _validation_subset(valid_inputs, valid_targets, cfg) if lead else ([], np.zeros(0))
@@ -250,6 +287,9 @@ def _fit(
         t0 = time.perf_counter()
         loss = _run_epoch(trainee, opt, inputs, targets, _batches(lengths, cfg.batch_size, rng), cfg, lr_factors,
                           device, use_bf16, shard, lengths)
+        if epoch == 1 and cfg.time_budget_s and cfg.budget_schedule:
+            lr_factors.fit_budget(_epochs_allowed(cfg.time_budget_s, time.perf_counter() - t0, shard),
+                                  steps_per_epoch)
         stop = False
         if lead:
             record: dict[str, float] = {"epoch": epoch, "loss": loss, "seconds": time.perf_counter() - t0,
