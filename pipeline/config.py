@@ -169,6 +169,12 @@ class TrainingSettings(_Section):
     tune_trials: int = Field(8, ge=1, le=10_000)  # tuning: each trial trains for budget / tune_trials at most
     tune_max_epochs: int = Field(20, ge=1, le=10_000)  # tuning: epoch cap of one trial
     train_processes: int = Field(1, ge=1, le=64)  # data-parallel workers on this machine (DDP); 1 = no process group
+    # Incremental warm nights: train on the users with events since the champion's window plus a replay sample
+    # of the others; a full warm night every full_retrain_every days or when many items are new to the champion.
+    incremental: bool = False
+    incremental_replay: Fraction = 0.1           # share of the unchanged users replayed on an incremental night
+    full_retrain_every: int = Field(7, ge=1)     # days: dates whose ordinal is a multiple of it train in full
+    incremental_max_new_items: Fraction = 0.05   # a larger share of items unknown to the champion trains in full
 
 
 class ServingSettings(_Section):

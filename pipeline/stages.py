@@ -12,6 +12,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline import storage, warehouse
@@ -98,7 +99,7 @@ def stage_train(settings: Settings, data_date: dt.date, max_epochs: int | None =
     a tuned configuration pending the gate; the configuration is the champion's otherwise (pipeline.tuning)."""
     from pipeline import tracking, tuning
     from pipeline.erasure.lineage import closed_tombstones, training_tags
-    from pipeline.recsys.candidate import effective_train_config, model_config_for, train_candidate
+    from pipeline.recsys.candidate import effective_train_config, incremental_plan, model_config_for, train_candidate
     from pipeline.recsys.data import load_night
     from pipeline.recsys.train import TrainConfig
 
@@ -107,16 +108,20 @@ def stage_train(settings: Settings, data_date: dt.date, max_epochs: int | None =
     with tracking.training_run(settings, data_date, tracking.lineage_tags(catalog, data_date, dag_run_id)) as run:
         night = load_night(catalog, data_date)
         tuned = tuning.config_for_night(settings)
-        init_state, warm_from, erasure_retrain = ((None, None, False) if tuned and tuned.is_candidate
-                                                  else _warm_start_state(settings, night.item_ids, closed))
-        run.set_tags({**training_tags(closed, warm_from, erasure_retrain), **(tuned.tags() if tuned else {})})
+        warm = _WarmStart() if tuned and tuned.is_candidate else _warm_start(settings, night.item_ids, closed)
+        init_state, warm_from, erasure_retrain = warm.state, warm.version, warm.erasure_retrain
+        incremental = (incremental_plan(settings.training, data_date, warm.train_until, warm.new_items)
+                       if init_state else None)
+        run.set_tags({**training_tags(closed, warm_from, erasure_retrain), **(tuned.tags() if tuned else {}),
+                      "incremental_since": incremental.since.isoformat() if incremental else "full"})
         training = settings.training
         epochs = max_epochs or (min(training.max_epochs, training.warm_start_epochs) if init_state
                                 else training.max_epochs)
         model_config, train_config = tuning.night_configs(tuned, model_config_for(night, settings.model),
                                                           TrainConfig.from_settings(settings, max_epochs=epochs))
         run.log_configs(model_config, effective_train_config(train_config, bool(init_state)), data_date)
-        candidate = train_candidate(night, model_config, train_config, init_state, on_epoch=run.on_epoch)
+        candidate = train_candidate(night, model_config, train_config, init_state, on_epoch=run.on_epoch,
+                                    incremental=incremental)
         run.set_tags({k: str(candidate.train_info[k]) for k in ("gate_split", "train_until")})
         out = catalog.new_candidate(data_date)
         with storage.local_folder(out, write_back=True) as folder:  # written locally, then copied to a URI
@@ -133,6 +138,7 @@ def stage_train(settings: Settings, data_date: dt.date, max_epochs: int | None =
         "train_until": candidate.train_info["train_until"],
         "epochs": train_metrics.get("epochs"),
         "warm_start_from": warm_from,
+        "incremental_since": candidate.train_info["incremental_since"],
         "erasure_retrain": erasure_retrain,
         "tuned_config": {"run_id": tuned.run_id, "adoption": tuned.adoption} if tuned else None,
         "seconds_per_epoch": train_metrics.get("seconds_per_epoch"),
@@ -140,27 +146,36 @@ def stage_train(settings: Settings, data_date: dt.date, max_epochs: int | None =
     }
 
 
-def _warm_start_state(settings: Settings, item_ids: list[str], closed_tombstones: int
-                      ) -> tuple[dict[str, Any] | None, str | None, bool]:
-    """(state, version, erasure_retrain): the champion's weights as a starting point for tonight, remapped to
-    tonight's item index (recsys.bundle.warm_start_state). No state when off, without a champion, or when the
-    champion saw a user erased since (erasure_retrain: pipeline.erasure.lineage)."""
+@dataclass
+class _WarmStart:
+    """Where tonight's training starts: the champion's weights remapped to tonight's items (`state`), its
+    version, its training window's last day and the share of tonight's items new to it; no state when warm
+    start is off, without a champion, or when the champion saw a user erased since (erasure_retrain)."""
+
+    state: dict[str, Any] | None = None
+    version: str | None = None
+    erasure_retrain: bool = False
+    train_until: dt.date | None = None
+    new_items: float = 1.0
+
+
+def _warm_start(settings: Settings, item_ids: list[str], closed_tombstones: int) -> _WarmStart:
     if not settings.training.warm_start:
-        return None, None, False
+        return _WarmStart()
     from pipeline import registry
     from pipeline.erasure.lineage import saw_erased_user
     from pipeline.recsys.bundle import warm_start_state
 
     version = registry.champion_version(settings)
     if version is None:
-        return None, None, False
+        return _WarmStart()
     if saw_erased_user(settings, version, closed_tombstones):
         log.info("champion version %s saw a user erased since: training from scratch", version)
-        return None, None, True
+        return _WarmStart(erasure_retrain=True)
     bundle, _ = registry.load_bundle(settings, version)
-    state = warm_start_state(bundle, item_ids)
     log.info("warm start from champion version %s (%d known items)", version, len(bundle.index))
-    return state, version, False
+    new_items = sum(item not in bundle.index for item in item_ids) / max(1, len(item_ids))
+    return _WarmStart(warm_start_state(bundle, item_ids), version, False, bundle.train_until, new_items)
 
 
 @_ledger("tune")

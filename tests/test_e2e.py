@@ -132,12 +132,19 @@ def test_next_night_warm_starts_from_the_champion_and_goes_through_the_gate(nigh
     registers a new version and records the gate's decision on it."""
     from mlflow import MlflowClient
 
+    from pipeline.config import load_settings
     from pipeline.stages import run_night
 
-    settings = night["settings"]
     next_day = NIGHT + dt.timedelta(days=1)
+    every = next(n for n in range(2, 10) if next_day.toordinal() % n)  # not a full-retrain date
+    settings = load_settings(incremental=True, full_retrain_every=every, incremental_max_new_items=1.0)
     results = run_night(settings, next_day, max_epochs=3)
     assert results["train"]["warm_start_from"] == "1"
+    # an incremental warm night: the users with events after the champion's window (NIGHT - 1) plus a replay
+    # sample of the others, fewer than every user with a history
+    assert results["train"]["incremental_since"] == (NIGHT - dt.timedelta(days=1)).isoformat()
+    trained = json.loads((Path(results["train"]["candidate_dir"]) / "train.json").read_text())
+    assert 0 < trained["n_train_sequences"] < 0.8 * trained["n_users"]
     register = results["register"]
     assert register["version"] == "2" and register["previous_champion"] == "1"
     client = MlflowClient(tracking_uri=settings.paths.mlflow_uri, registry_uri=settings.paths.mlflow_uri)

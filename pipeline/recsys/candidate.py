@@ -19,6 +19,7 @@ a night with too few users active on D (its training window reaches D; `gate_spl
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import logging
 from collections.abc import Callable
@@ -26,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import ModelSettings
+from pipeline.config import ModelSettings, TrainingSettings
 from pipeline.recsys.bundle import ModelBundle
-from pipeline.recsys.data import LEAVE_ONE_OUT, EvalSplit, NightData
+from pipeline.recsys.data import LEAVE_ONE_OUT, TEMPORAL, EvalSplit, Incremental, NightData
 from pipeline.recsys.diversity import ItemStats
 from pipeline.recsys.evaluate import evaluate_baselines, evaluate_model, popularity_scores
 from pipeline.recsys.model import ModelConfig
@@ -67,16 +68,35 @@ def effective_train_config(train_config: TrainConfig, warm_start: bool) -> Train
     return dataclasses.replace(train_config, patience=min(train_config.patience, 3)) if warm_start else train_config
 
 
+def incremental_plan(training: TrainingSettings, data_date: dt.date, champion_until: dt.date | None,
+                     new_item_share: float) -> Incremental | None:
+    """Whether a warm night trains incrementally (and from which day on): when `incremental` is on, the champion's
+    training window is known, the date is not a full-retrain date (ordinal a multiple of full_retrain_every)
+    and at most incremental_max_new_items of tonight's items are new to the champion."""
+    if not training.incremental or champion_until is None:
+        return None
+    if data_date.toordinal() % training.full_retrain_every == 0:
+        log.info("full warm night: %s is a full-retrain date (every %d days)", data_date, training.full_retrain_every)
+        return None
+    if new_item_share > training.incremental_max_new_items:
+        log.info("full warm night: %.1f%% of the items are new to the champion (> %.1f%%)", 100 * new_item_share,
+                 100 * training.incremental_max_new_items)
+        return None
+    return Incremental(since=champion_until, replay=training.incremental_replay)
+
+
 def train_candidate(
     night: NightData, model_config: ModelConfig, train_config: TrainConfig, init_state: dict[str, Any] | None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None, split: str | None = None,
+    incremental: Incremental | None = None,
 ) -> Candidate:
     """Train on the training side of `split` (default: the night's gate split), evaluate model and baselines
     on its evaluation side, and on leave-one-out as a secondary metric; `on_epoch(epoch, record)` sees each
-    epoch as it ends (live tracking)."""
+    epoch as it ends (live tracking). `incremental` narrows a temporal split's training sequences to the users
+    that changed since the champion's window plus a replay sample (the evaluation is unchanged)."""
     split = split or night.gate_split()
     train_config = effective_train_config(train_config, bool(init_state))
-    training = night.train_split(split)
+    training = night.train_split(split, incremental if split == TEMPORAL else None)
     model, train_metrics, history = train_model(model_config, train_config, training.sequences,
                                                 training.valid_inputs, training.valid_targets,
                                                 text_emb=night.text_emb, on_epoch=on_epoch, init_state=init_state)
@@ -97,6 +117,7 @@ def train_candidate(
         "gate_split": split,
         "train_until": training.train_until.isoformat(),
         "n_eval_users": len(evaluation.users),
+        "incremental_since": incremental.since.isoformat() if incremental and split == TEMPORAL else None,
     }
     return Candidate(ModelBundle(model, night.item_ids, training.train_until), metrics, train_info)
 

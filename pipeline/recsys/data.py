@@ -134,6 +134,7 @@ class NightData:
     data_date: dt.date | None = None    # D: the temporal split trains before it and evaluates on it
     before_d: list[np.ndarray] | None = None  # every user's most recent items before D (split_temporal_train)
     temporal: EvalSplit | None = None   # users active on D: history before D, new items on D as targets
+    before_last: list[dt.date] | None = None  # the UTC day of each before_d user's last event before D
 
     @property
     def n_items(self) -> int:
@@ -171,17 +172,41 @@ class NightData:
             return self.temporal
         return EvalSplit(LEAVE_ONE_OUT, self.loo_users, self.test_inputs(), [t[None] for t in self.loo_test])
 
-    def train_split(self, name: str) -> TrainSplit:
+    def train_split(self, name: str, incremental: Incremental | None = None) -> TrainSplit:
         """TEMPORAL: the events before D only (each user's last one before D validates, for users with >= 3);
-        LEAVE_ONE_OUT: the leave-one-out training part, whose window reaches D."""
+        LEAVE_ONE_OUT: the leave-one-out training part, whose window reaches D. With `incremental`, the
+        temporal training sequences are those of the users with an event after incremental.since plus a seeded
+        replay sample of the others (the validation users stay all)."""
         assert self.data_date is not None, "load_night sets the data date"
         if name == LEAVE_ONE_OUT:
             return TrainSplit(name, self.train_sequences(), self.loo_train, self.loo_valid, self.data_date)
-        before = [s for s in self.before_d or [] if len(s) >= 2]
-        sequences = [s[:-1] if len(s) >= 3 else s for s in before]
+        keep = [len(s) >= 2 for s in self.before_d or []]
+        before = [s for s, k in zip(self.before_d or [], keep, strict=True) if k]
         valid = [s for s in before if len(s) >= 3]
+        if incremental is not None:
+            last = [d for d, k in zip(self.before_last or [], keep, strict=True) if k]
+            before = incremental.select(before, last, self.data_date)
+        sequences = [s[:-1] if len(s) >= 3 else s for s in before]
         return TrainSplit(name, sequences, [s[:-1] for s in valid], np.array([s[-1] for s in valid], np.int64),
                           self.data_date - dt.timedelta(days=1))
+
+
+@dataclass(frozen=True)
+class Incremental:
+    """An incremental warm night's training set: every user with an event after `since` (the champion's
+    training window's last day), and a `replay` share of the others drawn with a seed of the night's date."""
+
+    since: dt.date
+    replay: float
+
+    def select(self, sequences: list[np.ndarray], last_days: list[dt.date], data_date: dt.date) -> list[np.ndarray]:
+        assert len(sequences) == len(last_days), "one last-event day per sequence"
+        changed = np.array([day > self.since for day in last_days], bool)
+        draw = np.random.default_rng(data_date.toordinal()).random(len(sequences)) < self.replay
+        chosen = [s for s, pick in zip(sequences, changed | draw, strict=True) if pick]
+        log.info("incremental night: %d users with events after %s + %d replayed of %d unchanged",
+                 int(changed.sum()), self.since, int((draw & ~changed).sum()), int((~changed).sum()))
+        return chosen
 
 
 def load_night(catalog: Catalog, data_date: dt.date) -> NightData:
@@ -191,8 +216,9 @@ def load_night(catalog: Catalog, data_date: dt.date) -> NightData:
     seqs = storage.read_table(catalog.mart(data_date, "user_sequences"), columns=["user_id", "item_ids"])
     loo = storage.read_table(catalog.mart(data_date, "split_leave_one_out")).to_pydict()
     sequences = seqs.column("item_ids").to_pylist()
-    before = storage.read_table(catalog.mart(data_date, "split_temporal_train"), columns=["item_ids"])
+    before = storage.read_table(catalog.mart(data_date, "split_temporal_train"), columns=["item_ids", "last_event_ts"])
     before_d = before.column("item_ids").to_pylist()
+    before_last = [_utc_day(ts) for ts in before.column("last_event_ts").to_pylist()]
     on_d = storage.read_table(catalog.mart(data_date, "split_temporal")).to_pydict()
     lists = [*sequences, *before_d, *on_d["history_items"], *on_d["target_items"], *on_d["seen_items"]]
     interacted = {i for seq in lists for i in seq}
@@ -213,9 +239,14 @@ def load_night(catalog: Catalog, data_date: dt.date) -> NightData:
         text_emb=_text_matrix(catalog.night_embeddings(data_date), index),
         data_date=data_date,
         before_d=encode(before_d),
+        before_last=before_last,
         temporal=EvalSplit(TEMPORAL, on_d["user_id"], encode(on_d["history_items"]), encode(on_d["target_items"]),
                            encode(on_d["seen_items"])),
     )
+
+
+def _utc_day(ts: dt.datetime) -> dt.date:
+    return (ts if ts.tzinfo is None else ts.astimezone(dt.UTC)).date()
 
 
 def _text_matrix(location: Path | str, index: dict[str, int]) -> np.ndarray | None:

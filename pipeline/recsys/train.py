@@ -118,14 +118,19 @@ def _lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float)
 class _Schedule:
     """The learning-rate factor per step: linear warm-up, then cosine decay to min_ratio at `total` steps.
 
-    With a time budget the horizon is bound to it: once the first epoch's duration is known, `fit_budget`
-    shortens `total` to the epochs the budget allows, so that the decay ends when training does rather than
-    being cut off near the peak rate (max_epochs 200 with a budget that stops at epoch 35)."""
+    With a time budget the horizon is bound to it: after every epoch, `fit_budget` sets the horizon to the
+    epochs the budget allows at the pace so far (never beyond `planned`, the max_epochs horizon), so that the
+    decay ends when training does rather than being cut off near the peak rate (max_epochs 200 with a budget
+    that stops at epoch 35). A budget that does not bind leaves the schedule as planned."""
 
     warmup: int
-    total: int
+    planned: int
     min_ratio: float
     step: int = 0
+    total: int = 0
+
+    def __post_init__(self) -> None:
+        self.total = self.total or self.planned
 
     def __iter__(self) -> _Schedule:
         return self
@@ -135,10 +140,10 @@ class _Schedule:
         return _lr_factor(self.step - 1, self.warmup, self.total, self.min_ratio)
 
     def fit_budget(self, epochs_allowed: int, steps_per_epoch: int) -> None:
-        horizon = max(self.warmup + steps_per_epoch, epochs_allowed * steps_per_epoch)
-        if horizon < self.total:
-            log.info("learning-rate schedule bound to the time budget: cosine over %d epochs instead of %d",
-                     horizon // steps_per_epoch, self.total // steps_per_epoch)
+        horizon = min(self.planned, max(self.warmup + steps_per_epoch, epochs_allowed * steps_per_epoch))
+        if horizon != self.total:
+            log.info("learning-rate schedule bound to the time budget: cosine over %d epochs (max_epochs %d)",
+                     horizon // steps_per_epoch, self.planned // steps_per_epoch)
             self.total = horizon
 
 
@@ -226,10 +231,11 @@ def _run_epoch(
     return total_loss / len(batches)
 
 
-def _epochs_allowed(budget_s: float, first_epoch_s: float, shard: Shard | None) -> int:
-    """How many epochs of the first one's length fit in the budget, less a tenth for validation; every DDP
-    rank gets the same figure (the mean of their estimates)."""
-    allowed = float(int(0.9 * budget_s / max(first_epoch_s, 1e-6)))
+def _epochs_allowed(budget_s: float, elapsed_s: float, epochs_done: int, shard: Shard | None) -> int:
+    """How many epochs fit in the budget at the pace so far (validation included); every DDP rank gets the
+    same figure (the mean of their estimates)."""
+    pace = elapsed_s / max(1, epochs_done)
+    allowed = float(epochs_done + int(max(0.0, budget_s - elapsed_s) / max(pace, 1e-6)))
     if shard is not None:
         allowed = shard.sum(allowed) / shard.world
     return max(1, int(allowed))
@@ -287,9 +293,6 @@ def _fit(
         t0 = time.perf_counter()
         loss = _run_epoch(trainee, opt, inputs, targets, _batches(lengths, cfg.batch_size, rng), cfg, lr_factors,
                           device, use_bf16, shard, lengths)
-        if epoch == 1 and cfg.time_budget_s and cfg.budget_schedule:
-            lr_factors.fit_budget(_epochs_allowed(cfg.time_budget_s, time.perf_counter() - t0, shard),
-                                  steps_per_epoch)
         stop = False
         if lead:
             record: dict[str, float] = {"epoch": epoch, "loss": loss, "seconds": time.perf_counter() - t0,
@@ -310,6 +313,9 @@ def _fit(
             stop = shard.agree(stop)
         if stop:
             break
+        if cfg.time_budget_s and cfg.budget_schedule:
+            lr_factors.fit_budget(_epochs_allowed(cfg.time_budget_s, time.perf_counter() - start, epoch, shard),
+                                  steps_per_epoch)
     bar.close()
     if lead and not len(v_targets):
         log.warning("no validation users: kept the last epoch's weights (no early stopping)")
