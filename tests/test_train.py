@@ -213,8 +213,8 @@ def test_the_schedule_decays_within_the_epochs_the_time_budget_allows() -> None:
 
 def test_a_budget_that_does_not_bind_leaves_the_run_unchanged() -> None:
     train, v_in, v_tgt, _ = toy_data()
-    _, _, unbound = train_model(small_config(), TrainConfig(max_epochs=3, patience=10, lr=3e-3, seed=1,
-                                                            budget_schedule=False), train, v_in, v_tgt)
-    _, _, bound = train_model(small_config(), TrainConfig(max_epochs=3, patience=10, lr=3e-3, seed=1), train, v_in,
-                              v_tgt)
+    _, _, unbound = train_model(small_config(), TrainConfig(max_epochs=3, patience=10, lr=3e-3, seed=1), train,
+                                v_in, v_tgt)
+    _, _, bound = train_model(small_config(), TrainConfig(max_epochs=3, patience=10, lr=3e-3, seed=1,
+                                                          budget_schedule=True), train, v_in, v_tgt)
     assert [h["lr"] for h in bound] == [h["lr"] for h in unbound]  # the budget (10 min) does not bind here

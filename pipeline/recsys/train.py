@@ -55,7 +55,7 @@ class TrainConfig:
     bf16: bool | None = None                # bf16 autocast; None = on for cuda, off for cpu (not faster there)
     valid_max_users: int | None = 20_000    # validate on at most this many users (fixed random subset)
     windows_per_user: int = 1               # non-overlapping max_len windows per user, newest first (0 = all)
-    budget_schedule: bool = True            # bind the cosine horizon to the epochs the time budget allows
+    budget_schedule: bool = False           # bind the cosine horizon to the epochs the budget allows (measured: hurt)
     processes: int = _TRAINING.train_processes  # data-parallel workers (DDP); 1 = this process, no process group
 
     @classmethod

@@ -116,8 +116,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patience", type=int, default=d_t.patience)
     parser.add_argument("--windows-per-user", type=int, default=d_t.windows_per_user,
                         help="max_len windows per user per epoch, newest first (0 = the whole history)")
-    parser.add_argument("--no-budget-schedule", action="store_true",
-                        help="keep the cosine horizon at --max-epochs even when the time budget stops sooner")
+    parser.add_argument("--min-lr-ratio", type=float, default=d_t.min_lr_ratio,
+                        help="floor of the cosine schedule (1 = a constant rate after the warm-up)")
+    parser.add_argument("--budget-schedule", action="store_true",
+                        help="bind the cosine horizon to the epochs the time budget allows (default: --max-epochs)")
     parser.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
                         help="bf16 autocast in training (auto: CUDA, or a CPU with native bf16)")
     parser.add_argument("--device", default=d_t.device, help="auto | cpu | cuda[:N] (training; auto = cuda if any)")
@@ -226,7 +228,8 @@ def train_one(
     train_cfg = TrainConfig(
         max_epochs=args.max_epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         warmup_epochs=args.warmup_epochs, patience=args.patience, seed=args.seed, time_budget_s=budget,
-        device=args.device, windows_per_user=args.windows_per_user, budget_schedule=not args.no_budget_schedule,
+        device=args.device, windows_per_user=args.windows_per_user,
+        min_lr_ratio=args.min_lr_ratio, budget_schedule=args.budget_schedule,
         bf16={"auto": None, "on": True, "off": False}[args.bf16],
     )
     model, train_metrics, _ = train_model(model_cfg, train_cfg, train_seqs, night.loo_train, night.loo_valid,
