@@ -41,6 +41,8 @@ def plot_backtest(result: dict[str, Any]) -> str | None:
         return None
     key = f"ndcg@{result['top_n']}"
     plt = pyplot()
+    from matplotlib.dates import DateFormatter
+
     fig, axes = plt.subplots(2, 2, figsize=(12, 7))
     first = next(iter(variants.values()))["nights"]
     baselines = [m for m in next((n["methods"] for n in first if n.get("methods")), {}) if m != "model"]
@@ -60,6 +62,7 @@ def plot_backtest(result: dict[str, Any]) -> str | None:
     axes[1, 1].set_title("night wall seconds (all stages)", fontsize=10)
     for ax in axes.flat:
         ax.legend(fontsize=7)
+        ax.xaxis.set_major_formatter(DateFormatter("%Y-%m-%d"))
         ax.tick_params(axis="x", labelrotation=45, labelsize=7)
     return figure_png(fig)
 
