@@ -274,14 +274,18 @@ def replay(variant: Variant, settings: Settings, top_n: int, seed_from: Settings
             log.exception("backtest: no lists for %s", day)
             night.status, night.error = "failed", night.error or f"{type(err).__name__}: {err}"[:500]
         nights.append(night)
-        pending.append(night)
+        if night.lists is not None:  # a night without marts has nothing to score, not zeros
+            pending.append(night)
         if day + dt.timedelta(days=1) not in replayed:
-            _prepare_truth(settings, day + dt.timedelta(days=1))
+            try:
+                _prepare_truth(settings, day + dt.timedelta(days=1))
+            except Exception:  # e.g. the next day fails ingest's volume check: this night stays unscored
+                log.exception("backtest: no truth for the night of %s", day)
         for waiting in list(pending):
             truth = next_day_truth(catalog, waiting.date + dt.timedelta(days=1))
             if truth is None:
                 continue
-            lists = waiting.lists or {}
+            lists = waiting.lists or {}  # a failed night that published nothing scores the model's empty lists
             waiting.methods = {method: next_day_metrics(lists.get(method, {}), truth, top_n, waiting.catalog_size)
                                for method in ("model", *BASELINES)}
             waiting.lists = None
