@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE = 1
 BIN := $(VENV)/bin
 
 .PHONY: setup browser run test test-stack test-venv lint bench bench-ingest bench-embed bench-score bench-storage bench-celery \
-	bench-quality bench-ddp airflow stack \
+	bench-quality bench-ddp bench-backtest airflow stack \
 	stack-down clean
 
 setup: $(VENV)/.installed
@@ -48,7 +48,7 @@ test-venv: setup
 lint: setup
 	$(BIN)/ruff check pipeline dags tests bench
 
-bench: bench-ingest bench-embed bench-score bench-storage bench-celery bench-quality bench-ddp
+bench: bench-ingest bench-embed bench-score bench-storage bench-celery bench-quality bench-ddp bench-backtest
 
 bench-ingest: setup
 	$(BIN)/python bench/bench_ingest.py
@@ -70,6 +70,10 @@ bench-quality: setup
 
 bench-ddp: setup
 	$(BIN)/python bench/bench_ddp.py
+
+# A short backtest (a few nights of ml-latest-small, real timestamps): next-day quality per variant and baseline.
+bench-backtest: setup
+	$(BIN)/python bench/bench_backtest.py
 
 airflow: setup
 	$(BIN)/nightly-recs airflow-standalone

@@ -20,6 +20,7 @@ Layout under the state home (defaults; landing, lake, warehouse and MLflow can e
     models/dt=D/<candidate>/               a night's candidate models (bundle, metrics, curves)  } under `lake_uri`
     staging/dt=D/                          scored tables waiting for validation                  } when set
     reports/<D>.md, <D>.json, <D>.html     the nightly report (Markdown, JSON, HTML with plots)  }
+    backtest/<run>/<variant>/              `nightly-recs backtest`: a whole state home per variant
     locks/publish-dt=D.lock                one writer per published date (flock)
     warehouse.duckdb                       published tables and ledgers (or PostgreSQL: warehouse_uri)
     mlflow/mlflow.db, mlflow/artifacts/    tracking and registry
@@ -187,6 +188,11 @@ class Catalog:
     def report(self, data_date: dt.date, suffix: str) -> Path | str:
         """The nightly report: suffix '.md', '.json' or '.html'."""
         return storage.child(self.reports_dir, f"{data_date.isoformat()}{suffix}")
+
+    @property
+    def backtest_root(self) -> Path:
+        """Where `nightly-recs backtest` keeps a state home per variant (never the home's own state)."""
+        return self.paths.home / "backtest"
 
     def consumer_summary_dir(self) -> Path:
         return self.paths.home / "consumer"

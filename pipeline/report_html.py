@@ -143,7 +143,7 @@ def popularity_deciles(settings: Settings, data_date: dt.date) -> list[float]:
     return [per.get(d, 0) / total for d in range(1, 11)] if total else []
 
 
-def _png(fig: Any) -> str:
+def figure_png(fig: Any) -> str:
     """A matplotlib figure as a base64 PNG (for a data: URI); closes the figure."""
     import matplotlib.pyplot as plt
 
@@ -154,7 +154,7 @@ def _png(fig: Any) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -167,7 +167,7 @@ def plot_trends(rows: list[dict[str, Any]]) -> str | None:
     """The trend panels (one marker per night) as one PNG."""
     if not rows:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(2, 3, figsize=(12, 6))
     dates = [dt.date.fromisoformat(r["date"]) for r in rows]
     for ax, (key, title) in zip(axes.flat, TRENDS, strict=True):
@@ -178,13 +178,13 @@ def plot_trends(rows: list[dict[str, Any]]) -> str | None:
             ax.legend(fontsize=8)
         ax.set_title(title, fontsize=10)
         ax.tick_params(axis="x", labelrotation=45, labelsize=7)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def plot_deciles(shares: list[float]) -> str | None:
     if not shares:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3))
     ax.bar(range(1, 11), shares, color="tab:green")
     ax.axhline(0.1, color="gray", linestyle=":", label="uniform")
@@ -192,7 +192,7 @@ def plot_deciles(shares: list[float]) -> str | None:
     ax.set_ylabel("share of published slots")
     ax.set_xticks(range(1, 11))
     ax.legend(fontsize=8)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def plot_training(candidate_dir: str | None) -> str | None:

@@ -268,6 +268,34 @@ def transition_matrix(train_seqs: list[np.ndarray], n_items: int) -> sp.csr_matr
     return sp.csr_matrix((data, (src_a, dst_a)), shape=(n_items + 1, n_items + 1))
 
 
+ScoreFn = Callable[[np.ndarray, list[np.ndarray]], Tensor]
+
+
+def baseline_scorers(train_seqs: list[np.ndarray], n_items: int) -> dict[str, ScoreFn]:
+    """Each baseline as a scorer, fitted on `train_seqs`: score_fn(user positions, histories) -> (B, n_items+1).
+    most_popular and recent_popular score every user alike; item_transition scores the counts of items that
+    followed the user's last item, backing off to popularity for ties and unseen last items. The offline
+    evaluation (evaluate_baselines) and the backtest's published baseline lists both score with these."""
+    pop = popularity_scores(train_seqs, n_items)
+    pop_tiebreak = torch.from_numpy(pop / (pop.max() + 1.0)).float()  # < 1: only orders equal counts
+    recent = torch.from_numpy(recent_popularity_scores(train_seqs, n_items)).float()
+    trans = transition_matrix(train_seqs, n_items)
+
+    def constant(vec: Tensor) -> ScoreFn:
+        return lambda idx, hist: vec.unsqueeze(0).expand(len(idx), -1)
+
+    def transition_fn(idx: np.ndarray, hist: list[np.ndarray]) -> Tensor:
+        last = np.array([h[-1] if len(h) else 0 for h in hist], dtype=np.int64)
+        rows = torch.from_numpy(trans[last].toarray()).float()  # (B, N+1)
+        return rows + pop_tiebreak.unsqueeze(0)
+
+    return {
+        "most_popular": constant(torch.from_numpy(pop).float()),
+        "recent_popular": constant(recent),
+        "item_transition": transition_fn,
+    }
+
+
 def evaluate_baselines(
     train_seqs: list[np.ndarray],
     inputs: list[np.ndarray],
@@ -278,28 +306,10 @@ def evaluate_baselines(
     item_stats: ItemStats | None = None,
     exclude: list[np.ndarray] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """most_popular, recent_popular and item_transition (last item -> next item counts, backing off to
-    popularity for ties and unseen last items), under the same protocol as the model."""
-    pop = popularity_scores(train_seqs, n_items)
-    pop_tiebreak = torch.from_numpy(pop / (pop.max() + 1.0)).float()  # < 1: only orders equal counts
-    recent = torch.from_numpy(recent_popularity_scores(train_seqs, n_items)).float()
-    trans = transition_matrix(train_seqs, n_items)
-
-    def constant(vec: Tensor) -> Callable[[np.ndarray, list[np.ndarray]], Tensor]:
-        return lambda idx, hist: vec.unsqueeze(0).expand(len(idx), -1)
-
-    def transition_fn(idx: np.ndarray, hist: list[np.ndarray]) -> Tensor:
-        last = np.array([h[-1] if len(h) else 0 for h in hist], dtype=np.int64)
-        rows = torch.from_numpy(trans[last].toarray()).float()  # (B, N+1)
-        return rows + pop_tiebreak.unsqueeze(0)
-
-    scorers = {
-        "most_popular": constant(torch.from_numpy(pop).float()),
-        "recent_popular": constant(recent),
-        "item_transition": transition_fn,
-    }
+    """most_popular, recent_popular and item_transition (baseline_scorers), under the same protocol as the
+    model."""
     return {
         name: _ranking_metrics(fn, inputs, targets, n_items, ks, cold_items, item_stats=item_stats,
                                exclude=exclude)
-        for name, fn in scorers.items()
+        for name, fn in baseline_scorers(train_seqs, n_items).items()
     }

@@ -13,6 +13,11 @@ Each stage command (`ingest`, `features`, `embed`, `train`, `register`, `select`
 an earlier stage's output (the candidate folder, the staged table) takes it from that stage's latest ledger
 entry for the date, or from a flag.
 
+`backtest --from D1 --to D2 [--json OUT] [--html OUT]` replays the nights D1..D2 over the landing source in
+new state homes, one per variant (warm start, from scratch with the same budget, from scratch to convergence),
+and scores each night's published top-N and the baselines' against the next day's events
+(pipeline.tools.backtest).
+
 `tune --date D --budget-minutes M [--trials N] [--max-epochs E]` searches the model's configuration on D's split
 within M minutes (pipeline.tuning): the best configuration is stored in MLflow and tried by the next night's gate.
 """
@@ -215,6 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline.tools import quality_benchmark
 
     quality_benchmark.add_arguments(quality)
+    backtest = sub.add_parser("backtest", help="replay real nights over the landing source and score each night's "
+                              "published top-N (and the baselines') against the next day's events, per variant")
+    from pipeline.tools import backtest as backtest_tool
+
+    backtest_tool.add_arguments(backtest)
     sub.add_parser("airflow-standalone", help="start Airflow (UI, scheduler) on 127.0.0.1 with the project's DAGs")
 
     stack = sub.add_parser("stack", help="the local service stack on 127.0.0.1: PostgreSQL, S3 (moto), MLflow "
@@ -284,6 +294,12 @@ def _forget(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _backtest(settings: Settings, args: argparse.Namespace) -> int:
+    from pipeline.tools import backtest
+
+    return backtest.run_command(settings, args)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -304,8 +320,10 @@ def main(argv: list[str] | None = None) -> int:
         run_night(settings, args.date, args.top_n, not args.no_retrain, args.max_epochs, args.force_promote)
         print_summary(settings, args.date)
         return 0
-    if args.command == "dag-run":
-        return _dag_run(settings, args)
+    handlers: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
+        "dag-run": _dag_run, "forget": _forget, "backtest": _backtest}
+    if args.command in handlers:
+        return handlers[args.command](settings, args)
     if args.command == "rollback":
         import getpass
 
@@ -318,8 +336,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "summary":
         print_summary(settings, args.date)
         return 0
-    if args.command == "forget":
-        return _forget(settings, args)
     if args.command == "demo-data":
         from pipeline.tools.demo_source import write_demo_source
 
