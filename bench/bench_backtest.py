@@ -57,6 +57,8 @@ def main() -> int:
     parser.add_argument("--converged-every", default="4")
     parser.add_argument("--converged-epochs", default="150")
     parser.add_argument("--name", default="backtest-ml-latest-small")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help="comma-separated (warm_incremental too), each in a process of its own")
     args = parser.parse_args()
     if not DATASET.is_dir():
         print(f"bench-backtest skipped: {DATASET} is absent (the shared datasets live beside the repository)")
@@ -71,13 +73,14 @@ def main() -> int:
                "--converged-epochs", args.converged_epochs]
     print("$ " + " ".join(f"{k}={v}" for k, v in SETTINGS.items()) + " nightly-recs " + " ".join(command)
           + " --variants <one each, in parallel>", flush=True)
+    variants = tuple(args.variants.split(","))
     runs = []
-    for variant in VARIANTS:
+    for variant in variants:
         part = ["--variants", variant, "--json", str(home / f"{variant}.json"), "--out-dir", str(home / "backtest")]
         with (home / f"{variant}.log").open("w") as log:
             runs.append(subprocess.Popen([*cli, *command, *part], cwd=REPO, env=env, stdout=log, stderr=log))
-    failed = [variant for variant, run in zip(VARIANTS, runs, strict=True) if run.wait() != 0]
-    parts = [json.loads((home / f"{v}.json").read_text()) for v in VARIANTS if (home / f"{v}.json").is_file()]
+    failed = [variant for variant, run in zip(variants, runs, strict=True) if run.wait() != 0]
+    parts = [json.loads((home / f"{v}.json").read_text()) for v in variants if (home / f"{v}.json").is_file()]
     if not parts:
         print(f"bench-backtest: no variant finished; see {home}/*.log")
         return 1

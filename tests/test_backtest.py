@@ -84,6 +84,8 @@ def test_variants_follow_the_settings(tmp_path: Path) -> None:
     assert scratch.overrides == {"warm_start": False} and scratch.later_epochs == 3
     assert converged.overrides == {"warm_start": False, "max_epochs": 50}
     assert converged.nights == [FIRST, FIRST + dt.timedelta(days=3), FIRST + dt.timedelta(days=6)]
+    [incremental] = plan_variants(base, BacktestConfig(FIRST, FIRST, tmp_path, variants=("warm_incremental",)))
+    assert incremental.overrides == {"incremental": True}
     with pytest.raises(ValueError, match="unknown variants"):
         plan_variants(base, BacktestConfig(FIRST, FIRST, tmp_path, variants=("lucky",)))
     with pytest.raises(ValueError, match="before --from"):

@@ -21,6 +21,7 @@ Variants (all from the base settings):
   scratch_same_budget  warm start off; the first night as warm_start's, then warm_start_epochs epochs from
                        scratch every night (the warm start's per-night epoch budget)
   scratch_converged    warm start off, converged_epochs epochs (early stopping ends it) on every k-th night
+  warm_incremental     (on request) warm start with incremental nights on (settings `incremental`, ...)
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from pipeline.config import Settings, load_settings
 log = logging.getLogger(__name__)
 
 VARIANTS = ("warm_start", "scratch_same_budget", "scratch_converged")
+EXTRA_VARIANTS = ("warm_incremental",)  # replayed only when asked for
 PER_USER_METRICS = ("hr", "ndcg", "recall", "mrr")  # means over next-day users: pooled by user-weighted means
 
 
@@ -106,10 +108,11 @@ def plan_variants(base: Settings, config: BacktestConfig) -> list[Variant]:
         "scratch_converged": Variant("scratch_converged",
                                      {"warm_start": False, "max_epochs": config.converged_epochs},
                                      nights[:: config.converged_every]),
+        "warm_incremental": Variant("warm_incremental", {"incremental": True}, nights),
     }
     unknown = [v for v in config.variants if v not in known]
     if unknown or not config.variants:
-        raise ValueError(f"backtest: unknown variants {unknown}; choose from {list(VARIANTS)}")
+        raise ValueError(f"backtest: unknown variants {unknown}; choose from {[*VARIANTS, *EXTRA_VARIANTS]}")
     return [known[v] for v in config.variants]
 
 
@@ -338,7 +341,8 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--html", type=Path, help="write the page with the plot here")
     parser.add_argument("--out-dir", type=Path, help="a new folder for the variants' state homes "
                         "(default: <home>/backtest/<from>_<to>)")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"comma-separated, of {', '.join((*VARIANTS, *EXTRA_VARIANTS))}")
     parser.add_argument("--converged-every", type=int, default=BacktestConfig.converged_every,
                         help="scratch_converged replays every k-th night")
     parser.add_argument("--converged-epochs", type=int, default=BacktestConfig.converged_epochs,
