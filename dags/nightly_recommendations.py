@@ -117,7 +117,7 @@ def _night() -> tuple[dt.date, dict]:
         ),
     },
 )
-def nightly_recommendations() -> None:
+def nightly_recommendations() -> None:  # noqa: C901 (one nested function per task)
     @task(outlets=[ASSETS["interactions"]])
     def ingest() -> dict:
         """Landing files -> validated lake partitions. Fails without retry above the quarantine threshold."""
@@ -178,22 +178,30 @@ def nightly_recommendations() -> None:
         return chosen
 
     @task
-    def recommend(chosen: dict) -> dict:
-        """Score every active user with the version select_model chose; stage the table."""
+    def plan_scoring() -> list[dict]:
+        """The scoring shards: one below `score_shard_users` active users, else up to `score_max_shards`."""
+        from pipeline.stages import stage_plan_scoring
+
+        return call_stage(stage_plan_scoring, SETTINGS, _night()[0])
+
+    @task
+    def recommend(chosen: dict, shard: dict) -> dict:
+        """Score one shard of the active users with the version select_model chose; stage its part."""
         from pipeline.stages import stage_recommend
 
         day, params = _night()
         return call_stage(stage_recommend, SETTINGS, day, int(params["top_n"]), chosen["version"],
-                          float(params["diversity"]))
+                          float(params["diversity"]), shard=shard)
 
     @task(outlets=[ASSETS["recommendations"]], **WRITER)
-    def publish(staged: dict, chosen: dict) -> dict:
-        """Validate and atomically publish; the asset event carries the date, path and serving model."""
+    def publish(parts: list[dict], chosen: dict) -> dict:
+        """Validate every shard's part together and publish them atomically; the asset event carries the date,
+        path and serving model."""
         from pipeline.dag_support import attach_asset_extra, publish_summary
         from pipeline.stages import stage_publish
 
-        day = _night()[0]
-        result = call_stage(stage_publish, SETTINGS, day, staged["staged"], staged["top_n"], staged["model_version"])
+        day, parts = _night()[0], list(parts)
+        result = call_stage(stage_publish, SETTINGS, day, parts, parts[0]["top_n"], parts[0]["model_version"])
         return attach_asset_extra(get_current_context(), ASSETS["recommendations"],
                                   publish_summary(result, chosen, day))
 
@@ -217,7 +225,9 @@ def nightly_recommendations() -> None:
     embedded >> candidate
     chosen = select_model()
     [register(candidate), embedded] >> chosen
-    staged = recommend(chosen)
+    shards = plan_scoring()
+    chosen >> shards
+    staged = recommend.partial(chosen=chosen).expand(shard=shards)
     embedded >> staged
     publish(staged, chosen) >> housekeeping() >> report()
 

@@ -185,6 +185,8 @@ class ServingSettings(_Section):
     top_n: int = Field(10, ge=1, le=1000)        # recommendations per active user
     active_days: int = Field(30, ge=1)           # users with events in the last N days get recommendations
     score_chunk_users: int = Field(512, ge=1)    # users scored per block (bounds memory: block x items floats)
+    score_shard_users: int = Field(200_000, ge=1)  # above this many active users, scoring fans out over shards
+    score_max_shards: int = Field(8, ge=1, le=256)  # at most this many mapped scoring tasks
     reason_window: int = Field(5, ge=0, le=200)  # last history items occluded to find each row's reason (0 = none)
     diversity: Fraction = 0.0                    # MMR re-ranking weight (0 = off: the top-N by score)
     gate_max_coverage_loss: Fraction = 0.5       # challenger may lose at most this share of the champion's coverage@10

@@ -107,7 +107,8 @@ def fail_without_retry(err: Exception) -> Exception:
 # Failures that a retry cannot fix (bad data, bad settings, a model or table that breaks a rule): the task fails
 # at once. Matched by class name through the MRO, so this module imports none of the heavy modules defining them.
 DETERMINISTIC_ERRORS = frozenset({"IngestFormatError", "IngestQualityError", "IngestVolumeError", "GrainCheckError",
-                                  "PublishValidationError", "ConfigError", "DataDateError", "ErasureKeyError"})
+                                  "PublishValidationError", "ConfigError", "DataDateError", "ErasureKeyError",
+                                  "ShardPartsError"})
 
 
 def is_deterministic(err: BaseException) -> bool:

@@ -229,44 +229,61 @@ def stage_select_model(
     return {"version": champion, "degraded": degraded, "retrain": retrain, "trained_versions": gated}
 
 
+def stage_plan_scoring(settings: Settings, data_date: dt.date) -> list[dict[str, int]]:
+    """The scoring shards of the night ({"shard": i, "of": n}): one below `score_shard_users` active users."""
+    from pipeline import shards
+
+    activity = storage.read_table(Catalog.of(settings).mart(data_date, "user_activity"), columns=["is_active"])
+    active = sum(bool(a) for a in activity.column("is_active").to_pylist())
+    serving = settings.serving
+    return shards.plan(active, serving.score_shard_users, serving.score_max_shards)
+
+
 @_ledger("recommend")
 def stage_recommend(settings: Settings, data_date: dt.date, top_n: int | None = None,
-                    model_version: str | None = None, diversity: float | None = None) -> dict[str, Any]:
-    """Score every active user with the version select_model chose (`models:/<name>/<version>`; the current
-    champion when none is given), each row with its reason (and MMR re-ranking when the diversity weight is
-    above 0); stage the table for publishing."""
+                    model_version: str | None = None, diversity: float | None = None,
+                    shard: dict[str, int] | None = None) -> dict[str, Any]:
+    """Score the night's active users (or one shard of them: pipeline.shards) with the version select_model
+    chose (`models:/<name>/<version>`; the current champion when none is given), each row with its reason (and
+    MMR re-ranking when the diversity weight is above 0); stage the table (the shard's part) for publishing."""
     import pyarrow as pa
 
-    from pipeline import registry
+    from pipeline import registry, shards
     from pipeline.recsys.score import Serving, score_users, scoring_input
 
     k = top_n or settings.serving.top_n
     weight = settings.serving.diversity if diversity is None else diversity
+    part = shard or {"shard": 0, "of": 1}
     bundle, version = registry.load_bundle(settings, model_version or registry.CHAMPION)
-    data = scoring_input(Catalog.of(settings), data_date)
+    data = shards.take(scoring_input(Catalog.of(settings), data_date), part["shard"], part["of"])
     table = score_users(bundle, data, k, settings.serving.score_chunk_users, settings.model.device,
                         Serving(settings.serving.reason_window, weight))
     staged = Catalog.of(settings).new_staged_recommendations(data_date)
     storage.write_table(table, staged)
     sources = pa.table(table).column("source").to_pylist()
     return {"staged": str(staged), "model_version": version, "top_n": k, "users": len(data.user_ids),
-            "rows": table.num_rows, "popular_fallback_rows": sources.count("popular"), "diversity": weight}
+            "rows": table.num_rows, "popular_fallback_rows": sources.count("popular"), "diversity": weight,
+            "shard": part["shard"], "of": part["of"]}
 
 
 @_ledger("publish")
 def stage_publish(
-    settings: Settings, data_date: dt.date, staged: str, top_n: int, model_version: str | None
+    settings: Settings, data_date: dt.date, staged: str | list[dict[str, Any]], top_n: int, model_version: str | None
 ) -> dict[str, Any]:
-    """Validate the staged table against the publishing rules, then publish it atomically. Erased users are
-    never expected (pipeline.erasure), so a row for one breaks the rule expected_users."""
+    """Validate the staged table (or every shard's part together: pipeline.shards.combine) against the
+    publishing rules, then publish it atomically. Erased users are never expected (pipeline.erasure), so a row
+    for one breaks the rule expected_users."""
+    from pipeline import shards
     from pipeline.erasure.lineage import forgotten
     from pipeline.publish import publish_validated, validation_inputs
 
     catalog = Catalog.of(settings)
     users, seen, items = validation_inputs(catalog, data_date)
     users = forgotten(catalog).keep(users)
-    return publish_validated(catalog, data_date, storage.read_table(staged), users, seen, items, top_n,
-                             settings.serving.model_name, model_version)
+    table = (storage.read_table(staged) if isinstance(staged, str)
+             else shards.combine(staged, storage.read_table))
+    return publish_validated(catalog, data_date, table, users, seen, items, top_n, settings.serving.model_name,
+                             model_version)
 
 
 @_ledger("housekeeping")
@@ -343,9 +360,12 @@ def run_night(settings: Settings, data_date: dt.date, top_n: int | None = None, 
             log.exception("training or registration failed; serving the current champion (degraded)")
     results["select_model"] = stage_select_model(settings, data_date, retrain, run_id)
     k = top_n or settings.serving.top_n
-    results["recommend"] = stage_recommend(settings, data_date, k, results["select_model"]["version"])
-    results["publish"] = stage_publish(settings, data_date, results["recommend"]["staged"], k,
-                                       results["recommend"]["model_version"])
+    parts = [stage_recommend(settings, data_date, k, results["select_model"]["version"], shard=shard)
+             for shard in stage_plan_scoring(settings, data_date)]
+    results["recommend"] = parts[0] if len(parts) == 1 else {
+        "parts": parts, "model_version": parts[0]["model_version"], "top_n": k,
+        "users": sum(p["users"] for p in parts), "rows": sum(p["rows"] for p in parts)}
+    results["publish"] = stage_publish(settings, data_date, parts, k, parts[0]["model_version"])
     results["housekeeping"] = stage_housekeeping(settings, data_date)
     results["report"] = stage_report(settings, data_date)
     log.info("night %s done in %.1f s", data_date, time.perf_counter() - t0)

@@ -149,8 +149,17 @@ def test_degraded_mode_wiring(dag) -> None:
     assert select.trigger_rule == "all_done", "select_model must run when training failed"
     assert {"register", "embed"} <= select.upstream_task_ids, "…but only after tonight's data was embedded"
     assert dag.get_task("recommend").trigger_rule == "all_success"
-    assert {"select_model", "embed"} <= dag.get_task("recommend").upstream_task_ids
+    assert {"select_model", "embed", "plan_scoring"} <= dag.get_task("recommend").upstream_task_ids
     assert dag.get_task("publish").upstream_task_ids == {"recommend", "select_model"}
+
+
+def test_scoring_is_mapped_over_the_planned_shards(dag) -> None:
+    from airflow.sdk.definitions.mappedoperator import MappedOperator
+
+    recommend = dag.get_task("recommend")
+    assert isinstance(recommend, MappedOperator), "recommend fans out over plan_scoring's shards"
+    assert dag.get_task("plan_scoring").upstream_task_ids == {"select_model"}
+    assert dag.get_task("publish").upstream_task_ids == {"recommend", "select_model"}  # every part, one publish
 
 
 def test_consumer_dag_is_scheduled_on_the_recommendations_asset() -> None:

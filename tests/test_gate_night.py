@@ -264,6 +264,37 @@ def test_recommend_serves_the_version_select_model_chose(night: dict[str, Any]) 
     assert table.num_rows == staged["rows"] and staged["top_n"] == 5
 
 
+def test_three_mapped_shards_publish_exactly_the_rows_of_one(night: dict[str, Any]) -> None:
+    """Scoring fanned out over 3 shards publishes the rows (and scores) of the unsharded night; a missing or
+    repeated part is refused before anything is published."""
+    from pipeline.config import load_settings
+    from pipeline.shards import ShardPartsError
+
+    settings = night["settings"]
+    whole = stages.stage_recommend(settings, NIGHT, 10, "1")
+    stages.stage_publish(settings, NIGHT, [whole], 10, "1")
+    one = published(settings, NIGHT)[0]
+    one_scores = {(r["user_id"], r["rank"]): r["score"] for r in pq.read_table(whole["staged"]).to_pylist()}
+
+    users = len(set(pq.read_table(whole["staged"]).column("user_id").to_pylist()))
+    sharded = load_settings(home=night["home"], score_shard_users=max(1, users // 3), score_max_shards=3)
+    plan = stages.stage_plan_scoring(sharded, NIGHT)
+    assert plan == [{"shard": i, "of": 3} for i in range(3)]
+    assert stages.stage_plan_scoring(settings, NIGHT) == [{"shard": 0, "of": 1}]  # below the threshold
+    parts = [stages.stage_recommend(sharded, NIGHT, 10, "1", shard=shard) for shard in plan]
+    assert sum(p["users"] for p in parts) == whole["users"] and all(p["users"] for p in parts)
+    for broken in ([parts[0], parts[2]], [parts[0], parts[1], parts[1]]):
+        with pytest.raises(ShardPartsError):
+            stages.stage_publish(sharded, NIGHT, broken, 10, "1")
+    assert published(settings, NIGHT)[0] == one  # nothing published by the refused attempts
+    stages.stage_publish(sharded, NIGHT, list(reversed(parts)), 10, "1")
+    rows, in_lake = published(settings, NIGHT)
+    assert rows == one and in_lake == one
+    for part in parts:
+        for r in pq.read_table(part["staged"]).to_pylist():
+            assert r["score"] == pytest.approx(one_scores[(r["user_id"], r["rank"])], rel=1e-6)
+
+
 # ---- item 6: future data dates, recommendations_latest, removed items ----------------------------------------
 
 

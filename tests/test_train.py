@@ -193,21 +193,21 @@ def test_train_processes_setting(tmp_path: Path) -> None:
 
 
 def test_the_schedule_decays_within_the_epochs_the_time_budget_allows() -> None:
-    from pipeline.recsys.train import _epochs_allowed, _Schedule
+    from pipeline.recsys.schedule import Schedule, epochs_allowed
 
-    schedule = _Schedule(warmup=10, planned=200 * 10, min_ratio=0.1)  # 200 epochs of 10 steps
+    schedule = Schedule(warmup=10, planned=200 * 10, min_ratio=0.1)  # 200 epochs of 10 steps
     first_epoch = [next(schedule) for _ in range(10)]
     assert first_epoch[-1] == pytest.approx(1.0)  # end of warm-up: the peak rate
-    allowed = _epochs_allowed(budget_s=100.0, elapsed_s=4.0, epochs_done=1, shard=None)
+    allowed = epochs_allowed(budget_s=100.0, elapsed_s=4.0, epochs_done=1, shard=None)
     assert allowed == 25  # 1 done + 96 s left at 4 s per epoch
     schedule.fit_budget(allowed, steps_per_epoch=10)
     rest = [next(schedule) for _ in range(240)]
     assert rest == sorted(rest, reverse=True)  # decaying all the way
     assert rest[-1] == pytest.approx(0.1, abs=1e-3) and next(schedule) == pytest.approx(0.1)
     # the pace changes: the horizon follows it, never beyond max_epochs
-    schedule.fit_budget(_epochs_allowed(100.0, elapsed_s=50.0, epochs_done=20, shard=None), steps_per_epoch=10)
+    schedule.fit_budget(epochs_allowed(100.0, elapsed_s=50.0, epochs_done=20, shard=None), steps_per_epoch=10)
     assert schedule.total == 40 * 10
-    schedule.fit_budget(_epochs_allowed(1e6, elapsed_s=50.0, epochs_done=20, shard=None), steps_per_epoch=10)
+    schedule.fit_budget(epochs_allowed(1e6, elapsed_s=50.0, epochs_done=20, shard=None), steps_per_epoch=10)
     assert schedule.total == 200 * 10
 
 

@@ -32,6 +32,7 @@ from pipeline.recsys.data import left_pad
 from pipeline.recsys.distributed import Shard
 from pipeline.recsys.evaluate import evaluate_model
 from pipeline.recsys.model import ModelConfig, SeqRecModel
+from pipeline.recsys.schedule import Schedule, epochs_allowed
 
 log = logging.getLogger(__name__)
 
@@ -105,46 +106,6 @@ def item_counts_from(train_seqs: list[np.ndarray], n_items: int) -> torch.Tensor
     counts = np.bincount(flat, minlength=n_items + 1).astype(np.float32)
     counts[0] = 0.0
     return torch.from_numpy(counts)
-
-
-def _lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-@dataclass
-class _Schedule:
-    """The learning-rate factor per step: linear warm-up, then cosine decay to min_ratio at `total` steps.
-
-    With a time budget the horizon is bound to it: after every epoch, `fit_budget` sets the horizon to the
-    epochs the budget allows at the pace so far (never beyond `planned`, the max_epochs horizon), so that the
-    decay ends when training does rather than being cut off near the peak rate (max_epochs 200 with a budget
-    that stops at epoch 35). A budget that does not bind leaves the schedule as planned."""
-
-    warmup: int
-    planned: int
-    min_ratio: float
-    step: int = 0
-    total: int = 0
-
-    def __post_init__(self) -> None:
-        self.total = self.total or self.planned
-
-    def __iter__(self) -> _Schedule:
-        return self
-
-    def __next__(self) -> float:
-        self.step += 1
-        return _lr_factor(self.step - 1, self.warmup, self.total, self.min_ratio)
-
-    def fit_budget(self, epochs_allowed: int, steps_per_epoch: int) -> None:
-        horizon = min(self.planned, max(self.warmup + steps_per_epoch, epochs_allowed * steps_per_epoch))
-        if horizon != self.total:
-            log.info("learning-rate schedule bound to the time budget: cosine over %d epochs (max_epochs %d)",
-                     horizon // steps_per_epoch, self.planned // steps_per_epoch)
-            self.total = horizon
 
 
 def _optimizer(model: SeqRecModel, cfg: TrainConfig, fused_ok: bool) -> torch.optim.AdamW:
@@ -231,16 +192,6 @@ def _run_epoch(
     return total_loss / len(batches)
 
 
-def _epochs_allowed(budget_s: float, elapsed_s: float, epochs_done: int, shard: Shard | None) -> int:
-    """How many epochs fit in the budget at the pace so far (validation included); every DDP rank gets the
-    same figure (the mean of their estimates)."""
-    pace = elapsed_s / max(1, epochs_done)
-    allowed = float(epochs_done + int(max(0.0, budget_s - elapsed_s) / max(pace, 1e-6)))
-    if shard is not None:
-        allowed = shard.sum(allowed) / shard.world
-    return max(1, int(allowed))
-
-
 def _should_stop(cfg: TrainConfig, best: _Best, epoch: int, started: float) -> bool:
     if best.bad_evals * cfg.eval_every >= cfg.patience:
         log.info("early stop at epoch %d (best %d, valid ndcg@10 %.4f)", epoch, best.epoch, best.ndcg)
@@ -275,7 +226,7 @@ def _fit(
     lengths = np.array([len(s) for s in inputs])
     steps_per_epoch = math.ceil(len(inputs) / cfg.batch_size)
     warmup_steps, total_steps = max(1, steps_per_epoch * cfg.warmup_epochs), steps_per_epoch * cfg.max_epochs
-    lr_factors = _Schedule(warmup_steps, total_steps, cfg.min_lr_ratio)
+    lr_factors = Schedule(warmup_steps, total_steps, cfg.min_lr_ratio)
     opt = _optimizer(model, cfg, fused_ok=device.type == "cuda")
     lead = shard is None or shard.lead
     v_inputs, v_targets = _validation_subset(valid_inputs, valid_targets, cfg) if lead else ([], np.zeros(0))
@@ -314,7 +265,7 @@ def _fit(
         if stop:
             break
         if cfg.time_budget_s and cfg.budget_schedule:
-            lr_factors.fit_budget(_epochs_allowed(cfg.time_budget_s, time.perf_counter() - start, epoch, shard),
+            lr_factors.fit_budget(epochs_allowed(cfg.time_budget_s, time.perf_counter() - start, epoch, shard),
                                   steps_per_epoch)
     bar.close()
     if lead and not len(v_targets):
