@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE = 1
 BIN := $(VENV)/bin
 
 .PHONY: setup browser run test test-stack test-venv lint bench bench-ingest bench-embed bench-score bench-storage bench-celery \
-	bench-quality bench-ddp bench-backtest airflow stack \
+	bench-quality bench-ddp bench-backtest bench-shards airflow stack \
 	stack-down clean
 
 setup: $(VENV)/.installed
@@ -48,7 +48,7 @@ test-venv: setup
 lint: setup
 	$(BIN)/ruff check pipeline dags tests bench
 
-bench: bench-ingest bench-embed bench-score bench-storage bench-celery bench-quality bench-ddp bench-backtest
+bench: bench-ingest bench-embed bench-score bench-shards bench-storage bench-celery bench-quality bench-ddp bench-backtest
 
 bench-ingest: setup
 	$(BIN)/python bench/bench_ingest.py
@@ -58,6 +58,9 @@ bench-embed: setup
 
 bench-score: setup
 	$(BIN)/python bench/bench_score.py
+
+bench-shards: setup
+	$(BIN)/python bench/bench_shards.py
 
 bench-storage: setup
 	$(BIN)/python bench/bench_storage.py
