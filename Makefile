@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE = 1
 BIN := $(VENV)/bin
 
 .PHONY: setup browser run test test-stack test-venv lint bench bench-ingest bench-embed bench-score bench-storage bench-celery \
-	bench-quality bench-ddp bench-backtest bench-shards airflow stack \
+	bench-quality bench-ddp bench-backtest bench-shards bench-scale airflow stack \
 	stack-down clean
 
 setup: $(VENV)/.installed
@@ -48,7 +48,8 @@ test-venv: setup
 lint: setup
 	$(BIN)/ruff check pipeline dags tests bench
 
-bench: bench-ingest bench-embed bench-score bench-shards bench-storage bench-celery bench-quality bench-ddp bench-backtest
+bench: bench-ingest bench-embed bench-score bench-shards bench-storage bench-celery bench-quality bench-ddp bench-backtest \
+	bench-scale
 
 bench-ingest: setup
 	$(BIN)/python bench/bench_ingest.py
@@ -61,6 +62,10 @@ bench-score: setup
 
 bench-shards: setup
 	$(BIN)/python bench/bench_shards.py
+
+# the issue's size (1M users, 100K items, 50M events: hours on 2 cores); e.g. SCALE_ARGS="--users 100000 --items 10000 --events 5000000"
+bench-scale: setup
+	$(BIN)/python bench/bench_scale.py $(SCALE_ARGS)
 
 bench-storage: setup
 	$(BIN)/python bench/bench_storage.py

@@ -145,6 +145,7 @@ class ModelSettings(_Section):
     embed_device: Device = "auto"                # the text encoder's device
     embed_precision: Precision = Precision.AUTO  # auto (bf16 on CUDA or bf16-capable CPUs, else fp32) | fp32 | bf16
     embed_batch_tokens: int = Field(8192, ge=64)  # padded tokens per encoder forward pass
+    sampled_softmax_above: int = Field(50_000, ge=1)  # catalogs larger than this train with a sampled softmax
 
     @field_validator("text_template")
     @classmethod

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from pipeline.config import ConfigError, load_settings
+from pipeline.recsys.bundle import ModelBundle, warm_start_state
 from pipeline.recsys.evaluate import evaluate_model
 from pipeline.recsys.model import ModelConfig
 from pipeline.recsys.train import TrainConfig, train_model
@@ -218,3 +219,36 @@ def test_a_budget_that_does_not_bind_leaves_the_run_unchanged() -> None:
     _, _, bound = train_model(small_config(), TrainConfig(max_epochs=3, patience=10, lr=3e-3, seed=1,
                                                           budget_schedule=True), train, v_in, v_tgt)
     assert [h["lr"] for h in bound] == [h["lr"] for h in unbound]  # the budget (10 min) does not bind here
+
+
+def test_the_time_budget_ends_an_epoch_early(caplog: pytest.LogCaptureFixture) -> None:
+    """On a large night one epoch can outlast the whole budget: the budget cuts it after the first step."""
+    train, v_in, v_tgt, _ = toy_data()
+    with caplog.at_level(logging.INFO, logger="pipeline.recsys.train"):
+        _, metrics, history = train_model(small_config(), TrainConfig(max_epochs=5, batch_size=8, time_budget_s=1e-6),
+                                          train, v_in, v_tgt)
+    assert len(history) == 1 and np.isfinite(history[0]["loss"])
+    steps = -(-len(train) // 8)
+    assert f"time budget reached after 1 of {steps} steps of the epoch" in caplog.text
+    assert metrics["epochs"] == 1.0
+
+
+ITEM_IDS = [f"i{i}" for i in range(1, N_ITEMS + 1)]
+
+
+def test_whitened_text_keeps_the_champions_text_space_on_a_warm_start() -> None:
+    train, v_in, v_tgt, text = toy_data()
+    text = text @ np.diag(np.linspace(0.1, 3.0, text.shape[1])).astype(np.float32)  # anisotropic, as a real encoder
+    cfg = small_config("id+text", text_whiten=True)
+    champion, _, _ = train_model(cfg, TrainConfig(max_epochs=2, lr=3e-3), train, v_in, v_tgt, text_emb=text)
+    white = champion.text_emb[1:] - champion.text_emb[1:].mean(0)
+    cov = white.T @ white / (len(white) - 1)
+    spread = torch.linalg.eigvalsh(cov)
+    assert spread.max() / spread.min() < 90.0  # raw: (3.0 / 0.1)^2 = 900 (the shrinkage keeps some of it)
+    shifted = text.copy()
+    shifted[1:20] += 5.0  # tonight's catalog moved: a fresh fit would give another map
+    warm, _, _ = train_model(cfg, TrainConfig(max_epochs=1, lr=1e-5), train, v_in, v_tgt, text_emb=shifted,
+                             init_state=warm_start_state(ModelBundle(champion, ITEM_IDS), ITEM_IDS))
+    assert torch.equal(warm.text_map, champion.text_map) and torch.equal(warm.text_shift, champion.text_shift)
+    expected = (torch.as_tensor(shifted[5]) - champion.text_shift) @ champion.text_map
+    assert torch.allclose(warm.text_emb[5], expected, atol=1e-5)

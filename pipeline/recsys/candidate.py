@@ -59,7 +59,7 @@ def model_config_for(night: NightData, cfg: ModelSettings) -> ModelConfig:
     """The model shape for tonight's catalog: text fusion only when the night has embeddings."""
     text_dim = 0 if night.text_emb is None else night.text_emb.shape[1]
     return ModelConfig(n_items=night.n_items, max_len=cfg.max_len, item_repr=cfg.item_repr if text_dim else "id",
-                       text_dim=text_dim)
+                       text_dim=text_dim, sampled_softmax_above=cfg.sampled_softmax_above)
 
 
 def effective_train_config(train_config: TrainConfig, warm_start: bool) -> TrainConfig:

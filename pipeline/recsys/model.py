@@ -50,8 +50,9 @@ class ModelConfig:
     normalize: bool = True                  # cosine scores (L2-normalised user and item vectors) / temperature
     temperature: float = 0.1                # softmax temperature for cosine scores (ignored if not normalize)
     label_smoothing: float = 0.0            # cross-entropy label smoothing
-    sampled_softmax_above: int = 200_000    # sampled softmax with log-Q correction when n_items exceeds this
+    sampled_softmax_above: int = 50_000     # sampled softmax with log-Q correction when n_items exceeds this
     n_negatives: int = 1024                 # negatives per batch for the sampled softmax
+    text_whiten: bool = False               # whiten the frozen text embeddings (WhitenRec, Zhang et al. 2024)
 
     def __post_init__(self) -> None:
         assert self.n_items >= 1, f"n_items must be >= 1, got {self.n_items}"
@@ -148,10 +149,30 @@ class TextAdapter(nn.Module):
         return self.net(text)
 
 
+def fit_whitening(vectors: Tensor, shrinkage: float = 0.1) -> tuple[Tensor, Tensor]:
+    """ZCA whitening of (N, T) vectors, shrunk towards the identity for a small or degenerate catalog:
+    returns (mean (T,), map (T, T)) such that (v - mean) @ map has about isotropic covariance, scaled so that
+    the whitened vectors keep the raw ones' mean norm (the adapter's initial scale stays the same)."""
+    vectors = vectors.double()
+    mean = vectors.mean(0)
+    centred = vectors - mean
+    cov = centred.T @ centred / max(len(vectors) - 1, 1)  # (T, T)
+    eigval, eigvec = torch.linalg.eigh(cov)
+    eigval = eigval.clamp(min=0.0)
+    eigval = (1.0 - shrinkage) * eigval + shrinkage * eigval.mean().clamp(min=1e-12)
+    whiten = eigvec @ torch.diag(eigval.rsqrt()) @ eigvec.T  # (T, T)
+    raw_norm = vectors.norm(dim=1).mean()
+    white_norm = (centred @ whiten).norm(dim=1).mean().clamp(min=1e-12)
+    return mean.float(), (whiten * (raw_norm / white_norm)).float()
+
+
 class SeqRecModel(nn.Module):
     def __init__(
-        self, config: ModelConfig, text_emb: Tensor | None = None, item_counts: Tensor | None = None
+        self, config: ModelConfig, text_emb: Tensor | None = None, item_counts: Tensor | None = None,
+        text_whitening: tuple[Tensor, Tensor] | None = None,
     ) -> None:
+        """text_emb: the raw frozen text embeddings (n_items+1, T); text_whitening: (shift (T,), map (T, T)) to
+        whiten them with (a champion's, so that a warm start keeps its text space), else fitted on text_emb."""
         super().__init__()
         self.config = config
         n_rows = config.n_items + 1
@@ -164,7 +185,13 @@ class SeqRecModel(nn.Module):
             )
             text_emb = text_emb.detach().float().clone()
             text_emb[0] = 0.0
-            self.register_buffer("text_emb", text_emb)  # (N+1, T) frozen
+            if config.text_whiten:
+                shift, whiten = text_whitening if text_whitening is not None else fit_whitening(text_emb[1:])
+                self.register_buffer("text_shift", shift.float().clone())  # (T,) carried over by warm start
+                self.register_buffer("text_map", whiten.float().clone())  # (T, T)
+                text_emb = (text_emb - shift) @ whiten
+                text_emb[0] = 0.0
+            self.register_buffer("text_emb", text_emb)  # (N+1, T) frozen (whitened if configured)
             self.text_adapter = TextAdapter(config)
         if config.item_repr in ("id", "id+text"):
             self.id_emb = nn.Embedding(n_rows, config.d_model, padding_idx=0)

@@ -141,7 +141,11 @@ def _build_model(
     text_t = None
     if text_emb is not None and model_config.item_repr != "id":
         text_t = torch.as_tensor(np.asarray(text_emb, dtype=np.float32))
-    model = SeqRecModel(model_config, text_emb=text_t, item_counts=item_counts_from(train_seqs, model_config.n_items))
+    whitening = None
+    if init_state is not None and "text_shift" in init_state and "text_map" in init_state:
+        whitening = (init_state["text_shift"], init_state["text_map"])  # keep the champion's text space
+    model = SeqRecModel(model_config, text_emb=text_t, item_counts=item_counts_from(train_seqs, model_config.n_items),
+                        text_whitening=whitening)
     if init_state is not None:
         own = model.state_dict()
         usable = {k: v for k, v in init_state.items() if k in own and own[k].shape == v.shape and k != "item_counts"}
@@ -163,16 +167,21 @@ def _validation_subset(
 def _run_epoch(
     model: torch.nn.Module, opt: torch.optim.Optimizer, inputs: list[np.ndarray], targets: list[np.ndarray],
     batches: list[np.ndarray], cfg: TrainConfig, lr_factors: Iterator[float], device: torch.device, use_bf16: bool,
-    shard: Shard | None = None, tokens: np.ndarray | None = None,
+    shard: Shard | None = None, tokens: np.ndarray | None = None, deadline: float | None = None,
 ) -> float:
     """One pass over the batches; returns the mean training loss (of the global batches, with a shard).
+    A `deadline` (perf_counter seconds; one process only) ends the pass early: on a large night one epoch can
+    outlast the whole time budget, and the budget must hold anyway.
 
     With a shard, each rank trains on its rows of every global batch (tokens: target positions per row) and
     weighs its mean loss by its share of the batch's targets times the world size, so that DDP's averaged
     gradient is the gradient of the global batch's mean loss, as in one process."""
     model.train()
-    total_loss = 0.0
+    total_loss, done = 0.0, 0
     for batch in batches:
+        if deadline is not None and done and time.perf_counter() >= deadline:
+            log.info("time budget reached after %d of %d steps of the epoch", done, len(batches))
+            break
         rows, share = (batch, 1.0) if shard is None else shard.part(batch, tokens)
         seq = left_pad([inputs[i] for i in rows]).to(device)  # (B, L)
         tgt = left_pad([targets[i] for i in rows]).to(device)  # (B, L)
@@ -187,9 +196,10 @@ def _run_epoch(
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         total_loss += loss.item() * share
+        done += 1
     if shard is not None:
         total_loss = shard.sum(total_loss)
-    return total_loss / len(batches)
+    return total_loss / done
 
 
 def _should_stop(cfg: TrainConfig, best: _Best, epoch: int, started: float) -> bool:
@@ -242,8 +252,9 @@ def _fit(
                disable=not (lead and sys.stderr.isatty()))
     for epoch in bar:
         t0 = time.perf_counter()
+        deadline = start + cfg.time_budget_s if cfg.time_budget_s and shard is None else None
         loss = _run_epoch(trainee, opt, inputs, targets, _batches(lengths, cfg.batch_size, rng), cfg, lr_factors,
-                          device, use_bf16, shard, lengths)
+                          device, use_bf16, shard, lengths, deadline)
         stop = False
         if lead:
             record: dict[str, float] = {"epoch": epoch, "loss": loss, "seconds": time.perf_counter() - t0,
