@@ -36,13 +36,28 @@ def test_forward_shapes_and_loss(item_repr: str) -> None:
     assert model.user_states(seq).shape == (2, 16)
 
 
-@pytest.mark.parametrize("options", [{}, {"normalize": False}])
+@pytest.mark.parametrize("options", [{}, {"normalize": False}, {"text_prior": True}])
 def test_scores_equal_user_states_dot_item_representations(options: dict) -> None:
     model = make_model(**options)
     seq = torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7]])
     logits, _ = model(seq)
     manual = model.user_states(seq) @ model.item_representations().T
     torch.testing.assert_close(logits[:, 1:], manual[:, 1:])
+
+
+def test_the_text_prior_adds_its_weight_times_the_last_items_text_cosine() -> None:
+    plain, prior = make_model(), make_model(text_prior=True)
+    prior.load_state_dict(plain.state_dict(), strict=False)  # the same model part
+    with torch.no_grad():
+        prior.text_prior_weight.fill_(3.0)
+    seq = torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7]])
+    text = torch.nn.functional.normalize(prior.text_emb, dim=-1)
+    expected = plain(seq)[0] + 3.0 * text[seq[:, -1]] @ text.T
+    torch.testing.assert_close(prior(seq)[0][:, 1:], expected[:, 1:])
+    tgt = torch.tensor([[0, 2, 3, 4], [5, 6, 7, 8]])
+    loss = prior(seq, tgt)[1]
+    loss.backward()
+    assert prior.text_prior_weight.grad is not None and prior.text_prior_weight.grad != 0  # it is learned
 
 
 def test_no_attention_to_the_future() -> None:
@@ -64,12 +79,12 @@ def test_extra_left_padding_changes_nothing() -> None:
     assert not torch.allclose(model.user_states(short), model.user_states(torch.tensor([[7, 8, 10]])))
 
 
-@pytest.mark.parametrize("n_layers", [1, 2, 3])
-def test_branches_off_a_cached_history_equal_full_passes(n_layers: int) -> None:
+@pytest.mark.parametrize(("n_layers", "text_prior"), [(1, False), (2, False), (3, False), (2, True)])
+def test_branches_off_a_cached_history_equal_full_passes(n_layers: int, text_prior: bool) -> None:
     """branched_user_states: a history with its last n items replaced by a branch's n items gets the state of
     that history run alone, for every n up to the whole history (padding in the kept part, several branches
     in one call); user_states_and_prefix gives user_states."""
-    model = make_model(n_layers=n_layers)
+    model = make_model(n_layers=n_layers, text_prior=text_prior)
     seqs = torch.tensor([[0, 0, 0, 5, 6, 7, 8], [1, 2, 3, 4, 5, 6, 7], [0, 0, 0, 0, 0, 0, 9]])
     states, prefix = model.user_states_and_prefix(seqs)
     torch.testing.assert_close(states, model.user_states(seqs))

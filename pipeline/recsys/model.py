@@ -53,6 +53,7 @@ class ModelConfig:
     sampled_softmax_above: int = 50_000     # sampled softmax with log-Q correction when n_items exceeds this
     n_negatives: int = 1024                 # negatives per batch for the sampled softmax
     text_whiten: bool = False               # whiten the frozen text embeddings (WhitenRec, Zhang et al. 2024)
+    text_prior: bool = False                # add a learned weight x cosine(text of the last item, text of the item)
 
     def __post_init__(self) -> None:
         assert self.n_items >= 1, f"n_items must be >= 1, got {self.n_items}"
@@ -61,6 +62,7 @@ class ModelConfig:
         assert self.d_model % self.n_heads == 0, f"d_model {self.d_model} not divisible by n_heads {self.n_heads}"
         assert 0.0 <= self.id_dropout < 1.0, f"id_dropout must be in [0, 1), got {self.id_dropout}"
         assert self.temperature > 0, f"temperature must be > 0, got {self.temperature}"
+        assert not self.text_prior or self.item_repr != "id", "text_prior needs a text item_repr (text, id+text)"
 
 
 @dataclass
@@ -201,6 +203,8 @@ class SeqRecModel(nn.Module):
         item_counts = item_counts.detach().float().clone()
         item_counts[0] = 0.0
         self.register_buffer("item_counts", item_counts)  # (N+1,) training interactions per item
+        if config.text_prior:  # in logit units; cosine logits of the model itself are scaled by 1 / temperature
+            self.text_prior_weight = nn.Parameter(torch.tensor(0.5 * self._scale()))
         self.pos_emb = nn.Embedding(config.max_len, config.d_model)
         self.emb_dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layers)])
@@ -246,13 +250,26 @@ class SeqRecModel(nn.Module):
     def _output_vectors(self, vec: Tensor) -> Tensor:
         return F.normalize(vec, dim=-1) if self.config.normalize else vec
 
-    def _user_side(self, h: Tensor) -> Tensor:
-        """Query vectors from hidden states (..., D)."""
-        return self._output_vectors(h) * self._scale()
+    def _item_side(self, ids: Tensor | None = None) -> Tensor:
+        """Scored item vectors (..., D') for `ids` or all rows: the model's, then (text prior) the unit text."""
+        vec = self._output_vectors(self._raw_item_vectors(ids))
+        if not self.config.text_prior:
+            return vec
+        text = self.text_emb if ids is None else self.text_emb[ids]
+        return torch.cat([vec, F.normalize(text, dim=-1).to(vec.dtype)], dim=-1)
+
+    def _user_side(self, h: Tensor, last: Tensor) -> Tensor:
+        """Query vectors (..., D') from hidden states (..., D) and the history's last item ids (...), so that
+        query . item = model score (+ text prior weight x cosine of the last item's text and the item's)."""
+        q = self._output_vectors(h) * self._scale()
+        if not self.config.text_prior:
+            return q
+        text = F.normalize(self.text_emb[last], dim=-1).to(q.dtype) * self.text_prior_weight
+        return torch.cat([q, text], dim=-1)
 
     def item_representations(self) -> Tensor:
-        """(n_items+1, D) item vectors used for scoring; row 0 (padding) is zero."""
-        return self._output_vectors(self._raw_item_vectors())
+        """(n_items+1, D') item vectors used for scoring; row 0 (padding) is zero."""
+        return self._item_side()
 
     # ---- user side -------------------------------------------------------------------------------------------
 
@@ -296,14 +313,14 @@ class SeqRecModel(nn.Module):
         """(B, L) -> (B, D) query vectors such that scores = user_states @ item_representations().T."""
         seqs = seqs[:, -self.config.max_len :]
         h = self._hidden(seqs)[:, -1, :]  # (B, D)
-        return self._user_side(h)  # (B, D)
+        return self._user_side(h, seqs[:, -1])  # (B, D')
 
     def user_states_and_prefix(self, seqs: Tensor) -> tuple[Tensor, Prefix]:
         """user_states of (B, L) histories (inference: the last block at the final position only) and their
         Prefix, which branched_user_states continues from."""
         last = torch.tensor([seqs.shape[1] - 1], device=seqs.device)
         h, prefix = self._transform(seqs, *self._causal(seqs), outputs=last)  # (B, 1, D)
-        return self._user_side(h[:, 0]), prefix  # (B, D)
+        return self._user_side(h[:, 0], seqs[:, -1]), prefix  # (B, D')
 
     def branched_user_states(self, past: Prefix, branches: Tensor, lengths: Tensor) -> Tensor:
         """(B, G, D) user states of the prefix's histories with their last lengths[g] items replaced by branch
@@ -320,7 +337,7 @@ class SeqRecModel(nn.Module):
         reads_branch = (branch.unsqueeze(1) == branch) & (step <= step.unsqueeze(1))  # (K, K) causal
         h, _ = self._transform(branches, lengths[branch] - 1 - step, torch.cat([reads_prefix, reads_branch], dim=1),
                                past, outputs=ends - 1)  # (B, G, D)
-        return self._user_side(h)
+        return self._user_side(h, branches[:, ends - 1])  # (B, G, D')
 
     # ---- training contract -----------------------------------------------------------------------------------
 
@@ -333,13 +350,13 @@ class SeqRecModel(nn.Module):
         """
         h = self._hidden(seq)  # (B, L, D)
         if targets is None:
-            q = self._user_side(h[:, -1, :])  # (B, D)
+            q = self._user_side(h[:, -1, :], seq[:, -1])  # (B, D')
             logits = q @ self.item_representations().T  # (B, N+1)
             logits[:, 0] = float("-inf")
             return logits, None
         assert targets.shape == seq.shape, f"targets {tuple(targets.shape)} must match seq {tuple(seq.shape)}"
         where = targets > 0  # (B, L)
-        q = self._user_side(h[where])  # (N, D)
+        q = self._user_side(h[where], seq[where])  # (N, D')
         y = targets[where]  # (N,)
         if self.config.n_items > self.config.sampled_softmax_above:
             return self._sampled_softmax(q, y)
@@ -355,7 +372,7 @@ class SeqRecModel(nn.Module):
         probs = probs / probs.sum()  # (N+1,)
         neg = torch.multinomial(probs, self.config.n_negatives, replacement=True)  # (K,)
         cand = torch.cat([y, neg])  # (N + K,) in-batch positives double as negatives
-        cand_vec = self._output_vectors(self._raw_item_vectors(cand))  # (N + K, D)
+        cand_vec = self._item_side(cand)  # (N + K, D')
         logits = q @ cand_vec.T - torch.log(probs[cand] * cand.numel()).unsqueeze(0)  # (N, N + K)
         accidental = cand.unsqueeze(0) == y.unsqueeze(1)  # (N, N + K)
         own = torch.zeros_like(accidental)

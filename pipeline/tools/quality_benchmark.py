@@ -109,6 +109,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-normalize", action="store_true", help="dot-product scores instead of cosine")
     parser.add_argument("--text-hidden", type=int, default=d_m.text_hidden)
     parser.add_argument("--label-smoothing", type=float, default=d_m.label_smoothing)
+    parser.add_argument("--text-prior", action=argparse.BooleanOptionalAction, default=d_m.text_prior,
+                        help="add a learned weight x cosine(text of the last item, text of the candidate)")
     parser.add_argument("--text-whiten", action=argparse.BooleanOptionalAction, default=d_m.text_whiten,
                         help="whiten the frozen text embeddings before the adapter")
     parser.add_argument("--batch-size", type=int, default=d_t.batch_size)
@@ -226,6 +228,7 @@ def train_one(
         text_dim=0 if text_emb is None else text_emb.shape[1],
         text_hidden=args.text_hidden, id_dropout=args.id_dropout, normalize=not args.no_normalize,
         temperature=args.temperature, label_smoothing=args.label_smoothing, text_whiten=args.text_whiten,
+        text_prior=args.text_prior and repr_name != "id",
     )
     train_cfg = TrainConfig(
         max_epochs=args.max_epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
