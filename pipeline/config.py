@@ -94,6 +94,7 @@ class IngestSettings(_Section):
     stale_temp_minutes: int = Field(360, ge=1)   # temp files beside lake partitions older than this are removed
     ingest_threads: int = Field(0, ge=0)         # DuckDB threads for ingest (0 = all cores)
     ingest_memory_mb: int = Field(1024, ge=64)   # DuckDB memory limit for ingest; spills to disk beyond
+    features_memory_mb: int = Field(4096, ge=64)  # DuckDB memory limit for the features; spills to disk beyond
 
     @field_validator("event_columns")
     @classmethod
@@ -176,6 +177,7 @@ class TrainingSettings(_Section):
     incremental_replay: Fraction = 0.1           # share of the unchanged users replayed on an incremental night
     full_retrain_every: int = Field(7, ge=1)     # days: dates whose ordinal is a multiple of it train in full
     incremental_max_new_items: Fraction = 0.05   # a larger share of items unknown to the champion trains in full
+    eval_max_users: int = Field(50_000, ge=10)   # the gate and the candidate's metrics use a seeded sample this large
 
 
 class ServingSettings(_Section):

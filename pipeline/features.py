@@ -10,7 +10,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import string
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -126,6 +128,8 @@ def run_features(settings: Settings, data_date: dt.date) -> dict[str, Any]:
     con = duckdb.connect()
     try:
         con.execute("set TimeZone = 'UTC'")
+        con.execute("set memory_limit = $limit", {"limit": f"{settings.ingest.features_memory_mb}MB"})
+        con.execute("set temp_directory = $dir", {"dir": str(Path(tempfile.gettempdir()) / "duckdb-features")})
         max_history = max(200, settings.model.max_len + 2)
         catalog = Catalog.of(settings)
         counts = build_features(con, catalog, data_date, max_history, settings.serving.active_days,

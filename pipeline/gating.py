@@ -71,7 +71,7 @@ def gate_candidate(settings: Settings, data_date: dt.date, version: str, folder:
     from pipeline.recsys.score import scoring_input
 
     catalog = Catalog.of(settings)
-    night = load_night(catalog, data_date)
+    night = load_night(catalog, data_date, settings.training.eval_max_users)
     split = night.eval_split(night.gate_split())
     sample = sample_users(scoring_input(catalog, data_date), settings.serving.gate_sample_users)
     baselines = {name: float(metrics.get(name, {}).get("ndcg@10", math.nan))  # missing: never beaten

@@ -106,7 +106,7 @@ def stage_train(settings: Settings, data_date: dt.date, max_epochs: int | None =
     catalog = Catalog.of(settings)
     closed = closed_tombstones(catalog)
     with tracking.training_run(settings, data_date, tracking.lineage_tags(catalog, data_date, dag_run_id)) as run:
-        night = load_night(catalog, data_date)
+        night = load_night(catalog, data_date, settings.training.eval_max_users)
         tuned = tuning.config_for_night(settings)
         warm = _WarmStart() if tuned and tuned.is_candidate else _warm_start(settings, night.item_ids, closed)
         init_state, warm_from, erasure_retrain = warm.state, warm.version, warm.erasure_retrain

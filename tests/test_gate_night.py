@@ -193,6 +193,27 @@ def test_champion_and_challenger_are_compared_on_the_same_users_and_targets(
         assert gate["champion_metrics"][key] == gate["challenger_metrics"][key] > 0
 
 
+def test_a_large_night_is_evaluated_on_one_seeded_sample_of_users_for_both_models(
+    night: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.recsys import evaluate
+
+    settings = load_settings(env={"NIGHTLY_RECS_HOME": str(night["home"]), "NIGHTLY_RECS_EVAL_MAX_USERS": "12"})
+    seen: list[list[str]] = []
+    real = evaluate.evaluate_bundle
+
+    def spy(bundle: ModelBundle, split: Any, item_ids: list[str]) -> dict[str, float]:
+        seen.append(list(split.users))
+        return real(bundle, split, item_ids)
+
+    monkeypatch.setattr(evaluate, "evaluate_bundle", spy)
+    stages.stage_register(settings, NIGHT, str(candidate_copy(night, "sampled")), dag_run_id="sampled")
+    everyone = pq.read_table(Catalog.of(settings).mart(NIGHT, "split_temporal")).column("user_id").to_pylist()
+    assert len(everyone) > 12
+    assert len(seen) == 2 and seen[0] == seen[1] and len(seen[0]) == 12
+    assert set(seen[0]) < set(everyone) and seen[0] == [u for u in everyone if u in set(seen[0])]  # mart order
+
+
 def test_the_serving_path_of_the_champion_passes_the_publishing_rules(night: dict[str, Any]) -> None:
     from pipeline.gate import health_problem, sample_users
     from pipeline.recsys.score import scoring_input

@@ -97,6 +97,17 @@ class EvalSplit:
         return self.inputs if self.exclude is None else self.exclude
 
 
+def sample_split(split: EvalSplit, max_users: int | None, seed: int = 0) -> EvalSplit:
+    """`split` with at most max_users users, drawn with a fixed seed (kept in their order)."""
+    if max_users is None or len(split.users) <= max_users:
+        return split
+    keep = np.sort(np.random.default_rng(seed).choice(len(split.users), max_users, replace=False)).tolist()
+    log.info("%s evaluation: a seeded sample of %d of %d users", split.name, max_users, len(split.users))
+    return EvalSplit(split.name, [split.users[i] for i in keep], [split.inputs[i] for i in keep],
+                     [split.targets[i] for i in keep],
+                     None if split.exclude is None else [split.exclude[i] for i in keep])
+
+
 @dataclass(frozen=True)
 class TrainSplit:
     """What a candidate trains on: sequences, the early-stopping validation, and the window's last date."""
@@ -135,6 +146,7 @@ class NightData:
     before_d: list[np.ndarray] | None = None  # every user's most recent items before D (split_temporal_train)
     temporal: EvalSplit | None = None   # users active on D: history before D, new items on D as targets
     before_last: list[dt.date] | None = None  # the UTC day of each before_d user's last event before D
+    eval_max_users: int | None = None   # evaluation splits keep a seeded sample of at most this many users
 
     @property
     def n_items(self) -> int:
@@ -167,10 +179,14 @@ class NightData:
         return LEAVE_ONE_OUT
 
     def eval_split(self, name: str) -> EvalSplit:
+        """The users evaluated on `name`: all of them, or a seeded sample of eval_max_users (the same sample
+        for every model of the night, so champion, challenger and baselines still see the same users)."""
         if name == TEMPORAL:
             assert self.temporal is not None, f"no temporal split loaded for {self.data_date}"
-            return self.temporal
-        return EvalSplit(LEAVE_ONE_OUT, self.loo_users, self.test_inputs(), [t[None] for t in self.loo_test])
+            split = self.temporal
+        else:
+            split = EvalSplit(LEAVE_ONE_OUT, self.loo_users, self.test_inputs(), [t[None] for t in self.loo_test])
+        return sample_split(split, self.eval_max_users)
 
     def train_split(self, name: str, incremental: Incremental | None = None) -> TrainSplit:
         """TEMPORAL: the events before D only (each user's last one before D validates, for users with >= 3);
@@ -209,9 +225,9 @@ class Incremental:
         return chosen
 
 
-def load_night(catalog: Catalog, data_date: dt.date) -> NightData:
+def load_night(catalog: Catalog, data_date: dt.date, eval_max_users: int | None = None) -> NightData:
     """The night's marts (item_catalog, user_sequences, the leave-one-out and temporal splits, embeddings) in
-    index space."""
+    index space; evaluation splits sampled down to eval_max_users (None = all users)."""
     items = storage.read_table(catalog.mart(data_date, "item_catalog"), columns=["item_id"])
     seqs = storage.read_table(catalog.mart(data_date, "user_sequences"), columns=["user_id", "item_ids"])
     loo = storage.read_table(catalog.mart(data_date, "split_leave_one_out")).to_pydict()
@@ -242,6 +258,7 @@ def load_night(catalog: Catalog, data_date: dt.date) -> NightData:
         before_last=before_last,
         temporal=EvalSplit(TEMPORAL, on_d["user_id"], encode(on_d["history_items"]), encode(on_d["target_items"]),
                            encode(on_d["seen_items"])),
+        eval_max_users=eval_max_users,
     )
 
 
