@@ -182,8 +182,10 @@ def night(env: dict[str, str], day: dt.date, log: Path) -> list[tuple[str, float
     for stage in NIGHT:
         seconds, gib, result = run_stage(env, [stage, "--date", day.isoformat()], log)
         rows.append((stage, seconds, gib))
-        detail = {k: result[k] for k in ("rows", "users", "epochs", "train_seconds", "sequences", "encoded",
-                                         "accepted", "promoted", "incremental_since") if k in result}
+        flat = {**{k: v for part in result.values() if isinstance(part, dict) for k, v in part.items()}, **result}
+        detail = {k: flat[k] for k in ("accepted", "quarantined", "encoded", "epochs", "train_seconds",
+                                       "n_train_sequences", "incremental_since", "promoted", "users", "rows")
+                  if k in flat and not isinstance(flat[k], dict | list)}
         print(f"  {stage:<13} {seconds:>9.1f} s {gib:>8.2f} GiB  {json.dumps(detail)}", flush=True)
     return rows
 

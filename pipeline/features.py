@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import shutil
 import string
 import tempfile
 from dataclasses import dataclass
@@ -123,13 +124,17 @@ def run_features(settings: Settings, data_date: dt.date) -> dict[str, Any]:
     or `lake_uri`), atomic per file.
 
     Each mart goes DuckDB -> Arrow -> pipeline.storage's writer: one writer for local disk and object storage.
-    A mart is held in memory once more as Arrow while it is written (DuckDB built it in memory already), which
-    is bounded by the largest mart of a night."""
-    con = duckdb.connect()
+    A mart is held in memory as Arrow while it is written, which is bounded by the largest mart of a night;
+    DuckDB itself stays under `features_memory_mb`."""
+    # a database file in the task's scratch folder rather than memory: the staging and intermediate tables of a
+    # large history are evicted to it under the memory limit instead of failing the night
+    work = Path(tempfile.mkdtemp(prefix="features-"))
+    con = duckdb.connect(str(work / "features.duckdb"))
     try:
         con.execute("set TimeZone = 'UTC'")
         con.execute("set memory_limit = $limit", {"limit": f"{settings.ingest.features_memory_mb}MB"})
-        con.execute("set temp_directory = $dir", {"dir": str(Path(tempfile.gettempdir()) / "duckdb-features")})
+        con.execute("set temp_directory = $dir", {"dir": str(work / "spill")})
+        con.execute("set preserve_insertion_order = false")  # the marts order themselves; lets DuckDB spill
         max_history = max(200, settings.model.max_len + 2)
         catalog = Catalog.of(settings)
         counts = build_features(con, catalog, data_date, max_history, settings.serving.active_days,
@@ -139,5 +144,6 @@ def run_features(settings: Settings, data_date: dt.date) -> dict[str, Any]:
             storage.write_table(con.table(mart.table).to_arrow_table(), catalog.mart(data_date, mart.table))
     finally:
         con.close()
+        shutil.rmtree(work, ignore_errors=True)
     log.info("features for %s: %s", data_date, counts)
     return {"features_dir": str(out), "counts": {m.table: counts[m.table] for m in MARTS}}

@@ -2,17 +2,30 @@
 --                       $split_date (UTC days), oldest first. Nothing on or after $split_date leaks in.
 -- grain: one row per user_id with at least one event before $split_date.
 -- reads: int_user_events. parameters: $split_date (date), $max_history (most recent events kept per user).
+-- Positions follow event time, so a user's events before $split_date are positions 1..n_before: no window
+-- function (and only the four columns used) keeps the memory of a large history small.
 with before_split as (
-    select
-        *,
-        count(*) over (partition by user_id) as n_before
+    select user_id, item_id, position, event_ts
     from int_user_events
     where event_date < cast($split_date as date)
 ),
 
+counts as (
+    select user_id, max(position) as n_before
+    from before_split
+    group by user_id
+),
+
 recent as (
-    select * from before_split
-    qualify row_number() over (partition by user_id order by position desc) <= $max_history
+    select
+        b.user_id,
+        b.item_id,
+        b.position,
+        b.event_ts,
+        c.n_before
+    from before_split as b
+    inner join counts as c on b.user_id = c.user_id
+    where b.position > c.n_before - $max_history
 ),
 
 final as (
