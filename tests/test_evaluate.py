@@ -196,3 +196,25 @@ def test_one_target_per_user_gives_the_single_target_metrics() -> None:
     assert single["recall@10"] == single["hr@10"]
     expected = rank_metrics(np.array([0, 1, 0]))  # user 1's target 2 comes after item 1
     assert all(single[k] == pytest.approx(v) for k, v in expected.items())
+
+
+def test_counting_and_sorting_give_the_same_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Few targets per row are ranked by counting, many by sorting: both paths agree, ties, NaN and excluded
+    items included."""
+    from pipeline.recsys import evaluate
+
+    torch.manual_seed(0)
+    scores = torch.randn(64, 301)
+    scores[:, 5] = scores[:, 9]  # ties
+    scores[3, 7] = float("nan")
+    excluded = torch.zeros_like(scores, dtype=torch.bool)
+    excluded[:, :20] = True
+    for n_targets in (1, 3, 12):
+        targets = torch.randint(0, 301, (64, n_targets))
+        targets[0, 0] = 0  # padding
+        counted = evaluate._target_ranks(scores, targets, excluded, 300)
+        monkeypatch.setattr(evaluate, "COUNT_UP_TO_TARGETS", -1)
+        sorted_ = evaluate._target_ranks(scores, targets, excluded, 300)
+        monkeypatch.setattr(evaluate, "COUNT_UP_TO_TARGETS", 8)
+        assert torch.equal(counted[0], sorted_[0]) and torch.equal(counted[1], sorted_[1])
+        assert (counted[0] >= 0).any()  # real ranks, not only NOT_RANKED

@@ -93,6 +93,9 @@ def target_lists(targets: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]
     return [np.array(list(dict.fromkeys(np.asarray(t, dtype=np.int64).tolist())), dtype=np.int64) for t in targets]
 
 
+COUNT_UP_TO_TARGETS = 8  # ranks by counting for up to this many targets per row, else by sorting the row
+
+
 def _target_ranks(scores: Tensor, targets: Tensor, excluded: Tensor, n_items: int) -> tuple[Tensor, Tensor]:
     """(ranks, n_candidates): ranks (B, T) = how many items that are neither excluded nor a target of the row
     score >= the target (ties and NaN count against it), NOT_RANKED for padding, unknown or non-finite
@@ -102,8 +105,12 @@ def _target_ranks(scores: Tensor, targets: Tensor, excluded: Tensor, n_items: in
     target_scores = scores.gather(1, safe)  # (B, T)
     pool = excluded.clone().scatter_(1, safe, True)  # (B, N+1): targets leave the competitor pool
     competitors = torch.where(torch.isnan(scores), float("inf"), scores).masked_fill(pool, float("-inf"))
-    ordered = competitors.sort(dim=1).values  # (B, N+1) ascending
-    at_least = scores.shape[1] - torch.searchsorted(ordered, target_scores.contiguous(), side="left")  # (B, T)
+    if targets.shape[1] <= COUNT_UP_TO_TARGETS:  # one linear pass per target column beats sorting every row
+        at_least = torch.stack([(competitors >= target_scores[:, t : t + 1]).sum(1)
+                                for t in range(targets.shape[1])], dim=1)  # (B, T)
+    else:
+        ordered = competitors.sort(dim=1).values  # (B, N+1) ascending
+        at_least = scores.shape[1] - torch.searchsorted(ordered, target_scores.contiguous(), side="left")  # (B, T)
     ranked = valid & torch.isfinite(target_scores)
     n_candidates = (~pool).sum(1) + valid.sum(1)
     return torch.where(ranked, at_least, NOT_RANKED), n_candidates
