@@ -147,6 +147,7 @@ def test_fast_occlusion_matches_the_reference(item_repr: str, n_layers: int, win
     empty to longer than max_len + 1 (the item in reserve moves up), windows beyond the history and max_len,
     cold (text-only) items, empty slots, small transformer batches, removals split over several passes."""
     monkeypatch.setattr(explain, "BRANCH_POSITIONS", branch_positions)
+    monkeypatch.setattr(explain, "NEAREST_TEXT_USERS", 3)  # text-only reasons in several blocks of users
     torch.manual_seed(3)
     max_len, n_items = 6, 30
     counts = torch.ones(n_items + 1)

@@ -73,6 +73,9 @@ def _occluded_states(model: torch.nn.Module, padded: Tensor, window: int) -> tup
     return states, valid & (removed < W).unsqueeze(1)
 
 
+NEAREST_TEXT_USERS = 2048  # users whose nearest-text reasons are found at once (memory ~ users x max_len x text dim)
+
+
 def _text_only(model: torch.nn.Module, recommended: Tensor) -> Tensor | None:
     """(B, N) bool: recommended items the model scores through text alone; None when there are none."""
     if model.config.item_repr == "id" or not hasattr(model, "text_emb"):
@@ -125,8 +128,9 @@ def occlusion_reasons(
         reason[rows] = padded.gather(1, position)
     text_only = _text_only(model, recommended)
     if text_only is not None:
-        rows = text_only.any(dim=1).nonzero().squeeze(1)  # (B',) users with a text-only item
-        history = left_pad(histories, max_len, users=users[rows.cpu().numpy()]).to(device)  # (B', L) as read
-        nearest = history.gather(1, _nearest_text(model, history, recommended[rows]))  # (B', N)
-        reason[rows] = torch.where(text_only[rows], nearest, reason[rows])
+        with_text_only = text_only.any(dim=1).nonzero().squeeze(1)  # (B',) users with a text-only item
+        for rows in with_text_only.split(NEAREST_TEXT_USERS):  # bounded: (users, L, T) text vectors at a time
+            history = left_pad(histories, max_len, users=users[rows.cpu().numpy()]).to(device)  # (b, L) as read
+            nearest = history.gather(1, _nearest_text(model, history, recommended[rows]))  # (b, N)
+            reason[rows] = torch.where(text_only[rows], nearest, reason[rows])
     return torch.where(recommended > 0, reason, torch.zeros_like(reason))
