@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 import torch
 
-from pipeline.recsys.model import ModelConfig, SeqRecModel, top_k_unseen
+from pipeline.recsys.model import ModelConfig, SeqRecModel
+from pipeline.recsys.ranking import top_k_unseen
 
 N_ITEMS = 30
 TEXT_DIM = 16

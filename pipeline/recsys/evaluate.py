@@ -31,7 +31,7 @@ from torch import Tensor
 
 from pipeline.recsys.data import left_pad
 from pipeline.recsys.diversity import TOP_N, ItemStats, beyond_accuracy
-from pipeline.recsys.model import top_k_unseen
+from pipeline.recsys.ranking import top_k_unseen
 
 if TYPE_CHECKING:
     from pipeline.recsys.bundle import ModelBundle

@@ -30,6 +30,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from pipeline.recsys.ranking import top_k_unseen
+from pipeline.recsys.text_space import fit_whitening
+
 ITEM_REPRS = ("id", "text", "id+text")
 KeysValues = tuple[Tensor, Tensor]  # an attention layer's keys and values, each (B, H, P, Dh)
 
@@ -149,23 +152,6 @@ class TextAdapter(nn.Module):
 
     def forward(self, text: Tensor) -> Tensor:
         return self.net(text)
-
-
-def fit_whitening(vectors: Tensor, shrinkage: float = 0.1) -> tuple[Tensor, Tensor]:
-    """ZCA whitening of (N, T) vectors, shrunk towards the identity for a small or degenerate catalog:
-    returns (mean (T,), map (T, T)) such that (v - mean) @ map has about isotropic covariance, scaled so that
-    the whitened vectors keep the raw ones' mean norm (the adapter's initial scale stays the same)."""
-    vectors = vectors.double()
-    mean = vectors.mean(0)
-    centred = vectors - mean
-    cov = centred.T @ centred / max(len(vectors) - 1, 1)  # (T, T)
-    eigval, eigvec = torch.linalg.eigh(cov)
-    eigval = eigval.clamp(min=0.0)
-    eigval = (1.0 - shrinkage) * eigval + shrinkage * eigval.mean().clamp(min=1e-12)
-    whiten = eigvec @ torch.diag(eigval.rsqrt()) @ eigvec.T  # (T, T)
-    raw_norm = vectors.norm(dim=1).mean()
-    white_norm = (centred @ whiten).norm(dim=1).mean().clamp(min=1e-12)
-    return mean.float(), (whiten * (raw_norm / white_norm)).float()
 
 
 class SeqRecModel(nn.Module):
@@ -402,32 +388,3 @@ class SeqRecModel(nn.Module):
             scores = scores.masked_fill(exclude.to(torch.bool), float("-inf"))
         top_scores, top_ids = top_k_unseen(scores, seqs.long() if exclude_seen else None, k)  # (B, k)
         return top_ids, top_scores
-
-
-def top_k_unseen(
-    scores: Tensor, seen: Tensor | tuple[Tensor, Tensor] | None, k: int, keep: Tensor | None = None
-) -> tuple[Tensor, Tensor]:
-    """The one path from scores to recommendations: seen items -> -inf, then top-k (the model's `recommend`,
-    batch scoring, evaluation and the MLflow pyfunc all end here).
-
-    scores: (B, C), masked in place. seen: (B, L) columns per row (0-padded, so column 0 is masked too: the
-    padding item in model index space), or (rows, columns) index pairs, or None. keep: (B,) one column per row
-    that stays unmasked (evaluation's target). Returns (top scores, top columns), both (B, k), best first; a
-    row with fewer than k items left ends in -inf entries. NaN scores rank last among the unmasked items (after
-    every finite score, before -inf) and are returned as NaN, so that publishing validation and the gate's
-    health check see them (torch's topk alone would rank NaN first).
-    """
-    if seen is not None:
-        kept = None if keep is None else scores.gather(1, keep.unsqueeze(1))  # (B, 1), before masking
-        if isinstance(seen, tuple):
-            scores[seen] = float("-inf")
-        else:
-            scores.scatter_(1, seen, float("-inf"))
-        if keep is not None:
-            scores.scatter_(1, keep.unsqueeze(1), kept)
-    nan = torch.isnan(scores)
-    if not nan.any():
-        return scores.topk(k, dim=1)  # (B, k) values, (B, k) indices
-    lowest = torch.finfo(scores.dtype).min
-    order = scores.masked_fill(nan, lowest).topk(k, dim=1).indices  # (B, k), NaN after every finite score
-    return scores.gather(1, order), order

@@ -42,7 +42,7 @@ from pipeline.recsys.bundle import ModelBundle
 from pipeline.recsys.data import Ragged, left_pad, token_batches
 from pipeline.recsys.diversity import MMR_POOL, mmr_rerank
 from pipeline.recsys.explain import occlusion_reasons
-from pipeline.recsys.model import top_k_unseen
+from pipeline.recsys.ranking import top_k_unseen
 
 log = logging.getLogger(__name__)
 

@@ -146,7 +146,7 @@ def baseline_lists(item_ids: Sequence[str], sequences: Sequence[Sequence[str]], 
 
     from pipeline.recsys.data import item_index, left_pad
     from pipeline.recsys.evaluate import baseline_scorers
-    from pipeline.recsys.model import top_k_unseen
+    from pipeline.recsys.ranking import top_k_unseen
 
     index = item_index(item_ids)
 
