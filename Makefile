@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE = 1
 BIN := $(VENV)/bin
 
 .PHONY: setup browser run test test-stack test-venv lint bench bench-ingest bench-embed bench-score bench-storage bench-celery \
-	bench-quality bench-ddp bench-backtest bench-shards bench-scale airflow stack \
+	bench-quality bench-ddp bench-backtest bench-incremental bench-shards bench-scale airflow stack \
 	stack-down clean
 
 setup: $(VENV)/.installed
@@ -49,7 +49,7 @@ lint: setup
 	$(BIN)/ruff check pipeline dags tests bench
 
 bench: bench-ingest bench-embed bench-score bench-shards bench-storage bench-celery bench-quality bench-ddp bench-backtest \
-	bench-scale
+	bench-incremental bench-scale
 
 bench-ingest: setup
 	$(BIN)/python bench/bench_ingest.py
@@ -82,6 +82,10 @@ bench-ddp: setup
 # A short backtest (a few nights of ml-latest-small, real timestamps): next-day quality per variant and baseline.
 bench-backtest: setup
 	$(BIN)/python bench/bench_backtest.py
+
+bench-incremental: setup
+	$(BIN)/python bench/bench_backtest.py --source ml-1m-size --from 2026-04-23 --to 2026-04-30 \
+		--variants warm_start,warm_incremental --name backtest-incremental-ml-1m-size
 
 airflow: setup
 	$(BIN)/nightly-recs airflow-standalone

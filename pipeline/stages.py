@@ -139,6 +139,7 @@ def stage_train(settings: Settings, data_date: dt.date, max_epochs: int | None =
         "epochs": train_metrics.get("epochs"),
         "warm_start_from": warm_from,
         "incremental_since": candidate.train_info["incremental_since"],
+        "n_train_sequences": candidate.train_info["n_train_sequences"],
         "erasure_retrain": erasure_retrain,
         "tuned_config": {"run_id": tuned.run_id, "adoption": tuned.adoption} if tuned else None,
         "seconds_per_epoch": train_metrics.get("seconds_per_epoch"),

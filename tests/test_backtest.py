@@ -24,7 +24,7 @@ from pipeline.tools.backtest import (
     plan_variants,
     published_model_lists,
 )
-from pipeline.tools.backtest_summary import pooled
+from pipeline.tools.backtest_summary import incremental_vs_full, pooled
 
 FIRST, LAST = SMALL_START + dt.timedelta(days=8), SMALL_START + dt.timedelta(days=9)
 LOG2_3 = math.log2(3)
@@ -73,6 +73,30 @@ def test_pooling_weighs_every_user_night_the_same() -> None:
     assert out["ndcg@10"] == pytest.approx(0.25)
     assert out["user_nights"] == 4
     assert out["coverage@10"] == pytest.approx(0.5)
+
+
+def test_incremental_nights_are_compared_with_full_warm_nights_on_the_same_dates() -> None:
+    def night(date: str, ndcg: float, seconds: float, since: str | None, warm: bool = True) -> dict[str, Any]:
+        metrics = {"ndcg@10": ndcg, "hr@10": ndcg, "recall@10": ndcg, "mrr": ndcg, "coverage@10": 0.5,
+                   "n_users": 10, "n_users_published": 10}
+        return {"date": date, "methods": {"model": metrics}, "train": {
+            "train_seconds": seconds, "incremental_since": since, "warm_start_from": "1" if warm else None}}
+
+    full = [night("d1", 0.1, 500, None, warm=False), night("d2", 0.20, 100, "full"), night("d3", 0.20, 100, "full"),
+            night("d4", 0.20, 100, "full")]
+    inc = [night("d1", 0.1, 500, None, warm=False), night("d2", 0.20, 20, "d1"), night("d3", 0.19, 30, "d2"),
+           night("d4", 0.21, 100, "full")]  # d4: a full-retrain date
+    out = incremental_vs_full({"warm_start": {"nights": full}, "warm_incremental": {"nights": inc}}, 10)
+    assert out is not None
+    assert out["nights"] == ["d2", "d3", "d4"]  # the first night trains from scratch in both: left out
+    assert out["incremental_nights"] == ["d2", "d3"]
+    assert out["incremental_ndcg"] == pytest.approx(0.20) and out["full_ndcg"] == pytest.approx(0.20)
+    assert out["train_time_share"] == pytest.approx(0.25) and out["cost_at_most_25pct"]
+    assert out["within_1pct"]
+    inc[2] = night("d3", 0.10, 30, "d2")
+    assert not incremental_vs_full({"warm_start": {"nights": full}, "warm_incremental": {"nights": inc}},
+                                   10)["within_1pct"]
+    assert incremental_vs_full({"warm_start": {"nights": full}}, 10) is None
 
 
 def test_variants_follow_the_settings(tmp_path: Path) -> None:

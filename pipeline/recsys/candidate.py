@@ -99,7 +99,8 @@ def train_candidate(
     training = night.train_split(split, incremental if split == TEMPORAL else None)
     model, train_metrics, history = train_model(model_config, train_config, training.sequences,
                                                 training.valid_inputs, training.valid_targets,
-                                                text_emb=night.text_emb, on_epoch=on_epoch, init_state=init_state)
+                                                text_emb=night.text_emb, on_epoch=on_epoch, init_state=init_state,
+                                                loss_from=training.loss_from)
     evaluation = night.eval_split(split)
     metrics = _evaluate(model, night, training.sequences, evaluation)
     if split != LEAVE_ONE_OUT:

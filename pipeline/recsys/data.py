@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from pipeline import storage
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 TEMPORAL, LEAVE_ONE_OUT = "temporal", "leave_one_out"
 MIN_TEMPORAL_USERS = 10  # fewer users active on D (with a history before it) and the gate falls back to LOO
+EPOCH = dt.date(1970, 1, 1)  # date32 values count days from it
 
 
 def item_index(item_ids: Sequence[str]) -> dict[str, int]:
@@ -117,6 +119,7 @@ class TrainSplit:
     valid_inputs: list[np.ndarray]
     valid_targets: np.ndarray
     train_until: dt.date             # no training event is later than this UTC day
+    loss_from: list[int] | None = None  # per sequence: targets before this position do not count (None: all do)
 
 
 def token_batches(lengths: np.ndarray, max_tokens: int) -> list[tuple[int, int]]:
@@ -145,7 +148,7 @@ class NightData:
     data_date: dt.date | None = None    # D: the temporal split trains before it and evaluates on it
     before_d: list[np.ndarray] | None = None  # every user's most recent items before D (split_temporal_train)
     temporal: EvalSplit | None = None   # users active on D: history before D, new items on D as targets
-    before_last: list[dt.date] | None = None  # the UTC day of each before_d user's last event before D
+    before_days: list[np.ndarray] | None = None  # each before_d item's UTC day (days since 1970-01-01)
     eval_max_users: int | None = None   # evaluation splits keep a seeded sample of at most this many users
 
     @property
@@ -191,38 +194,50 @@ class NightData:
     def train_split(self, name: str, incremental: Incremental | None = None) -> TrainSplit:
         """TEMPORAL: the events before D only (each user's last one before D validates, for users with >= 3);
         LEAVE_ONE_OUT: the leave-one-out training part, whose window reaches D. With `incremental`, the
-        temporal training sequences are those of the users with an event after incremental.since plus a seeded
-        replay sample of the others (the validation users stay all)."""
+        temporal training sequences are those of the users with an event after incremental.since, whose loss
+        counts only their new events, plus a seeded replay sample of the others, whole; they also validate."""
         assert self.data_date is not None, "load_night sets the data date"
         if name == LEAVE_ONE_OUT:
             return TrainSplit(name, self.train_sequences(), self.loo_train, self.loo_valid, self.data_date)
         keep = [len(s) >= 2 for s in self.before_d or []]
         before = [s for s, k in zip(self.before_d or [], keep, strict=True) if k]
-        valid = [s for s in before if len(s) >= 3]
+        loss_from = None
         if incremental is not None:
-            last = [d for d, k in zip(self.before_last or [], keep, strict=True) if k]
-            before = incremental.select(before, last, self.data_date)
+            days = [d for d, k in zip(self.before_days or [], keep, strict=True) if k]
+            before, loss_from = incremental.select(before, days, self.data_date)
+        valid = [s for s in before if len(s) >= 3]
         sequences = [s[:-1] if len(s) >= 3 else s for s in before]
+        if loss_from is not None:  # a changed user whose only new event validates has nothing left to train on
+            trains = [start < len(s) for s, start in zip(sequences, loss_from, strict=True)]
+            sequences = [s for s, t in zip(sequences, trains, strict=True) if t]
+            loss_from = [start for start, t in zip(loss_from, trains, strict=True) if t]
         return TrainSplit(name, sequences, [s[:-1] for s in valid], np.array([s[-1] for s in valid], np.int64),
-                          self.data_date - dt.timedelta(days=1))
+                          self.data_date - dt.timedelta(days=1), loss_from)
 
 
 @dataclass(frozen=True)
 class Incremental:
     """An incremental warm night's training set: every user with an event after `since` (the champion's
-    training window's last day), and a `replay` share of the others drawn with a seed of the night's date."""
+    training window's last day), whose loss counts only the events after `since` (the champion has learnt
+    the rest), and a `replay` share of the others, whole, drawn with a seed of the night's date."""
 
     since: dt.date
     replay: float
 
-    def select(self, sequences: list[np.ndarray], last_days: list[dt.date], data_date: dt.date) -> list[np.ndarray]:
-        assert len(sequences) == len(last_days), "one last-event day per sequence"
-        changed = np.array([day > self.since for day in last_days], bool)
+    def select(self, sequences: list[np.ndarray], days: list[np.ndarray], data_date: dt.date
+               ) -> tuple[list[np.ndarray], list[int]]:
+        """(the chosen sequences, per chosen sequence the position of its first target that counts)."""
+        assert len(sequences) == len(days), "one day per item of each sequence"
+        since = (self.since - EPOCH).days
+        n_new = np.array([int(np.count_nonzero(d > since)) for d in days], np.int64)
+        changed = n_new > 0
         draw = np.random.default_rng(data_date.toordinal()).random(len(sequences)) < self.replay
-        chosen = [s for s, pick in zip(sequences, changed | draw, strict=True) if pick]
-        log.info("incremental night: %d users with events after %s + %d replayed of %d unchanged",
-                 int(changed.sum()), self.since, int((draw & ~changed).sum()), int((~changed).sum()))
-        return chosen
+        chosen = np.flatnonzero(changed | draw)
+        log.info("incremental night: %d users with events after %s (%d new events) + %d replayed of %d unchanged",
+                 int(changed.sum()), self.since, int(n_new.sum()), int((draw & ~changed).sum()),
+                 int((~changed).sum()))
+        return ([sequences[i] for i in chosen],
+                [len(sequences[i]) - int(n_new[i]) if changed[i] else 0 for i in chosen])
 
 
 def load_night(catalog: Catalog, data_date: dt.date, eval_max_users: int | None = None) -> NightData:
@@ -232,9 +247,8 @@ def load_night(catalog: Catalog, data_date: dt.date, eval_max_users: int | None 
     seqs = storage.read_table(catalog.mart(data_date, "user_sequences"), columns=["user_id", "item_ids"])
     loo = storage.read_table(catalog.mart(data_date, "split_leave_one_out")).to_pydict()
     sequences = seqs.column("item_ids").to_pylist()
-    before = storage.read_table(catalog.mart(data_date, "split_temporal_train"), columns=["item_ids", "last_event_ts"])
+    before = storage.read_table(catalog.mart(data_date, "split_temporal_train"), columns=["item_ids", "event_days"])
     before_d = before.column("item_ids").to_pylist()
-    before_last = [_utc_day(ts) for ts in before.column("last_event_ts").to_pylist()]
     on_d = storage.read_table(catalog.mart(data_date, "split_temporal")).to_pydict()
     lists = [*sequences, *before_d, *on_d["history_items"], *on_d["target_items"], *on_d["seen_items"]]
     interacted = {i for seq in lists for i in seq}
@@ -255,15 +269,21 @@ def load_night(catalog: Catalog, data_date: dt.date, eval_max_users: int | None 
         text_emb=_text_matrix(catalog.night_embeddings(data_date), index),
         data_date=data_date,
         before_d=encode(before_d),
-        before_last=before_last,
+        before_days=_day_lists(before.column("event_days")),
         temporal=EvalSplit(TEMPORAL, on_d["user_id"], encode(on_d["history_items"]), encode(on_d["target_items"]),
                            encode(on_d["seen_items"])),
         eval_max_users=eval_max_users,
     )
 
 
-def _utc_day(ts: dt.datetime) -> dt.date:
-    return (ts if ts.tzinfo is None else ts.astimezone(dt.UTC)).date()
+def _day_lists(column: pa.ChunkedArray) -> list[np.ndarray]:
+    """A list<date32> column as one int32 array of days since 1970-01-01 per row (no Python date objects)."""
+    lists = column.combine_chunks()
+    if len(lists) == 0:
+        return []
+    days = lists.flatten().cast(pa.int32()).to_numpy(zero_copy_only=False)
+    offsets = lists.offsets.to_numpy() - lists.offsets[0].as_py()
+    return np.split(days, offsets[1:-1])
 
 
 def _text_matrix(location: Path | str, index: dict[str, int]) -> np.ndarray | None:

@@ -70,18 +70,22 @@ class TrainConfig:
 
 
 def _training_pairs(
-    train_seqs: list[np.ndarray], max_len: int, windows_per_user: int = 1
+    train_seqs: list[np.ndarray], max_len: int, windows_per_user: int = 1, loss_from: list[int] | None = None
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per user: inputs = seq[:-1], targets = seq[1:], cut into windows of max_len positions from the end
-    (the newest window first; at most windows_per_user of them, 0 = all)."""
+    (the newest window first; at most windows_per_user of them, 0 = all). With `loss_from`, the targets of a
+    sequence before that position are 0 (ignored) and windows left without a target are dropped."""
     inputs, targets = [], []
-    for s in train_seqs:
+    for u, s in enumerate(train_seqs):
         s = np.asarray(s, dtype=np.int64)
+        first = 1 if loss_from is None else max(1, loss_from[u])
         end, n = len(s) - 1, 0
-        while end >= 1 and (windows_per_user == 0 or n < windows_per_user):
+        while end >= first and (windows_per_user == 0 or n < windows_per_user):
             start = max(0, end - max_len)
+            target = s[start + 1 : end + 1].copy()
+            target[: max(0, first - start - 1)] = 0
             inputs.append(s[start:end])
-            targets.append(s[start + 1 : end + 1])
+            targets.append(target)
             end, n = start, n + 1
     return inputs, targets
 
@@ -226,14 +230,16 @@ def _fit(
     model: SeqRecModel, trainee: torch.nn.Module, model_config: ModelConfig, cfg: TrainConfig,
     train_seqs: list[np.ndarray], valid_inputs: list[np.ndarray], valid_targets: np.ndarray, device: torch.device,
     on_epoch: Callable[[int, dict[str, float]], None] | None, shard: Shard | None = None,
+    loss_from: list[int] | None = None,
 ) -> _Outcome:
     """The epoch loop. `trainee` is the module the steps run through: the model itself, or its DDP replica with
     a shard (then rank 0 alone validates, keeps the best state, reports and decides when every rank stops)."""
     rng = np.random.default_rng(cfg.seed)  # the same batches on every rank
     use_bf16 = cfg.bf16 if cfg.bf16 is not None else device.type == "cuda"
-    inputs, targets = _training_pairs(train_seqs, model_config.max_len, cfg.windows_per_user)
+    inputs, targets = _training_pairs(train_seqs, model_config.max_len, cfg.windows_per_user, loss_from)
     assert inputs, "no training sequence has at least 2 items"
     lengths = np.array([len(s) for s in inputs])
+    tokens = lengths if loss_from is None else np.array([np.count_nonzero(t) for t in targets])
     steps_per_epoch = math.ceil(len(inputs) / cfg.batch_size)
     warmup_steps, total_steps = max(1, steps_per_epoch * cfg.warmup_epochs), steps_per_epoch * cfg.max_epochs
     lr_factors = Schedule(warmup_steps, total_steps, cfg.min_lr_ratio)
@@ -254,7 +260,7 @@ def _fit(
         t0 = time.perf_counter()
         deadline = start + cfg.time_budget_s if cfg.time_budget_s and shard is None else None
         loss = _run_epoch(trainee, opt, inputs, targets, _batches(lengths, cfg.batch_size, rng), cfg, lr_factors,
-                          device, use_bf16, shard, lengths, deadline)
+                          device, use_bf16, shard, tokens, deadline)
         stop = False
         if lead:
             record: dict[str, float] = {"epoch": epoch, "loss": loss, "seconds": time.perf_counter() - t0,
@@ -308,19 +314,22 @@ def train_model(
     text_emb: np.ndarray | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     init_state: dict | None = None,
+    loss_from: list[int] | None = None,
 ) -> tuple[SeqRecModel, dict[str, float], list[dict[str, float]]]:
     """Train from scratch (or from init_state where shapes match); returns (best model on CPU in eval mode,
-    final metrics, per-epoch history). With train_config.processes > 1, data-parallel workers train it
+    final metrics, per-epoch history). `loss_from`: per sequence, the first position whose target counts
+    (an incremental night's changed users). With train_config.processes > 1, data-parallel workers train it
     (`_train_data_parallel`); otherwise this process does, with no process group."""
     cfg = train_config
     if cfg.processes > 1:
         return _train_data_parallel(model_config, cfg, train_seqs, valid_inputs, valid_targets, text_emb, on_epoch,
-                                    init_state)
+                                    init_state, loss_from)
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     model = _build_model(model_config, train_seqs, text_emb, init_state).to(device)
-    outcome = _fit(model, model, model_config, cfg, train_seqs, valid_inputs, valid_targets, device, on_epoch)
+    outcome = _fit(model, model, model_config, cfg, train_seqs, valid_inputs, valid_targets, device, on_epoch,
+                   loss_from=loss_from)
     model = model.cpu()
     if outcome.best.state is not None:
         model.load_state_dict(outcome.best.state)
@@ -334,6 +343,7 @@ def _train_data_parallel(
     model_config: ModelConfig, cfg: TrainConfig, train_seqs: list[np.ndarray], valid_inputs: list[np.ndarray],
     valid_targets: np.ndarray, text_emb: np.ndarray | None,
     on_epoch: Callable[[int, dict[str, float]], None] | None, init_state: dict | None,
+    loss_from: list[int] | None = None,
 ) -> tuple[SeqRecModel, dict[str, float], list[dict[str, float]]]:
     """train_model with cfg.processes DDP workers. Every global batch of the one-process run is split across
     the ranks (effective batch = cfg.batch_size, steps and learning-rate schedule unchanged). Rank 0 hands its
@@ -344,7 +354,7 @@ def _train_data_parallel(
         result_path = Path(folder) / "result.pt"
         distributed.run_workers(
             _data_parallel_worker, (model_config, cfg, train_seqs, valid_inputs, valid_targets, text_emb,
-                                    init_state, str(result_path)),
+                                    init_state, str(result_path), loss_from),
             cfg.processes, cfg.device, Path(folder), on_epoch=on_epoch,
         )
         result = torch.load(result_path, weights_only=True)
@@ -362,14 +372,14 @@ def _train_data_parallel(
 def _data_parallel_worker(
     shard: Shard, model_config: ModelConfig, cfg: TrainConfig, train_seqs: list[np.ndarray],
     valid_inputs: list[np.ndarray], valid_targets: np.ndarray, text_emb: np.ndarray | None,
-    init_state: dict | None, result_path: str,
+    init_state: dict | None, result_path: str, loss_from: list[int] | None = None,
 ) -> None:
     """One rank: the same model from the same seed, a DDP replica, the shared loop; rank 0 writes the result."""
     torch.manual_seed(cfg.seed)
     model = _build_model(model_config, train_seqs, text_emb, init_state).to(shard.device)
     torch.manual_seed(cfg.seed + shard.rank)  # dropout draws differ across ranks, as across the rows of a batch
     outcome = _fit(model, distributed.wrap(model, shard), model_config, cfg, train_seqs, valid_inputs,
-                   valid_targets, shard.device, shard.report, shard)
+                   valid_targets, shard.device, shard.report, shard, loss_from)
     if shard.lead:
         state = outcome.best.state or {k: v.detach().cpu() for k, v in model.state_dict().items()}
         torch.save({"state": state, "best_epoch": outcome.best.epoch, "best_record": outcome.best.record,

@@ -237,7 +237,8 @@ def _run_night(settings: Settings, day: dt.date, top_n: int, max_epochs: int | N
     night.wall_seconds = time.perf_counter() - t0
     train, register = results.get("train") or {}, results.get("register") or {}
     night.train = {key: train.get(key) for key in ("train_seconds", "epochs", "seconds_per_epoch",
-                                                   "warm_start_from", "gate_split", "ndcg@10")}
+                                                   "warm_start_from", "gate_split", "ndcg@10",
+                                                   "incremental_since", "n_train_sequences")}
     night.gate = {key: register.get(key) for key in ("version", "promoted", "reason")}
     night.serving_version = (results.get("select_model") or {}).get("version")
     night.stage_seconds = stage_seconds(settings, day)

@@ -12,6 +12,7 @@ from typing import Any
 PER_USER = ("ndcg", "hr", "recall")  # @k metrics that are means over a night's users
 WITHIN = 0.02       # acceptance: warm start within 2% of the converged variant's next-day NDCG
 COST_SHARE = 0.25   # acceptance: at no more than 25% of its training time
+INCREMENTAL_WITHIN = 0.01  # acceptance: incremental nights within 1% of full warm nights' next-day NDCG
 
 
 def methods_of(nights: list[dict[str, Any]]) -> list[str]:
@@ -84,9 +85,41 @@ def warm_vs_converged(variants: dict[str, Any], k: int) -> dict[str, Any] | None
     }
 
 
+def incremental_vs_full(variants: dict[str, Any], k: int) -> dict[str, Any] | None:
+    """The incremental-nights comparison: warm_incremental against warm_start over the warm nights both
+    replayed (the first night trains from scratch in both): next-day NDCG@k pooled over all of them, and
+    training seconds per night on the nights that really trained incrementally (not a full-retrain date)."""
+    if "warm_start" not in variants or "warm_incremental" not in variants:
+        return None
+    full = {n["date"]: n for n in variants["warm_start"]["nights"] if (n.get("train") or {}).get("warm_start_from")}
+    inc = [n for n in variants["warm_incremental"]["nights"]
+           if n["date"] in full and (n.get("train") or {}).get("warm_start_from")]
+    if not inc:
+        return None
+    ndcg = f"ndcg@{k}"
+    inc_ndcg, full_ndcg = pooled(inc, "model", k)[ndcg], pooled([full[n["date"]] for n in inc], "model", k)[ndcg]
+    partial = [n for n in inc if n["train"].get("incremental_since") not in (None, "full")]
+    inc_train = _mean([float(n["train"]["train_seconds"] or 0) for n in partial])
+    full_train = _mean([float(full[n["date"]]["train"]["train_seconds"] or 0) for n in partial])
+    share = inc_train / full_train if inc_train is not None and full_train else None
+    return {
+        "nights": sorted(n["date"] for n in inc),
+        "incremental_nights": sorted(n["date"] for n in partial),
+        "full_ndcg": full_ndcg,
+        "incremental_ndcg": inc_ndcg,
+        "incremental_over_full": inc_ndcg / full_ndcg if full_ndcg else None,
+        "incremental_train_seconds_per_night": inc_train,
+        "full_train_seconds_per_night": full_train,
+        "train_time_share": share,
+        "within_1pct": bool(full_ndcg and inc_ndcg >= (1 - INCREMENTAL_WITHIN) * full_ndcg),
+        "cost_at_most_25pct": bool(share is not None and share <= COST_SHARE),
+    }
+
+
 def summarise(result: dict[str, Any], k: int) -> dict[str, Any]:
     variants = {name: variant_summary(v["nights"], k) for name, v in result["variants"].items()}
-    return {"variants": variants, "warm_vs_converged": warm_vs_converged(result["variants"], k)}
+    return {"variants": variants, "warm_vs_converged": warm_vs_converged(result["variants"], k),
+            "incremental_vs_full": incremental_vs_full(result["variants"], k)}
 
 
 def _num(value: Any, digits: int = 4) -> str:
@@ -118,4 +151,13 @@ def format_table(result: dict[str, Any]) -> str:
                       f"{_num(cmp['warm_train_seconds_per_night'], 1)} vs "
                       f"{_num(cmp['converged_train_seconds_per_night'], 1)} s/night "
                       f"({_num(cmp['train_time_share'], 3)} of it; at most 25%: {cmp['cost_at_most_25pct']})"]
+    inc = result["summary"].get("incremental_vs_full")
+    if inc:
+        lines += ["", f"incremental vs full warm nights on {len(inc['nights'])} warm nights: NDCG@{k} "
+                      f"{_num(inc['incremental_ndcg'])} vs {_num(inc['full_ndcg'])} "
+                      f"(x{_num(inc['incremental_over_full'], 3)}; within 1%: {inc['within_1pct']}), training on the "
+                      f"{len(inc['incremental_nights'])} incremental nights "
+                      f"{_num(inc['incremental_train_seconds_per_night'], 1)} vs "
+                      f"{_num(inc['full_train_seconds_per_night'], 1)} s/night "
+                      f"({_num(inc['train_time_share'], 3)} of it; at most 25%: {inc['cost_at_most_25pct']})"]
     return "\n".join(lines)

@@ -3,9 +3,10 @@
 -- grain: one row per user_id with at least one event before $split_date.
 -- reads: int_user_events. parameters: $split_date (date), $max_history (most recent events kept per user).
 -- Positions follow event time, so a user's events before $split_date are positions 1..n_before: no window
--- function (and only the four columns used) keeps the memory of a large history small.
+-- function (and only the four columns used) keeps the memory of a large history small. event_days (each
+-- item's UTC day) lets an incremental night train only on what came after the champion's window.
 with before_split as (
-    select user_id, item_id, position, event_ts
+    select user_id, item_id, position, event_ts, event_date
     from int_user_events
     where event_date < cast($split_date as date)
 ),
@@ -22,6 +23,7 @@ recent as (
         b.item_id,
         b.position,
         b.event_ts,
+        b.event_date,
         c.n_before
     from before_split as b
     inner join counts as c on b.user_id = c.user_id
@@ -32,6 +34,7 @@ final as (
     select
         cast(user_id as varchar) as user_id,
         cast(list(item_id order by position) as varchar[]) as item_ids,
+        cast(list(event_date order by position) as date[]) as event_days,
         cast(max(n_before) as bigint) as n_events,
         cast(max(event_ts) as timestamptz) as last_event_ts
     from recent
