@@ -68,9 +68,8 @@ def warm_vs_converged(variants: dict[str, Any], k: int) -> dict[str, Any] | None
     ndcg = f"ndcg@{k}"
     conv_ndcg = pooled(conv, "model", k)[ndcg]
     warm_ndcg, warm_all = pooled(warm_same, "model", k)[ndcg], pooled(warm, "model", k)[ndcg]
-    warm_train = _mean([float(n["train"]["train_seconds"] or 0) for n in warm])
-    conv_train = _mean([float(n["train"]["train_seconds"] or 0) for n in conv])
-    share = warm_train / conv_train if warm_train is not None and conv_train else None
+    warm_train, conv_train = _train_seconds(warm), _train_seconds(conv)
+    share = _share(warm_train, conv_train)
     return {
         "nights": sorted(days),
         "converged_ndcg": conv_ndcg,
@@ -99,21 +98,22 @@ def incremental_vs_full(variants: dict[str, Any], k: int) -> dict[str, Any] | No
     ndcg = f"ndcg@{k}"
     inc_ndcg, full_ndcg = pooled(inc, "model", k)[ndcg], pooled([full[n["date"]] for n in inc], "model", k)[ndcg]
     partial = [n for n in inc if n["train"].get("incremental_since") not in (None, "full")]
-    inc_train = _mean([float(n["train"]["train_seconds"] or 0) for n in partial])
-    full_train = _mean([float(full[n["date"]]["train"]["train_seconds"] or 0) for n in partial])
-    share = inc_train / full_train if inc_train is not None and full_train else None
-    return {
-        "nights": sorted(n["date"] for n in inc),
-        "incremental_nights": sorted(n["date"] for n in partial),
-        "full_ndcg": full_ndcg,
-        "incremental_ndcg": inc_ndcg,
-        "incremental_over_full": inc_ndcg / full_ndcg if full_ndcg else None,
-        "incremental_train_seconds_per_night": inc_train,
-        "full_train_seconds_per_night": full_train,
-        "train_time_share": share,
-        "within_1pct": bool(full_ndcg and inc_ndcg >= (1 - INCREMENTAL_WITHIN) * full_ndcg),
-        "cost_at_most_25pct": bool(share is not None and share <= COST_SHARE),
-    }
+    inc_train, full_train = _train_seconds(partial), _train_seconds([full[n["date"]] for n in partial])
+    share = _share(inc_train, full_train)
+    return {"nights": sorted(n["date"] for n in inc), "incremental_nights": sorted(n["date"] for n in partial),
+            "full_ndcg": full_ndcg, "incremental_ndcg": inc_ndcg, "incremental_over_full": _share(inc_ndcg, full_ndcg),
+            "incremental_train_seconds_per_night": inc_train, "full_train_seconds_per_night": full_train,
+            "train_time_share": share,
+            "within_1pct": bool(full_ndcg and inc_ndcg >= (1 - INCREMENTAL_WITHIN) * full_ndcg),
+            "cost_at_most_25pct": bool(share is not None and share <= COST_SHARE)}
+
+
+def _train_seconds(nights: list[dict[str, Any]]) -> float | None:
+    return _mean([float(n["train"]["train_seconds"] or 0) for n in nights])
+
+
+def _share(part: float | None, whole: float | None) -> float | None:
+    return part / whole if part is not None and whole else None
 
 
 def summarise(result: dict[str, Any], k: int) -> dict[str, Any]:
@@ -124,6 +124,12 @@ def summarise(result: dict[str, Any], k: int) -> dict[str, Any]:
 
 def _num(value: Any, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if isinstance(value, int | float) else "-"
+
+
+def _comparison(k: int, ndcg: float, base_ndcg: float, ratio: float | None, within: str, training: str,
+                seconds: float | None, base_seconds: float | None, share: float | None, cheap: bool) -> str:
+    return (f"NDCG@{k} {_num(ndcg)} vs {_num(base_ndcg)} (x{_num(ratio, 3)}; {within}), {training} "
+            f"{_num(seconds, 1)} vs {_num(base_seconds, 1)} s/night ({_num(share, 3)} of it; at most 25%: {cheap})")
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -145,19 +151,15 @@ def format_table(result: dict[str, Any]) -> str:
                      f"(strongest: {s['strongest_baseline']})")
     cmp = result["summary"].get("warm_vs_converged")
     if cmp:
-        lines += ["", f"warm start vs scratch to convergence on {len(cmp['nights'])} nights: NDCG@{k} "
-                      f"{_num(cmp['warm_ndcg_same_nights'])} vs {_num(cmp['converged_ndcg'])} "
-                      f"(x{_num(cmp['warm_over_converged'], 3)}; within 2%: {cmp['within_2pct']}), training "
-                      f"{_num(cmp['warm_train_seconds_per_night'], 1)} vs "
-                      f"{_num(cmp['converged_train_seconds_per_night'], 1)} s/night "
-                      f"({_num(cmp['train_time_share'], 3)} of it; at most 25%: {cmp['cost_at_most_25pct']})"]
+        lines += ["", f"warm start vs scratch to convergence on {len(cmp['nights'])} nights: " + _comparison(
+            k, cmp["warm_ndcg_same_nights"], cmp["converged_ndcg"], cmp["warm_over_converged"],
+            f"within 2%: {cmp['within_2pct']}", "training", cmp["warm_train_seconds_per_night"],
+            cmp["converged_train_seconds_per_night"], cmp["train_time_share"], cmp["cost_at_most_25pct"])]
     inc = result["summary"].get("incremental_vs_full")
     if inc:
-        lines += ["", f"incremental vs full warm nights on {len(inc['nights'])} warm nights: NDCG@{k} "
-                      f"{_num(inc['incremental_ndcg'])} vs {_num(inc['full_ndcg'])} "
-                      f"(x{_num(inc['incremental_over_full'], 3)}; within 1%: {inc['within_1pct']}), training on the "
-                      f"{len(inc['incremental_nights'])} incremental nights "
-                      f"{_num(inc['incremental_train_seconds_per_night'], 1)} vs "
-                      f"{_num(inc['full_train_seconds_per_night'], 1)} s/night "
-                      f"({_num(inc['train_time_share'], 3)} of it; at most 25%: {inc['cost_at_most_25pct']})"]
+        lines += ["", f"incremental vs full warm nights on {len(inc['nights'])} warm nights: " + _comparison(
+            k, inc["incremental_ndcg"], inc["full_ndcg"], inc["incremental_over_full"],
+            f"within 1%: {inc['within_1pct']}", f"training on the {len(inc['incremental_nights'])} incremental nights",
+            inc["incremental_train_seconds_per_night"], inc["full_train_seconds_per_night"], inc["train_time_share"],
+            inc["cost_at_most_25pct"])]
     return "\n".join(lines)
