@@ -174,7 +174,7 @@ class TrainingSettings(_Section):
     # Incremental warm nights: train on the users with events since the champion's window plus a replay sample
     # of the others; a full warm night every full_retrain_every days or when many items are new to the champion.
     incremental: bool = False
-    incremental_replay: Fraction = 0.1           # share of the unchanged users replayed on an incremental night
+    incremental_replay: Fraction = 0.2           # share of the unchanged users replayed on an incremental night
     full_retrain_every: int = Field(7, ge=1)     # days: dates whose ordinal is a multiple of it train in full
     incremental_max_new_items: Fraction = 0.05   # a larger share of items unknown to the champion trains in full
     eval_max_users: int = Field(20_000, ge=10)   # the gate and the candidate's metrics use a seeded sample this large

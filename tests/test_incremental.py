@@ -69,7 +69,7 @@ def test_full_nights_on_the_calendar_for_new_items_and_without_a_known_window() 
     since = D - dt.timedelta(days=2)
     partial = next(d for d in (D + dt.timedelta(days=k) for k in range(7)) if d.toordinal() % 7)
     full = next(d for d in (D + dt.timedelta(days=k) for k in range(7)) if d.toordinal() % 7 == 0)
-    assert incremental_plan(training, partial, since, new_item_share=0.01) == Incremental(since, 0.1)
+    assert incremental_plan(training, partial, since, new_item_share=0.01) == Incremental(since, 0.2)
     assert incremental_plan(training, full, since, new_item_share=0.01) is None
     assert incremental_plan(training, partial, since, new_item_share=0.2) is None
     assert incremental_plan(training, partial, None, new_item_share=0.0) is None
