@@ -55,11 +55,6 @@ def jwt_secret(airflow_home: Path) -> str:
     return path.read_text().strip()
 
 
-# SQLite lets one writer at a time; the API server, scheduler, dag processor, triggerer and CLI
-# commands all write, so a writer waits up to a minute for the lock instead of sqlite3's 5 s.
-SQLITE_CONNECT_ARGS: dict[str, Any] = {"timeout": 60}
-
-
 def airflow_env(settings: Settings) -> dict[str, str]:
     """Environment for an Airflow home under the state folder, with the project's DAGs and SQLite."""
     home = Catalog.of(settings).airflow_home
@@ -68,7 +63,6 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "pipeline.tools.airflow_local.SQLITE_CONNECT_ARGS",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         "AIRFLOW__CORE__PARALLELISM": "4",
         "NIGHTLY_RECS_HOME": str(settings.home),
