@@ -126,13 +126,25 @@ def test_scheduled_run_for_the_closed_day_without_data_fails_at_ingest(airflow: 
     assert {states[t] for t in ("recommend", "publish", "report")} == {"upstream_failed"}, states
 
 
+def _cli_retrying_sqlite_locks(cmd: list[str], env: dict[str, str], attempts: int = 4) -> subprocess.CompletedProcess:
+    """An Airflow CLI command, run again when SQLite said `database is locked`: the four services write to the
+    same SQLite file, and under load the CLI's write can lose (a transient error; Airflow rolls the partial
+    backfill back). Any other failure is returned at once."""
+    for attempt in range(1, attempts + 1):
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        if out.returncode == 0 or "database is locked" not in out.stderr or attempt == attempts:
+            return out
+        time.sleep(5.0 * attempt)
+    raise AssertionError("unreachable")
+
+
 def test_backfill_create_runs_a_day_with_its_conf(airflow: Airflow) -> None:
     day = airflow.days[-2]
     # a backfill selects runs by logical date = data_interval_start = D 02:00 for data date D
     logical = f"{day.isoformat()}T02:00:00+00:00"
     cmd = ["airflow", "backfill", "create", "--dag-id", DAG_ID, "--from-date", logical, "--to-date", logical,
            "--max-active-runs", "1", "--dag-run-conf", json.dumps({"retrain": False, "top_n": 3})]
-    out = subprocess.run(cmd, env=airflow.services.env, capture_output=True, text=True, timeout=120)
+    out = _cli_retrying_sqlite_locks(cmd, airflow.services.env)
     assert out.returncode == 0, out.stderr[-3000:]
 
     deadline = time.monotonic() + 60
