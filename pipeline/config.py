@@ -167,6 +167,7 @@ class TrainingSettings(_Section):
     time_budget_minutes: float = Field(10.0, gt=0, allow_inf_nan=False)  # stop after this, keeping the best epoch
     warm_start: bool = True                      # start from the champion's weights (ID rows remapped by item id)
     warm_start_epochs: int = Field(10, ge=1)     # epoch cap when warm-starting (the champion already converged)
+    warm_start_lr_scale: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)  # warm start's peak LR = lr x this
     seed: int = 42
     tune_trials: int = Field(8, ge=1, le=10_000)  # tuning: each trial trains for budget / tune_trials at most
     tune_max_epochs: int = Field(20, ge=1, le=10_000)  # tuning: epoch cap of one trial

@@ -7,9 +7,9 @@ import datetime as dt
 import numpy as np
 
 from pipeline.config import load_settings
-from pipeline.recsys.candidate import incremental_plan
+from pipeline.recsys.candidate import effective_train_config, incremental_plan
 from pipeline.recsys.data import EPOCH, TEMPORAL, Incremental, NightData
-from pipeline.recsys.train import _training_pairs
+from pipeline.recsys.train import TrainConfig, _training_pairs
 
 D = dt.date(2026, 3, 10)
 
@@ -75,3 +75,11 @@ def test_full_nights_on_the_calendar_for_new_items_and_without_a_known_window() 
     assert incremental_plan(training, partial, None, new_item_share=0.0) is None
     off = load_settings(env={}).training
     assert incremental_plan(off, partial, since, new_item_share=0.0) is None  # off by default
+
+
+def test_a_warm_start_trains_at_its_scaled_learning_rate_with_short_patience() -> None:
+    settings = load_settings(env={}, warm_start_lr_scale=0.25)
+    config = TrainConfig.from_settings(settings)
+    warm = effective_train_config(config, warm_start=True)
+    assert (warm.lr, warm.patience) == (config.lr * 0.25, 3)
+    assert effective_train_config(config, warm_start=False) == config

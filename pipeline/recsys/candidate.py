@@ -64,8 +64,12 @@ def model_config_for(night: NightData, cfg: ModelSettings) -> ModelConfig:
 
 def effective_train_config(train_config: TrainConfig, warm_start: bool) -> TrainConfig:
     """The config a candidate really trains with: a converged (warm) start stops soon after the validation
-    metric stops improving."""
-    return dataclasses.replace(train_config, patience=min(train_config.patience, 3)) if warm_start else train_config
+    metric stops improving, and peaks at warm_lr_scale of the learning rate (a smaller step leaves more of the
+    champion in place)."""
+    if not warm_start:
+        return train_config
+    return dataclasses.replace(train_config, patience=min(train_config.patience, 3),
+                               lr=train_config.lr * train_config.warm_lr_scale)
 
 
 def incremental_plan(training: TrainingSettings, data_date: dt.date, champion_until: dt.date | None,

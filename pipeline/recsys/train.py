@@ -58,6 +58,7 @@ class TrainConfig:
     windows_per_user: int = 1               # non-overlapping max_len windows per user, newest first (0 = all)
     budget_schedule: bool = False           # bind the cosine horizon to the epochs the budget allows (measured: hurt)
     processes: int = _TRAINING.train_processes  # data-parallel workers (DDP); 1 = this process, no process group
+    warm_lr_scale: float = _TRAINING.warm_start_lr_scale  # a warm start's peak learning rate is lr x this
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> TrainConfig:
@@ -65,7 +66,7 @@ class TrainConfig:
         training = settings.training
         values = {"max_epochs": training.max_epochs, "seed": training.seed,
                   "time_budget_s": training.time_budget_minutes * 60, "device": settings.model.device,
-                  "processes": training.train_processes}
+                  "processes": training.train_processes, "warm_lr_scale": training.warm_start_lr_scale}
         return cls(**{**values, **overrides})
 
 
