@@ -9,7 +9,7 @@ import numpy as np
 from pipeline.config import load_settings
 from pipeline.recsys.candidate import effective_train_config, incremental_plan
 from pipeline.recsys.data import EPOCH, TEMPORAL, Incremental, NightData
-from pipeline.recsys.train import TrainConfig, _training_pairs
+from pipeline.recsys.train import TrainConfig, _training_pairs, train_model
 
 D = dt.date(2026, 3, 10)
 
@@ -83,3 +83,20 @@ def test_a_warm_start_trains_at_its_scaled_learning_rate_with_short_patience() -
     warm = effective_train_config(config, warm_start=True)
     assert (warm.lr, warm.patience) == (config.lr * 0.25, 3)
     assert effective_train_config(config, warm_start=False) == config
+
+
+def test_a_full_night_of_an_incremental_deployment_runs_its_whole_schedule() -> None:
+    """The periodic full night re-anneals: every warm-start epoch runs (the whole cosine decay), the best kept,
+    where an ordinary warm night stops three epochs after its best. With lr 0 nothing improves after epoch 1."""
+    from test_train import small_config, toy_data
+
+    train, v_in, v_tgt, _ = toy_data()
+    config = TrainConfig(max_epochs=6, lr=0.0, warmup_epochs=1, device="cpu")
+    full = effective_train_config(config, warm_start=True, reanneal=True)
+    assert (full.patience, full.lr) == (6, config.lr)
+    init = train_model(small_config(), TrainConfig(max_epochs=1, device="cpu"), train, v_in, v_tgt)[0].state_dict()
+    _, stopped, _ = train_model(small_config(), effective_train_config(config, warm_start=True), train, v_in, v_tgt,
+                                init_state=init)
+    _, reannealed, _ = train_model(small_config(), full, train, v_in, v_tgt, init_state=init)
+    assert (stopped["epochs"], reannealed["epochs"]) == (4, 6)
+    assert reannealed["best_epoch"] == 1

@@ -62,14 +62,15 @@ def model_config_for(night: NightData, cfg: ModelSettings) -> ModelConfig:
                        text_dim=text_dim, sampled_softmax_above=cfg.sampled_softmax_above)
 
 
-def effective_train_config(train_config: TrainConfig, warm_start: bool) -> TrainConfig:
+def effective_train_config(train_config: TrainConfig, warm_start: bool, reanneal: bool = False) -> TrainConfig:
     """The config a candidate really trains with: a converged (warm) start stops soon after the validation
     metric stops improving, and peaks at warm_lr_scale of the learning rate (a smaller step leaves more of the
-    champion in place)."""
+    champion in place). A `reanneal` night (the periodic full night of an incremental deployment) runs every
+    epoch instead, the whole warm-up and cosine decay, and keeps the best: the nights between only fine-tune."""
     if not warm_start:
         return train_config
-    return dataclasses.replace(train_config, patience=min(train_config.patience, 3),
-                               lr=train_config.lr * train_config.warm_lr_scale)
+    patience = train_config.max_epochs if reanneal else min(train_config.patience, 3)
+    return dataclasses.replace(train_config, patience=patience, lr=train_config.lr * train_config.warm_lr_scale)
 
 
 def incremental_plan(training: TrainingSettings, data_date: dt.date, champion_until: dt.date | None,
@@ -92,14 +93,15 @@ def incremental_plan(training: TrainingSettings, data_date: dt.date, champion_un
 def train_candidate(
     night: NightData, model_config: ModelConfig, train_config: TrainConfig, init_state: dict[str, Any] | None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None, split: str | None = None,
-    incremental: Incremental | None = None,
+    incremental: Incremental | None = None, reanneal: bool = False,
 ) -> Candidate:
     """Train on the training side of `split` (default: the night's gate split), evaluate model and baselines
     on its evaluation side, and on leave-one-out as a secondary metric; `on_epoch(epoch, record)` sees each
     epoch as it ends (live tracking). `incremental` narrows a temporal split's training sequences to the users
-    that changed since the champion's window plus a replay sample (the evaluation is unchanged)."""
+    that changed since the champion's window plus a replay sample (the evaluation is unchanged); `reanneal`
+    runs a warm start's whole schedule (effective_train_config)."""
     split = split or night.gate_split()
-    train_config = effective_train_config(train_config, bool(init_state))
+    train_config = effective_train_config(train_config, bool(init_state), reanneal)
     training = night.train_split(split, incremental if split == TEMPORAL else None)
     model, train_metrics, history = train_model(model_config, train_config, training.sequences,
                                                 training.valid_inputs, training.valid_targets,
