@@ -110,20 +110,20 @@ def stage_train(settings: Settings, data_date: dt.date, max_epochs: int | None =
         tuned = tuning.config_for_night(settings)
         warm = _WarmStart() if tuned and tuned.is_candidate else _warm_start(settings, night.item_ids, closed)
         init_state, warm_from, erasure_retrain = warm.state, warm.version, warm.erasure_retrain
-        incremental = (incremental_plan(settings.training, data_date, warm.train_until, warm.new_items)
-                       if init_state else None)
-        reanneal = bool(init_state) and settings.training.incremental and incremental is None
+        training = settings.training
+        incremental = incremental_plan(training, data_date, warm.train_until, warm.new_items) if init_state else None
+        reanneal = bool(init_state) and training.incremental and incremental is None
         run.set_tags({**training_tags(closed, warm_from, erasure_retrain), **(tuned.tags() if tuned else {}),
                       "incremental_since": incremental.since.isoformat() if incremental else "full",
                       "reanneal": str(reanneal).lower()})
-        training = settings.training
         epochs = max_epochs or (min(training.max_epochs, training.warm_start_epochs) if init_state
                                 else training.max_epochs)
         model_config, train_config = tuning.night_configs(tuned, model_config_for(night, settings.model),
                                                           TrainConfig.from_settings(settings, max_epochs=epochs))
-        run.log_configs(model_config, effective_train_config(train_config, bool(init_state), reanneal), data_date)
+        train_config = effective_train_config(train_config, bool(init_state), reanneal)
+        run.log_configs(model_config, train_config, data_date)
         candidate = train_candidate(night, model_config, train_config, init_state, on_epoch=run.on_epoch,
-                                    incremental=incremental, reanneal=reanneal)
+                                    incremental=incremental)
         run.set_tags({k: str(candidate.train_info[k]) for k in ("gate_split", "train_until")})
         out = catalog.new_candidate(data_date)
         with storage.local_folder(out, write_back=True) as folder:  # written locally, then copied to a URI

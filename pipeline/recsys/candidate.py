@@ -93,15 +93,14 @@ def incremental_plan(training: TrainingSettings, data_date: dt.date, champion_un
 def train_candidate(
     night: NightData, model_config: ModelConfig, train_config: TrainConfig, init_state: dict[str, Any] | None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None, split: str | None = None,
-    incremental: Incremental | None = None, reanneal: bool = False,
+    incremental: Incremental | None = None,
 ) -> Candidate:
     """Train on the training side of `split` (default: the night's gate split), evaluate model and baselines
     on its evaluation side, and on leave-one-out as a secondary metric; `on_epoch(epoch, record)` sees each
     epoch as it ends (live tracking). `incremental` narrows a temporal split's training sequences to the users
-    that changed since the champion's window plus a replay sample (the evaluation is unchanged); `reanneal`
-    runs a warm start's whole schedule (effective_train_config)."""
+    that changed since the champion's window plus a replay sample (the evaluation is unchanged). `train_config`
+    is used as given: a warm start passes its effective_train_config."""
     split = split or night.gate_split()
-    train_config = effective_train_config(train_config, bool(init_state), reanneal)
     training = night.train_split(split, incremental if split == TEMPORAL else None)
     model, train_metrics, history = train_model(model_config, train_config, training.sequences,
                                                 training.valid_inputs, training.valid_targets,
