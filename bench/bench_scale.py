@@ -18,7 +18,10 @@ one process over all users (a deployment would map it over shards on several wor
 
 Default size: 1,000,000 users x 100,000 items x 50,000,000 events over 60 days (the issue's target; hours on 2
 cores). `--users/--items/--events/--days` shrink it. The machine's cores and memory are printed first.
-Run: `make bench-scale` (a small size) or `.venv/bin/python bench/bench_scale.py [--users 100000 ...]`.
+Run: `make bench-scale` (the issue's size; `SCALE_ARGS="--users 100000 ..."` shrinks it).
+`python bench/bench_scale.py --help` lists the options.
+`--keep HOME` keeps the state home; `--warm-only --keep COPY` runs the warm night again on a copy of a home
+taken after its first night (same source, same first night), to measure a change to the warm night alone.
 """
 
 from __future__ import annotations
@@ -201,7 +204,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", type=Path, default=None, help="state home to use and keep (default: a temp one)")
     parser.add_argument("--setting", action="append", default=[], help="NAME=VALUE, a setting for both nights")
+    parser.add_argument("--warm-only", action="store_true",
+                        help="with --keep: reuse its source and first night (a copy of an earlier run's home taken "
+                             "after its first night) and run the warm night alone")
     args = parser.parse_args()
+    if args.warm_only and args.keep is None:
+        parser.error("--warm-only needs --keep HOME")
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     print(f"scale: {args.users:,} users x {args.items:,} items, {args.events:,} events over {args.days} days; "
           f"{os.cpu_count()} cores, {mem:.0f} GiB", flush=True)
@@ -209,8 +217,11 @@ def main() -> None:
         home = args.keep or Path(tmp)
         home.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        counts = generate(home / "landing", args.users, args.items, args.events, args.days, args.seed)
-        print(f"generated in {time.perf_counter() - t0:.0f} s: {counts}", flush=True)
+        if args.warm_only:
+            counts = {f.stem: pq.ParquetFile(f).metadata.num_rows for f in (home / "landing" / "events").iterdir()}
+        else:
+            counts = generate(home / "landing", args.users, args.items, args.events, args.days, args.seed)
+            print(f"generated in {time.perf_counter() - t0:.0f} s: {counts}", flush=True)
         env = {**os.environ, "NIGHTLY_RECS_HOME": str(home), "NIGHTLY_RECS_EVENTS_MIN_VOLUME_RATIO": "0",
                "NIGHTLY_RECS_GATE_BASELINES": "most_popular"}
         for item in args.setting:
@@ -218,9 +229,13 @@ def main() -> None:
             env[f"NIGHTLY_RECS_{name.upper()}"] = value
         log = home / "bench-scale.log"
         backfill = FIRST_NIGHT - dt.timedelta(days=1)
-        seconds, gib, _ = run_stage(env, ["ingest", "--date", backfill.isoformat()], log)
-        print(f"backfill ingest ({counts[str(backfill)]:,} events): {seconds:.1f} s, {gib:.2f} GiB", flush=True)
-        for title, day in (("first night", FIRST_NIGHT), ("warm night", FIRST_NIGHT + dt.timedelta(days=1))):
+        nights = [("first night", FIRST_NIGHT), ("warm night", FIRST_NIGHT + dt.timedelta(days=1))]
+        if args.warm_only:
+            nights = nights[1:]
+        else:
+            seconds, gib, _ = run_stage(env, ["ingest", "--date", backfill.isoformat()], log)
+            print(f"backfill ingest ({counts[str(backfill)]:,} events): {seconds:.1f} s, {gib:.2f} GiB", flush=True)
+        for title, day in nights:
             print(f"{title} {day} ({counts[str(day)]:,} new events):", flush=True)
             rows = night(env, day, log)
             print(f"  {'total':<13} {sum(r[1] for r in rows):>9.1f} s {max(r[2] for r in rows):>8.2f} GiB peak",

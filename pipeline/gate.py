@@ -146,9 +146,9 @@ def sample_users(data: ScoringInput, n: int, seed: int = 0) -> ScoringInput:
     list unchanged)."""
     import random
 
-    from pipeline.recsys.score import ScoringInput
+    from pipeline.recsys.score import ScoringInput, as_lists
 
-    users = list(data.user_ids)
-    picked = sorted(random.Random(seed).sample(range(len(users)), min(n, len(users))))
-    return ScoringInput([users[i] for i in picked], [list(data.histories[i]) for i in picked],
-                        [list(data.seen[i]) for i in picked], data.catalog_ids, data.popular)
+    n_users = len(data.user_ids)
+    picked = sorted(random.Random(seed).sample(range(n_users), min(n, n_users)))
+    return ScoringInput(as_lists(data.user_ids, picked), as_lists(data.histories, picked),
+                        as_lists(data.seen, picked), data.catalog_ids, data.popular)

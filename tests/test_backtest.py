@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from conftest import SMALL_START, lake_query, write_small_demo
 
@@ -55,7 +56,7 @@ def test_next_day_metrics_with_several_new_items() -> None:
 def test_baseline_lists_are_published_like_a_night() -> None:
     """Fitted on every user's history, seen items and items outside the catalog removed, top k."""
     items = ["a", "b", "c", "d", "e"]
-    sequences = [["a", "b"], ["a", "b", "d"], ["a", "c"]]  # a 3, b 2, c 1, d 1; a->b 2, a->c 1, b->d 1
+    sequences = [np.array(s) for s in ([1, 2], [1, 2, 4], [1, 3])]  # a 3, b 2, c 1, d 1; a->b 2, a->c 1, b->d 1
     lists = baseline_lists(items, sequences, users=["u1", "u2"], histories=[["a"], ["b"]], seen=[["a"], ["b"]],
                            catalog_ids={"a", "b", "c", "e"}, k=3)  # d left the catalog
     assert lists["most_popular"] == {"u1": ["b", "c", "e"], "u2": ["a", "c", "e"]}

@@ -198,9 +198,9 @@ def test_one_target_per_user_gives_the_single_target_metrics() -> None:
     assert all(single[k] == pytest.approx(v) for k, v in expected.items())
 
 
-def test_counting_and_sorting_give_the_same_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Few targets per row are ranked by counting, many by sorting: both paths agree, ties, NaN and excluded
-    items included."""
+def test_counting_and_bucketing_give_the_same_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Few targets per row are ranked by one counting pass each, many by buckets of the sorted targets: both
+    paths agree, ties, NaN and excluded items included."""
     from pipeline.recsys import evaluate
 
     torch.manual_seed(0)
@@ -214,7 +214,7 @@ def test_counting_and_sorting_give_the_same_ranks(monkeypatch: pytest.MonkeyPatc
         targets[0, 0] = 0  # padding
         counted = evaluate._target_ranks(scores, targets, excluded, 300)
         monkeypatch.setattr(evaluate, "COUNT_UP_TO_TARGETS", -1)
-        sorted_ = evaluate._target_ranks(scores, targets, excluded, 300)
+        bucketed = evaluate._target_ranks(scores, targets, excluded, 300)
         monkeypatch.setattr(evaluate, "COUNT_UP_TO_TARGETS", 8)
-        assert torch.equal(counted[0], sorted_[0]) and torch.equal(counted[1], sorted_[1])
+        assert torch.equal(counted[0], bucketed[0]) and torch.equal(counted[1], bucketed[1])
         assert (counted[0] >= 0).any()  # real ranks, not only NOT_RANKED

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from pipeline.recsys.data import left_pad
 from pipeline.recsys.diversity import TOP_N, ItemStats, beyond_accuracy
+from pipeline.recsys.model import frozen_items
 from pipeline.recsys.ranking import top_k_unseen
 
 if TYPE_CHECKING:
@@ -93,7 +94,7 @@ def target_lists(targets: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]
     return [np.array(list(dict.fromkeys(np.asarray(t, dtype=np.int64).tolist())), dtype=np.int64) for t in targets]
 
 
-COUNT_UP_TO_TARGETS = 8  # ranks by counting for up to this many targets per row, else by sorting the row
+COUNT_UP_TO_TARGETS = 8  # one counting pass per target up to this many targets per row, else by buckets
 
 
 def _target_ranks(scores: Tensor, targets: Tensor, excluded: Tensor, n_items: int) -> tuple[Tensor, Tensor]:
@@ -105,15 +106,26 @@ def _target_ranks(scores: Tensor, targets: Tensor, excluded: Tensor, n_items: in
     target_scores = scores.gather(1, safe)  # (B, T)
     pool = excluded.clone().scatter_(1, safe, True)  # (B, N+1): targets leave the competitor pool
     competitors = torch.where(torch.isnan(scores), float("inf"), scores).masked_fill(pool, float("-inf"))
-    if targets.shape[1] <= COUNT_UP_TO_TARGETS:  # one linear pass per target column beats sorting every row
+    ranked = valid & torch.isfinite(target_scores)
+    if targets.shape[1] <= COUNT_UP_TO_TARGETS:  # one linear pass per target column
         at_least = torch.stack([(competitors >= target_scores[:, t : t + 1]).sum(1)
                                 for t in range(targets.shape[1])], dim=1)  # (B, T)
     else:
-        ordered = competitors.sort(dim=1).values  # (B, N+1) ascending
-        at_least = scores.shape[1] - torch.searchsorted(ordered, target_scores.contiguous(), side="left")  # (B, T)
-    ranked = valid & torch.isfinite(target_scores)
+        at_least = _bucket_counts(competitors, torch.where(ranked, target_scores, float("inf")))
     n_candidates = (~pool).sum(1) + valid.sum(1)
     return torch.where(ranked, at_least, NOT_RANKED), n_candidates
+
+
+def _bucket_counts(competitors: Tensor, target_scores: Tensor) -> Tensor:
+    """(B, T): per target, how many competitors score >= it, in one pass over each row whatever T (no sort of
+    the row): a competitor's bucket is how many of the row's sorted targets it is at least, and a target's count
+    is the number of competitors in the buckets above its place."""
+    ordered, order = target_scores.sort(dim=1)  # (B, T) ascending
+    bucket = torch.searchsorted(ordered.contiguous(), competitors.contiguous(), right=True)  # (B, N+1) in 0..T
+    per_bucket = torch.zeros(len(bucket), ordered.shape[1] + 1, dtype=torch.int64)
+    per_bucket.scatter_add_(1, bucket, torch.ones_like(bucket))
+    above = per_bucket.flip(1).cumsum(1).flip(1)[:, 1:]  # above[:, j] = competitors in buckets j+1..T
+    return torch.empty_like(above).scatter_(1, order, above)
 
 
 def _positions(ranks: np.ndarray) -> np.ndarray:
@@ -218,8 +230,9 @@ def evaluate_model(
         return (model.user_states(seqs) @ items.T).float().cpu()
 
     try:
-        return _ranking_metrics(score_fn, inputs, targets, model.config.n_items, ks, cold_items, batch_size,
-                                item_stats, exclude)
+        with frozen_items(model):
+            return _ranking_metrics(score_fn, inputs, targets, model.config.n_items, ks, cold_items, batch_size,
+                                    item_stats, exclude)
     finally:
         model.train(was_training)
 

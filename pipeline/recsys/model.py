@@ -22,7 +22,9 @@ that histories that share their older items compute only the newer ones (recsys.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -155,6 +157,8 @@ class TextAdapter(nn.Module):
 
 
 class SeqRecModel(nn.Module):
+    _input_table: Tensor | None = None  # set inside frozen_items(): every item's input vector, computed once
+
     def __init__(
         self, config: ModelConfig, text_emb: Tensor | None = None, item_counts: Tensor | None = None,
         text_whitening: tuple[Tensor, Tensor] | None = None,
@@ -233,6 +237,19 @@ class SeqRecModel(nn.Module):
             vec = vec * (ids > 0).unsqueeze(-1).to(vec.dtype)
         return vec
 
+    @contextlib.contextmanager
+    def frozen_items(self) -> Iterator[None]:
+        """Inference over many histories (batch scoring, evaluation): inside, a history position reads its item's
+        input vector from a table computed once for the catalog instead of running the text adapter again at
+        every position. Eval mode only; the weights must not change inside."""
+        assert not self.training, "frozen_items is for inference: call model.eval() first"
+        with torch.no_grad():
+            self._input_table = self._raw_item_vectors()
+        try:
+            yield
+        finally:
+            self._input_table = None
+
     def _output_vectors(self, vec: Tensor) -> Tensor:
         return F.normalize(vec, dim=-1) if self.config.normalize else vec
 
@@ -279,7 +296,8 @@ class SeqRecModel(nn.Module):
         its attention output and MLP there only), and the Prefix of past + seq. reads (S, P + S): which
         positions each may read, of those holding an item; a padding position reads itself only."""
         S = seq.shape[1]
-        x = self._raw_item_vectors(seq) * math.sqrt(self.config.d_model) + self.pos_emb(pos)  # (B, S, D)
+        vec = self._raw_item_vectors(seq) if self._input_table is None else self._input_table[seq]  # (B, S, D)
+        x = vec * math.sqrt(self.config.d_model) + self.pos_emb(pos)
         x = self.emb_dropout(x)
         key_ok = seq > 0 if past is None else torch.cat([past.key_ok, seq > 0], dim=1)  # (B, P + S)
         itself = F.pad(torch.eye(S, dtype=torch.bool, device=seq.device), (key_ok.shape[1] - S, 0))  # (S, P + S)
@@ -388,3 +406,8 @@ class SeqRecModel(nn.Module):
             scores = scores.masked_fill(exclude.to(torch.bool), float("-inf"))
         top_scores, top_ids = top_k_unseen(scores, seqs.long() if exclude_seen else None, k)  # (B, k)
         return top_ids, top_scores
+
+
+def frozen_items(model: nn.Module) -> contextlib.AbstractContextManager[None]:
+    """SeqRecModel.frozen_items() for a SeqRecModel; nothing to freeze for any other scorer."""
+    return model.frozen_items() if isinstance(model, SeqRecModel) else contextlib.nullcontext()

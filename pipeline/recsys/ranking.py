@@ -28,9 +28,10 @@ def top_k_unseen(
             scores.scatter_(1, seen, float("-inf"))
         if keep is not None:
             scores.scatter_(1, keep.unsqueeze(1), kept)
+    top = scores.topk(k, dim=1)  # (B, k) values, (B, k) indices
+    if not torch.isnan(top.values).any():  # topk ranks NaN first: a NaN anywhere in a row would be in its top
+        return top
     nan = torch.isnan(scores)
-    if not nan.any():
-        return scores.topk(k, dim=1)  # (B, k) values, (B, k) indices
     lowest = torch.finfo(scores.dtype).min
     order = scores.masked_fill(nan, lowest).topk(k, dim=1).indices  # (B, k), NaN after every finite score
     return scores.gather(1, order), order

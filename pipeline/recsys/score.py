@@ -29,6 +29,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -42,6 +43,7 @@ from pipeline.recsys.bundle import ModelBundle
 from pipeline.recsys.data import Ragged, left_pad, token_batches
 from pipeline.recsys.diversity import MMR_POOL, mmr_rerank
 from pipeline.recsys.explain import occlusion_reasons
+from pipeline.recsys.model import frozen_items
 from pipeline.recsys.ranking import top_k_unseen
 
 log = logging.getLogger(__name__)
@@ -72,24 +74,33 @@ class ScoringInput:
 
 def scoring_input(catalog: Catalog, data_date: dt.date) -> ScoringInput:
     """The night's active users with their histories and seen items, the catalog and the popularity list,
-    from the marts user_activity, user_sequences, user_seen_items, item_catalog and item_popularity."""
-    activity = storage.read_table(catalog.mart(data_date, "user_activity")).to_pydict()
-    active = {u for u, a in zip(activity["user_id"], activity["is_active"], strict=True) if a}
-    seqs = storage.read_table(catalog.mart(data_date, "user_sequences")).to_pydict()
-    seen_t = storage.read_table(catalog.mart(data_date, "user_seen_items")).to_pydict()
-    seen: dict[str, list[str]] = {}
-    for u, i in zip(seen_t["user_id"], seen_t["item_id"], strict=True):
-        seen.setdefault(u, []).append(i)
+    from the marts user_activity, user_sequences, user_seen_items, item_catalog and item_popularity. Users,
+    histories and seen items stay Arrow arrays (in user_sequences' order): no Python object per event."""
     from pipeline.publish import recommendable_items
 
+    activity = storage.read_table(catalog.mart(data_date, "user_activity"), columns=["user_id", "is_active"])
+    active = activity.filter(pc.fill_null(activity["is_active"], False))["user_id"]
+    seqs = storage.read_table(catalog.mart(data_date, "user_sequences"), columns=["user_id", "item_ids"])
+    seqs = seqs.filter(pc.is_in(seqs["user_id"], value_set=active.combine_chunks()))
+    seen_rows = storage.read_table(catalog.mart(data_date, "user_seen_items"), columns=["user_id", "item_id"])
+    per_user = seen_rows.group_by("user_id").aggregate([("item_id", "list")])
+    at = pc.index_in(seqs["user_id"], value_set=per_user["user_id"].combine_chunks())
+    seen = per_user["item_id_list"].combine_chunks().take(at)  # null: a user with no seen item
+    seen = pc.if_else(pc.is_null(seen), pa.scalar([], seen.type), seen)
     catalog_ids = set(recommendable_items(catalog, data_date))  # items marked removed are never recommended
     pop = storage.read_table(catalog.mart(data_date, "item_popularity")).to_pydict()
     popular = sorted(zip(pop["item_id"], pop["events_30d"], pop["events_all"], strict=True),
                      key=lambda r: (-r[1], -r[2], r[0]))
-    users = [u for u in seqs["user_id"] if u in active]
-    hist = dict(zip(seqs["user_id"], seqs["item_ids"], strict=True))
-    return ScoringInput(user_ids=users, histories=[hist[u] for u in users], seen=[seen.get(u, []) for u in users],
+    return ScoringInput(user_ids=seqs["user_id"].combine_chunks(), histories=seqs["item_ids"].combine_chunks(),
+                        seen=seen.combine_chunks() if isinstance(seen, pa.ChunkedArray) else seen,
                         catalog_ids=catalog_ids, popular=[(i, float(a)) for i, a, _ in popular])
+
+
+def as_lists(values: Sequence[str] | Lists, rows: Sequence[int] | None = None) -> list[Any]:
+    """Python values of a ScoringInput field (an Arrow array or a Python list), all or the given `rows`."""
+    if isinstance(values, pa.Array | pa.ChunkedArray):
+        return (values if rows is None else values.take(pa.array(rows, pa.int64()))).to_pylist()
+    return [values[i] if isinstance(values[i], str) else list(values[i]) for i in rows or range(len(values))]
 
 
 def _list_array(values: Lists) -> pa.ListArray:
@@ -280,8 +291,9 @@ def score_users(
     if len(model_users):
         model = _on_device(bundle.model, torch_device)
         seen = _shift(lookup(seen_lists, model_items))
-        picks = _score_with_model(model, histories, seen, model_users, columns, k, chunk_users, torch_device,
-                                  serving)
+        with frozen_items(model):
+            picks = _score_with_model(model, histories, seen, model_users, columns, k, chunk_users, torch_device,
+                                      serving)
         parts.append((picks, picks.table(user_ids, model_items.take(pa.array(columns - 1)), "model",
                                          model_items)))
     if len(fallback_users):

@@ -136,12 +136,13 @@ def published_model_lists(settings: Settings, day: dt.date) -> dict[str, list[st
     return out
 
 
-def baseline_lists(item_ids: Sequence[str], sequences: Sequence[Sequence[str]], users: Sequence[str],
+def baseline_lists(item_ids: Sequence[str], sequences: Sequence[np.ndarray], users: Sequence[str],
                    histories: Sequence[Sequence[str]], seen: Sequence[Sequence[str]], catalog_ids: set[str],
                    k: int, chunk_users: int = 512) -> dict[str, dict[str, list[str]]]:
     """Each baseline's top-k lists for `users`, as a night would publish them: fitted on `sequences` (every
-    user's history up to the night), scored from each user's history, seen items and items outside
-    `catalog_ids` removed (recsys.model.top_k_unseen). Returns baseline -> user -> items, best first."""
+    user's history up to the night, as indices 1..n of `item_ids`), scored from each user's history, seen
+    items and items outside `catalog_ids` removed (recsys.model.top_k_unseen). Returns baseline -> user ->
+    items, best first."""
     import torch
 
     from pipeline.recsys.data import item_index, left_pad
@@ -158,7 +159,7 @@ def baseline_lists(item_ids: Sequence[str], sequences: Sequence[Sequence[str]], 
     outside[[index[i] for i in catalog_ids if i in index]] = False
     hist, seen_idx = encode(histories), encode(seen)
     out: dict[str, dict[str, list[str]]] = {}
-    for name, score_fn in baseline_scorers(encode(sequences), n_items).items():
+    for name, score_fn in baseline_scorers(list(sequences), n_items).items():
         lists: dict[str, list[str]] = {}
         for start in range(0, len(users), chunk_users):
             rows = np.arange(start, min(start + chunk_users, len(users)))
@@ -175,13 +176,13 @@ def night_lists(settings: Settings, day: dt.date, k: int) -> tuple[dict[str, dic
     """({method: {user: items}}, recommendable catalog size) of one replayed night: the model's published table
     and the baselines' lists for the same users (the night's scoring input)."""
     from pipeline.recsys.data import load_night
-    from pipeline.recsys.score import scoring_input
+    from pipeline.recsys.score import as_lists, scoring_input
 
     catalog = Catalog.of(settings)
     data = scoring_input(catalog, day)
     night = load_night(catalog, day)
-    users = [str(u) for u in data.user_ids]
-    baselines = baseline_lists(night.item_ids, night.sequences, users, list(data.histories), list(data.seen),
+    users = as_lists(data.user_ids)
+    baselines = baseline_lists(night.item_ids, night.sequences, users, as_lists(data.histories), as_lists(data.seen),
                                set(data.catalog_ids), k, settings.serving.score_chunk_users)
     return {"model": published_model_lists(settings, day), **baselines}, len(data.catalog_ids)
 

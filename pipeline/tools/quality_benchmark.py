@@ -81,8 +81,7 @@ def _share_embedding_cache(catalog: Catalog, work_dir: Path) -> None:
 
 def cold_item_indices(night: NightData, fraction: float, seed: int) -> np.ndarray:
     """A random `fraction` of the interacted items (model indices), sorted."""
-    index = night.index()
-    interacted = np.unique(np.array([index[i] for seq in night.sequences for i in seq], np.int64))
+    interacted = np.unique(np.concatenate(night.sequences))
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(interacted, int(round(fraction * len(interacted))), replace=False))
 
