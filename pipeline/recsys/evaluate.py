@@ -94,7 +94,7 @@ def target_lists(targets: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]
     return [np.array(list(dict.fromkeys(np.asarray(t, dtype=np.int64).tolist())), dtype=np.int64) for t in targets]
 
 
-COUNT_UP_TO_TARGETS = 8  # one counting pass per target up to this many targets per row, else by buckets
+COUNT_UP_TO_TARGETS = 4  # one counting pass per target up to this many targets per row, else by buckets
 
 
 def _target_ranks(scores: Tensor, targets: Tensor, excluded: Tensor, n_items: int) -> tuple[Tensor, Tensor]:
@@ -108,8 +108,8 @@ def _target_ranks(scores: Tensor, targets: Tensor, excluded: Tensor, n_items: in
     competitors = torch.where(torch.isnan(scores), float("inf"), scores).masked_fill(pool, float("-inf"))
     ranked = valid & torch.isfinite(target_scores)
     if targets.shape[1] <= COUNT_UP_TO_TARGETS:  # one linear pass per target column
-        at_least = torch.stack([(competitors >= target_scores[:, t : t + 1]).sum(1)
-                                for t in range(targets.shape[1])], dim=1)  # (B, T)
+        at_least = torch.stack([(competitors >= target_scores[:, t : t + 1]).float().sum(1).long()  # exact
+                                for t in range(targets.shape[1])], dim=1)  # (B, T)   below 2^24 items
     else:
         at_least = _bucket_counts(competitors, torch.where(ranked, target_scores, float("inf")))
     n_candidates = (~pool).sum(1) + valid.sum(1)
@@ -306,8 +306,11 @@ def baseline_scorers(train_seqs: list[np.ndarray], n_items: int) -> dict[str, Sc
 
     def transition_fn(idx: np.ndarray, hist: list[np.ndarray]) -> Tensor:
         last = np.array([h[-1] if len(h) else 0 for h in hist], dtype=np.int64)
-        rows = torch.from_numpy(trans[last].toarray()).float()  # (B, N+1)
-        return rows + pop_tiebreak.unsqueeze(0)
+        followers = trans[last]  # (B, N+1) sparse: written into the dense rows, never densified in float64
+        row = torch.from_numpy(np.repeat(np.arange(len(last)), np.diff(followers.indptr)))
+        column = torch.from_numpy(followers.indices.astype(np.int64))
+        counts = torch.from_numpy(followers.data.astype(np.float32))
+        return pop_tiebreak.repeat(len(last), 1).index_put_((row, column), counts, accumulate=True)
 
     return {
         "most_popular": constant(torch.from_numpy(pop).float()),
