@@ -20,6 +20,7 @@ novelty, intra-list diversity, popularity lift, cold-item share), for the model 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -31,7 +32,7 @@ from torch import Tensor
 
 from pipeline.recsys.data import left_pad
 from pipeline.recsys.diversity import TOP_N, ItemStats, beyond_accuracy
-from pipeline.recsys.model import frozen_items
+from pipeline.recsys.model import SeqRecModel
 from pipeline.recsys.ranking import top_k_unseen
 
 if TYPE_CHECKING:
@@ -230,7 +231,7 @@ def evaluate_model(
         return (model.user_states(seqs) @ items.T).float().cpu()
 
     try:
-        with frozen_items(model):
+        with model.frozen_items() if isinstance(model, SeqRecModel) else contextlib.nullcontext():
             return _ranking_metrics(score_fn, inputs, targets, model.config.n_items, ks, cold_items, batch_size,
                                     item_stats, exclude)
     finally:

@@ -99,9 +99,8 @@ class CausalSelfAttention(nn.Module):
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # (B, H, P + S, Dh)
         q = q if queries is None else q[:, :, queries]  # (B, H, Q, Dh)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, H, Q, Dh)
+        dropout_p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)  # (B, H, Q, Dh)
         y = y.transpose(1, 2).reshape(B, q.shape[2], D)  # (B, Q, D)
         return self.resid_dropout(self.proj(y)), (k, v)
 
@@ -143,12 +142,8 @@ class TextAdapter(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         if config.text_hidden > 0:
-            self.net = nn.Sequential(
-                nn.Linear(config.text_dim, config.text_hidden),
-                nn.GELU(),
-                nn.Dropout(config.dropout),
-                nn.Linear(config.text_hidden, config.d_model),
-            )
+            self.net = nn.Sequential(nn.Linear(config.text_dim, config.text_hidden), nn.GELU(),
+                                     nn.Dropout(config.dropout), nn.Linear(config.text_hidden, config.d_model))
         else:
             self.net = nn.Linear(config.text_dim, config.d_model)
 
@@ -239,9 +234,8 @@ class SeqRecModel(nn.Module):
 
     @contextlib.contextmanager
     def frozen_items(self) -> Iterator[None]:
-        """Inference over many histories (batch scoring, evaluation): inside, a history position reads its item's
-        input vector from a table computed once for the catalog instead of running the text adapter again at
-        every position. Eval mode only; the weights must not change inside."""
+        """Inference over many histories: inside, a position reads its item's input vector from a table computed
+        once for the catalog, instead of running the text adapter again (eval mode; weights unchanged inside)."""
         assert not self.training, "frozen_items is for inference: call model.eval() first"
         with torch.no_grad():
             self._input_table = self._raw_item_vectors()
@@ -393,10 +387,8 @@ class SeqRecModel(nn.Module):
         self, seqs: Tensor, k: int, exclude_seen: bool = True, exclude: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         """Top-k (ids (B, k) long, scores (B, k) float); never padding, seen items excluded when asked.
-
-        `exclude`: optional bool mask (B, n_items+1) or (n_items+1,) of further items to drop.
-        If fewer than k items remain for a user, the tail of that row has score -inf: drop those entries.
-        """
+        `exclude`: optional bool mask (B, n_items+1) or (n_items+1,) of further items to drop. If fewer than k
+        items remain for a user, the tail of that row has score -inf: drop those entries."""
         n_rows = self.config.n_items + 1
         assert 1 <= k <= self.config.n_items, f"k must be in [1, n_items={self.config.n_items}], got {k}"
         scores = self.user_states(seqs) @ self.item_representations().T  # (B, N+1)
@@ -406,8 +398,3 @@ class SeqRecModel(nn.Module):
             scores = scores.masked_fill(exclude.to(torch.bool), float("-inf"))
         top_scores, top_ids = top_k_unseen(scores, seqs.long() if exclude_seen else None, k)  # (B, k)
         return top_ids, top_scores
-
-
-def frozen_items(model: nn.Module) -> contextlib.AbstractContextManager[None]:
-    """SeqRecModel.frozen_items() for a SeqRecModel; nothing to freeze for any other scorer."""
-    return model.frozen_items() if isinstance(model, SeqRecModel) else contextlib.nullcontext()

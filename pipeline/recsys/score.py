@@ -43,7 +43,6 @@ from pipeline.recsys.bundle import ModelBundle
 from pipeline.recsys.data import Ragged, left_pad, token_batches
 from pipeline.recsys.diversity import MMR_POOL, mmr_rerank
 from pipeline.recsys.explain import occlusion_reasons
-from pipeline.recsys.model import frozen_items
 from pipeline.recsys.ranking import top_k_unseen
 
 log = logging.getLogger(__name__)
@@ -291,7 +290,7 @@ def score_users(
     if len(model_users):
         model = _on_device(bundle.model, torch_device)
         seen = _shift(lookup(seen_lists, model_items))
-        with frozen_items(model):
+        with model.frozen_items():
             picks = _score_with_model(model, histories, seen, model_users, columns, k, chunk_users, torch_device,
                                       serving)
         parts.append((picks, picks.table(user_ids, model_items.take(pa.array(columns - 1)), "model",
